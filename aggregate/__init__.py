@@ -1,0 +1,1 @@
+"""Multi-tenant, event-sourced command service on NATS JetStream."""

@@ -1,0 +1,99 @@
+"""The ports the command handler is written against (DESIGN §2).
+
+Adapters implement them: JetStream and the in-memory store (``EventStore``), SQLite
+(``SnapshotStore``), the snapshotter (``SnapshotSink``), the placement gate
+(``TenantGate``). All async methods are written for anyio: they run on the asyncio island in
+the service and under Trio in tests.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from aggregate.domain.aggregate import Snapshot
+    from aggregate.domain.context import RequestContext
+    from aggregate.domain.envelopes import CommandRecord, StoredRecord
+    from aggregate.domain.ids import AggregateKey
+
+
+class EventStore(Protocol):
+    """Append-only store of command records, one subject per aggregate (DESIGN §4)."""
+
+    async def append(
+        self, record: CommandRecord, *, expected_last_seq: int, context: RequestContext
+    ) -> int:
+        """Append one record atomically if the aggregate's last stream sequence is
+        ``expected_last_seq`` (0: the aggregate has no messages). Returns the new sequence.
+
+        A publish whose first attempt may have succeeded is retried with the same message
+        id; JetStream then answers a conflict, which the caller resolves through the
+        aggregate's history.
+
+        Raises:
+            VersionConflictError: the aggregate's last sequence is not ``expected_last_seq``.
+            BackendUnavailableError: the store cannot be reached; the append may or may not
+                have happened.
+
+        Cancellation: the append may or may not have happened.
+        """
+        ...
+
+    async def read(self, key: AggregateKey, *, after_seq: int = 0) -> list[StoredRecord]:
+        """All records of ``key`` with a stream sequence greater than ``after_seq``, in order.
+
+        Raises:
+            TenantAccessDeniedError: a stored record names another tenant.
+            CorruptDataError: a stored record is malformed.
+            BackendUnavailableError: the store cannot be reached.
+        """
+        ...
+
+    async def read_at(self, key: AggregateKey, seq: int) -> StoredRecord | None:
+        """The record of ``key`` stored at ``seq``, or None if that sequence holds none of
+        ``key``'s records.
+
+        Raises:
+            TenantAccessDeniedError, CorruptDataError, BackendUnavailableError: as ``read``.
+        """
+        ...
+
+
+class SnapshotStore(Protocol):
+    """Latest snapshot per aggregate; an optimisation that never changes an answer (§5)."""
+
+    async def load(self, key: AggregateKey) -> Snapshot | None:
+        """The latest snapshot of ``key``, or None.
+
+        A snapshot that cannot be decoded is reported as None and logged: snapshots are only
+        an optimisation, the events are the truth.
+        """
+        ...
+
+    async def save(self, snapshot: Snapshot) -> bool:
+        """Store ``snapshot`` unless one with an equal or newer version is stored.
+        Returns whether it was written."""
+        ...
+
+
+class SnapshotSink(Protocol):
+    """Where the handler hands aggregates due for a snapshot (the snapshotter, §5)."""
+
+    def offer(self, snapshot: Snapshot) -> None:
+        """Take a snapshot to write later. Never blocks; callable from any thread."""
+        ...
+
+
+class TenantGate(Protocol):
+    """Admission of commands per tenant (hosted / accepting / draining, §6)."""
+
+    def admit(self, tenant_id: str) -> AbstractContextManager[None]:
+        """Count one command in flight for ``tenant_id`` while the context is open.
+
+        Raises:
+            TenantUnavailableError: the tenant is not hosted here or is draining.
+            TenantAccessDeniedError: the tenant is not allowed on this node.
+        """
+        ...

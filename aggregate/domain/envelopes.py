@@ -1,0 +1,254 @@
+"""Command, event, stored-message and snapshot envelopes, and their JSON wire forms.
+
+One NATS message holds all the events of one command (DESIGN §4.2): ``CommandRecord`` is
+that message's body. Readers are tolerant: unknown fields are ignored, but fields the
+service relies on are checked and a record read under the wrong key is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aggregate.domain.context import RequestContext
+from aggregate.domain.errors import (
+    CorruptDataError,
+    InvalidArgumentError,
+    TenantAccessDeniedError,
+)
+from aggregate.domain.ids import AggregateKey, uuid7
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+JsonObject = dict[str, Any]
+
+
+def utc_now_rfc3339() -> str:
+    """Now, as RFC 3339 UTC with milliseconds (``2026-01-02T03:04:05.678Z``)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON; integers stay exact (Python ints are arbitrary precision)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command for one aggregate; ``payload`` is a JSON object with a string ``type``."""
+
+    key: AggregateKey
+    command_id: uuid.UUID
+    payload: JsonObject
+    context: RequestContext = field(default_factory=RequestContext.new)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    expected_version: int | None = None
+
+    @property
+    def command_type(self) -> str:
+        return str(self.payload["type"])
+
+
+def parse_command_payload(payload_json: str | bytes) -> JsonObject:
+    """Decode a command payload: a JSON object with a non-empty string ``type``.
+
+    Raises:
+        InvalidArgumentError: not JSON, not an object, or no string ``type``.
+    """
+    try:
+        value = json.loads(payload_json)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError(f"payload_json is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidArgumentError("payload_json must be a JSON object")
+    kind = value.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise InvalidArgumentError('payload_json must have a non-empty string "type"')
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event; ``version`` is the aggregate's version after it (1, 2, 3, ...)."""
+
+    event_id: uuid.UUID
+    event_type: str
+    version: int
+    payload: JsonObject
+    timestamp: str
+
+    def as_program_value(self) -> JsonObject:
+        """The value ``apply`` receives: ``{"type": event_type, **payload}``."""
+        return {**self.payload, "type": self.event_type}
+
+    def to_json(self) -> JsonObject:
+        return {
+            "event_id": str(self.event_id),
+            "event_type": self.event_type,
+            "version": self.version,
+            "payload": self.payload,
+            "timestamp": self.timestamp,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> Event:
+        if not isinstance(value, dict):
+            raise CorruptDataError("event is not a JSON object")
+        try:
+            event_type = value["event_type"]
+            version = value["version"]
+            payload = value.get("payload", {})
+            if not isinstance(event_type, str) or not isinstance(version, int):
+                raise TypeError
+            if not isinstance(payload, dict):
+                raise TypeError
+            return cls(
+                event_id=uuid.UUID(value["event_id"]),
+                event_type=event_type,
+                version=version,
+                payload=payload,
+                timestamp=str(value.get("timestamp", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptDataError(f"malformed event: {exc!r}") from None
+
+
+def events_from_decision(
+    decided: Sequence[Any], *, first_version: int, timestamp: str | None = None
+) -> tuple[Event, ...]:
+    """Turn the values ``decide`` returned into numbered events.
+
+    Raises:
+        InvalidArgumentError: a value is not an object with a non-empty string ``type``.
+    """
+    stamp = timestamp or utc_now_rfc3339()
+    events = []
+    for offset, value in enumerate(decided):
+        if (
+            not isinstance(value, dict)
+            or not isinstance(value.get("type"), str)
+            or not value["type"]
+        ):
+            raise InvalidArgumentError(
+                f"decide returned event #{offset} {value!r}: each event must be an object "
+                'with a non-empty string "type"'
+            )
+        payload = {k: v for k, v in value.items() if k != "type"}
+        events.append(Event(uuid7(), value["type"], first_version + offset, payload, stamp))
+    return tuple(events)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """The body of one JetStream message: every event of one command, in order."""
+
+    key: AggregateKey
+    command_id: uuid.UUID
+    correlation_id: str
+    trace_id: str
+    first_version: int
+    events: tuple[Event, ...]
+
+    @property
+    def last_version(self) -> int:
+        return self.first_version + len(self.events) - 1
+
+    def to_json(self) -> JsonObject:
+        return {
+            "tenant_id": self.key.tenant_id,
+            "aggregate_type": self.key.aggregate_type,
+            "aggregate_id": str(self.key.aggregate_id),
+            "command_id": str(self.command_id),
+            "correlation_id": self.correlation_id,
+            "trace_id": self.trace_id,
+            "first_version": self.first_version,
+            "events": [event.to_json() for event in self.events],
+        }
+
+    def encode(self) -> bytes:
+        return dumps(self.to_json())
+
+    @classmethod
+    def decode(cls, data: bytes, *, expected_key: AggregateKey) -> CommandRecord:
+        """Decode a message body read under ``expected_key``.
+
+        Raises:
+            TenantAccessDeniedError: the body names another tenant (corruption or forgery).
+            CorruptDataError: the body is not a well-formed record of this aggregate.
+        """
+        try:
+            value = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptDataError(f"message of {expected_key} is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise CorruptDataError(f"message of {expected_key} is not a JSON object")
+        if value.get("tenant_id") != expected_key.tenant_id:
+            raise TenantAccessDeniedError(
+                f"message read under tenant {expected_key.tenant_id!r} belongs to tenant "
+                f"{value.get('tenant_id')!r}"
+            )
+        try:
+            key = AggregateKey(
+                value["tenant_id"], value["aggregate_type"], uuid.UUID(value["aggregate_id"])
+            )
+            events_json = value["events"]
+            first_version = value["first_version"]
+            if not isinstance(events_json, list) or not events_json:
+                raise TypeError("events must be a non-empty list")
+            if not isinstance(first_version, int) or first_version < 1:
+                raise TypeError("first_version must be a positive integer")
+            record = cls(
+                key=key,
+                command_id=uuid.UUID(value["command_id"]),
+                correlation_id=str(value.get("correlation_id", "")),
+                trace_id=str(value.get("trace_id", "")),
+                first_version=first_version,
+                events=tuple(Event.from_json(e) for e in events_json),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CorruptDataError(f"malformed message of {expected_key}: {exc!r}") from None
+        if key != expected_key:
+            raise CorruptDataError(f"message of {key} was read under {expected_key}")
+        for offset, event in enumerate(record.events):
+            if event.version != first_version + offset:
+                raise CorruptDataError(
+                    f"message of {key} has event version {event.version}, "
+                    f"expected {first_version + offset}"
+                )
+        return record
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A ``CommandRecord`` with the stream sequence it was stored at."""
+
+    seq: int
+    record: CommandRecord
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """The answer to a command: the aggregate's version after it and its events.
+
+    ``duplicate`` is true when the command id had been applied before; the events and
+    version are then the original ones.
+    """
+
+    key: AggregateKey
+    command_id: uuid.UUID
+    version: int
+    events: tuple[Event, ...]
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateView:
+    """An aggregate's current state and version (``GetAggregate``)."""
+
+    key: AggregateKey
+    version: int
+    state: JsonObject
