@@ -16,6 +16,7 @@ from aggregate.domain.envelopes import (
     CommandRecord,
     Event,
     JsonObject,
+    StoredRecord,
     events_from_decision,
     utc_now_rfc3339,
 )
@@ -24,6 +25,7 @@ from aggregate.domain.history import CommandHistory, HistoryEntry
 
 if TYPE_CHECKING:
     import uuid
+    from collections.abc import Sequence
 
     from aggregate.domain.ids import AggregateKey
 
@@ -169,6 +171,32 @@ class AggregateInstance:
                 f"{self.key}: stream sequence {seq} is not after {self.last_seq}"
             )
 
+    def advance(self, stored: Sequence[StoredRecord], new_state: JsonObject) -> None:
+        """Record that ``stored`` (this aggregate's next records, in order) led to
+        ``new_state``. All records are checked before anything changes.
+
+        Raises:
+            TenantAccessDeniedError, CorruptDataError: see ``check_next``.
+        """
+        probe = AggregateInstance(
+            self.key, {}, version=self.version, last_seq=self.last_seq, history=self.history
+        )
+        for item in stored:
+            probe.check_next(item.seq, item.record)
+            probe.version = item.record.last_version
+            probe.last_seq = item.seq
+        for item in stored:
+            self._record(item.seq, item.record)
+        self.state = new_state
+
+    def _record(self, seq: int, record: CommandRecord) -> None:
+        self.version = record.last_version
+        self.last_seq = seq
+        self.events_since_snapshot += len(record.events)
+        self.history.remember(
+            HistoryEntry(record.command_id, record.first_version, record.last_version, seq)
+        )
+
     def accept(self, seq: int, record: CommandRecord, new_state: JsonObject) -> None:
         """Record that ``record`` is stored at ``seq`` and led to ``new_state``.
 
@@ -176,13 +204,8 @@ class AggregateInstance:
             TenantAccessDeniedError, CorruptDataError: see ``check_next``.
         """
         self.check_next(seq, record)
+        self._record(seq, record)
         self.state = new_state
-        self.version = record.last_version
-        self.last_seq = seq
-        self.events_since_snapshot += len(record.events)
-        self.history.remember(
-            HistoryEntry(record.command_id, record.first_version, record.last_version, seq)
-        )
 
 
 def program_events(events: tuple[Event, ...]) -> list[JsonObject]:

@@ -1,0 +1,92 @@
+"""The handler's bounded aggregate cache and per-aggregate locks.
+
+Commands for one aggregate are serialized inside a node by one lock per key (DESIGN §1);
+locks exist only while someone holds or waits for them, so their number is bounded by the
+commands in flight, not by the aggregates ever seen.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import anyio
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from aggregate.domain.aggregate import AggregateInstance
+    from aggregate.domain.ids import AggregateKey
+
+
+class AggregateCache:
+    """Least-recently-used aggregates, at most ``capacity`` of them."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 0:
+            raise ValueError("cache capacity must not be negative")
+        self.capacity = capacity
+        self._items: OrderedDict[AggregateKey, AggregateInstance] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: AggregateKey) -> AggregateInstance | None:
+        instance = self._items.get(key)
+        if instance is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return instance
+
+    def put(self, instance: AggregateInstance) -> None:
+        if self.capacity == 0:
+            return
+        self._items[instance.key] = instance
+        self._items.move_to_end(instance.key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def discard(self, key: AggregateKey) -> None:
+        self._items.pop(key, None)
+
+    def discard_tenant(self, tenant_id: str) -> int:
+        """Forget every aggregate of a tenant (it moved to another shard). Returns how many."""
+        keys = [key for key in self._items if key.tenant_id == tenant_id]
+        for key in keys:
+            del self._items[key]
+        return len(keys)
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+class KeyedLocks:
+    """One ``anyio.Lock`` per aggregate key, created on demand and dropped when unused."""
+
+    def __init__(self) -> None:
+        self._locks: dict[AggregateKey, tuple[anyio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def hold(self, key: AggregateKey) -> AsyncIterator[None]:
+        """Hold the lock of ``key``. Cancellation while waiting leaves no trace."""
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = anyio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock_, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock_, users - 1)

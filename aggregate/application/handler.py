@@ -1,0 +1,308 @@
+"""The command handler: load, de-duplicate, decide, append conditionally, retry (DESIGN §1).
+
+Written with anyio against the ports in ``aggregate.application.ports``: it runs on the
+asyncio island in the service and under Trio in tests. Commands for one aggregate are
+serialized by a per-key lock; the conditional append makes a stale cache harmless (a
+conflict reloads the aggregate's new records and decides again).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+
+from aggregate.application.cache import AggregateCache, KeyedLocks
+from aggregate.domain.aggregate import AggregateInstance, program_events
+from aggregate.domain.envelopes import AggregateView, CommandResult, Event
+from aggregate.domain.errors import (
+    AggregateNotFoundError,
+    CommandIdTooOldError,
+    CommandRejectedError,
+    CorruptDataError,
+    ExpectedVersionMismatchError,
+    VersionConflictError,
+)
+from aggregate.programs.base import Rejected
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from contextlib import AbstractContextManager
+
+    from aggregate.application.ports import EventStore, SnapshotSink, SnapshotStore, TenantGate
+    from aggregate.domain.envelopes import Command, StoredRecord
+    from aggregate.domain.history import HistoryEntry
+    from aggregate.domain.ids import AggregateKey
+    from aggregate.programs.base import AggregateTypeSpec
+
+log = logging.getLogger(__name__)
+
+# Business outcomes: the cached aggregate is still exactly what the store holds.
+_KEEPS_CACHE = (CommandRejectedError, ExpectedVersionMismatchError, CommandIdTooOldError)
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSettings:
+    """Tuning of the handler; the service builds it from ``Settings``."""
+
+    max_retries: int = 3
+    snapshot_threshold: int = 10
+    history_limit: int = 1000
+    cache_size: int = 10_000
+    retry_backoff_s: float = 0.005
+    retry_backoff_max_s: float = 0.2
+
+
+class HandlerObserver(Protocol):
+    """Hooks for metrics; every method must be cheap and must not raise."""
+
+    def conflict(self, key: AggregateKey) -> None: ...
+
+    def rehydrated(self, key: AggregateKey, seconds: float, events: int) -> None: ...
+
+
+class _NoObserver:
+    def conflict(self, key: AggregateKey) -> None:
+        pass
+
+    def rehydrated(self, key: AggregateKey, seconds: float, events: int) -> None:
+        pass
+
+
+class TypeLookup(Protocol):
+    def get(self, name: str) -> AggregateTypeSpec:
+        """The configured type. Raises: UnknownAggregateTypeError."""
+        ...
+
+
+class _OpenGate:
+    def admit(self, tenant_id: str) -> AbstractContextManager[None]:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+class CommandHandler:
+    """Handles commands and reads for every aggregate this node hosts."""
+
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        types: TypeLookup,
+        snapshots: SnapshotStore | None = None,
+        snapshot_sink: SnapshotSink | None = None,
+        gate: TenantGate | None = None,
+        settings: HandlerSettings | None = None,
+        observer: HandlerObserver | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.store = store
+        self.types = types
+        self.snapshots = snapshots
+        self.snapshot_sink = snapshot_sink
+        self.gate: TenantGate = gate or _OpenGate()
+        self.settings = settings or HandlerSettings()
+        self.observer: HandlerObserver = observer or _NoObserver()
+        self.cache = AggregateCache(self.settings.cache_size)
+        self.locks = KeyedLocks()
+        self._rng = rng or random.Random()
+        self._clock = clock
+
+    async def handle(self, command: Command) -> CommandResult:
+        """Run one command to completion.
+
+        Raises:
+            UnknownAggregateTypeError: the type is not configured.
+            TenantUnavailableError, TenantAccessDeniedError: the gate refused the tenant, or
+                stored data names another tenant.
+            CommandIdTooOldError: a v7 command id older than the de-duplication horizon.
+            ExpectedVersionMismatchError: ``expected_version`` is set and differs.
+            CommandRejectedError: ``decide`` rejected the command.
+            VersionConflictError: still conflicting after ``max_retries`` retries.
+            ProgramError, ProgramLimitError: the program crashed or ran out of budget.
+            BackendUnavailableError: the event store could not be reached; the command may
+                or may not have been appended (a retry with the same id is safe).
+
+        Cancellation: the command may or may not have been appended; the cached aggregate
+        is dropped so the next command reloads it.
+        """
+        key = command.key
+        spec = self.types.get(key.aggregate_type)
+        with self.gate.admit(key.tenant_id):
+            async with self.locks.hold(key):
+                try:
+                    return await self._handle_locked(command, spec)
+                except _KEEPS_CACHE:
+                    raise
+                except BaseException:
+                    self.cache.discard(key)
+                    raise
+
+    async def _handle_locked(self, command: Command, spec: AggregateTypeSpec) -> CommandResult:
+        key = command.key
+        instance = await self._load(key, spec)
+        self.cache.put(instance)
+        attempted: Event | None = None
+        for attempt in range(self.settings.max_retries + 1):
+            entry = instance.lookup(command.command_id)
+            if entry is not None:
+                return await self._replay(key, entry, attempted)
+            expected = command.expected_version
+            if expected is not None and expected != instance.version:
+                raise ExpectedVersionMismatchError(
+                    f"{key} is at version {instance.version}, not the expected version {expected}",
+                    expected=expected,
+                    actual=instance.version,
+                )
+            decision = await spec.program.decide(instance.state, command.payload)
+            if isinstance(decision, Rejected):
+                raise CommandRejectedError(decision.reason)
+            if not decision.events:
+                return CommandResult(key, command.command_id, instance.version, ())
+            record = instance.record_for(
+                command.command_id,
+                decision.events,
+                correlation_id=command.context.correlation_id,
+                trace_id=command.context.trace_id,
+            )
+            attempted = record.events[0]
+            try:
+                seq = await self.store.append(
+                    record, expected_last_seq=instance.last_seq, context=command.context
+                )
+            except VersionConflictError:
+                self.observer.conflict(key)
+                await self._catch_up(instance, spec)
+                if attempt < self.settings.max_retries:
+                    await self._backoff(attempt)
+                continue
+            instance.accept(seq, record, decision.state)
+            self._maybe_snapshot(instance)
+            return CommandResult(key, command.command_id, instance.version, record.events)
+        # The last conflict may have been our own append landing (a retried publish).
+        entry = instance.lookup(command.command_id)
+        if entry is not None:
+            return await self._replay(key, entry, attempted)
+        raise VersionConflictError(
+            f"{key}: version conflict persisted after {self.settings.max_retries} retries; "
+            "another writer keeps changing this aggregate, retry the command later"
+        )
+
+    async def get(self, key: AggregateKey) -> AggregateView:
+        """The aggregate's current state and version, caught up with the store.
+
+        Raises:
+            UnknownAggregateTypeError: the type is not configured.
+            AggregateNotFoundError: the aggregate has no events.
+            TenantUnavailableError, TenantAccessDeniedError: as ``handle``.
+        """
+        spec = self.types.get(key.aggregate_type)
+        with self.gate.admit(key.tenant_id):
+            async with self.locks.hold(key):
+                try:
+                    instance = self.cache.get(key)
+                    if instance is None:
+                        instance = await self._rehydrate(key, spec)
+                    else:
+                        await self._catch_up(instance, spec)
+                    self.cache.put(instance)
+                except BaseException:
+                    self.cache.discard(key)
+                    raise
+        if instance.version == 0:
+            raise AggregateNotFoundError(f"aggregate {key} not found")
+        return instance.view()
+
+    async def events(self, key: AggregateKey, *, after_version: int = 0) -> list[Event]:
+        """The aggregate's events with a version above ``after_version``, in order.
+
+        Raises:
+            TenantUnavailableError, TenantAccessDeniedError: as ``handle``.
+        """
+        self.types.get(key.aggregate_type)
+        with self.gate.admit(key.tenant_id):
+            records = await self.store.read(key)
+        return [e for r in records for e in r.record.events if e.version > after_version]
+
+    def forget_tenant(self, tenant_id: str) -> int:
+        """Drop a tenant's cached aggregates (it moved away). Returns how many."""
+        return self.cache.discard_tenant(tenant_id)
+
+    async def _load(self, key: AggregateKey, spec: AggregateTypeSpec) -> AggregateInstance:
+        instance = self.cache.get(key)
+        if instance is None:
+            instance = await self._rehydrate(key, spec)
+        return instance
+
+    async def _rehydrate(self, key: AggregateKey, spec: AggregateTypeSpec) -> AggregateInstance:
+        started = self._clock()
+        limit = self.settings.history_limit
+        instance: AggregateInstance | None = None
+        events = 0
+        if self.snapshots is not None:
+            snapshot = await self.snapshots.load(key)
+            if snapshot is not None:
+                try:
+                    instance = AggregateInstance.from_snapshot(
+                        snapshot, key=key, history_limit=limit
+                    )
+                    events = await self._catch_up(instance, spec)
+                except CorruptDataError as exc:
+                    log.warning("snapshot of %s is unusable (%s); replaying in full", key, exc)
+                    instance = None
+        if instance is None:
+            instance = AggregateInstance.new(key, spec.initial_state, history_limit=limit)
+            events = await self._catch_up(instance, spec)
+        self.observer.rehydrated(key, self._clock() - started, events)
+        self._maybe_snapshot(instance)
+        return instance
+
+    async def _catch_up(self, instance: AggregateInstance, spec: AggregateTypeSpec) -> int:
+        """Apply the records stored after the instance's sequence. Returns the event count."""
+        stored: Sequence[StoredRecord] = await self.store.read(
+            instance.key, after_seq=instance.last_seq
+        )
+        if not stored:
+            return 0
+        events = [e for item in stored for e in program_events(item.record.events)]
+        state = await spec.program.apply(instance.state, events)
+        instance.advance(stored, state)
+        return len(events)
+
+    async def _replay(
+        self, key: AggregateKey, entry: HistoryEntry, attempted: Event | None
+    ) -> CommandResult:
+        """The original result of a remembered command. When ``attempted`` (the first event
+        this handler tried to append for it) is what is stored, our own append landed although
+        its answer was a conflict (DESIGN §4.3): that is the first application, not a repeat."""
+        stored = await self.store.read_at(key, entry.stream_seq)
+        if stored is None or stored.record.command_id != entry.command_id:
+            raise CorruptDataError(
+                f"{key}: command {entry.command_id} is remembered at stream sequence "
+                f"{entry.stream_seq}, but that message is not there"
+            )
+        events = stored.record.events
+        duplicate = attempted is None or events[0].event_id != attempted.event_id
+        return CommandResult(key, entry.command_id, entry.last_version, events, duplicate)
+
+    def _maybe_snapshot(self, instance: AggregateInstance) -> None:
+        threshold = self.settings.snapshot_threshold
+        if self.snapshot_sink is None or threshold <= 0:
+            return
+        if instance.events_since_snapshot >= threshold:
+            self.snapshot_sink.offer(instance.snapshot())
+            instance.events_since_snapshot = 0
+
+    async def _backoff(self, attempt: int) -> None:
+        base = self.settings.retry_backoff_s
+        if base <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        ceiling = min(self.settings.retry_backoff_max_s, base * (2**attempt))
+        await anyio.sleep(ceiling * (0.5 + self._rng.random() / 2))
