@@ -1,0 +1,49 @@
+"""The bank-account rules, written plainly for the model (no program runtime involved).
+
+The bundled Starlark bank example must behave exactly like this; the property tests drive
+the real handler with the real program and compare against these rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+State = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+
+
+def decide(state: State, command: dict[str, Any]) -> list[dict[str, Any]] | Rejection:
+    kind = command["type"]
+    opened = bool(state.get("opened"))
+    if kind == "OpenAccount":
+        if opened:
+            return Rejection("account already opened")
+        return [{"type": "AccountOpened", "owner": command.get("owner", "")}]
+    if not opened:
+        return Rejection("account not opened")
+    amount = command.get("amount")
+    if type(amount) is not int or amount <= 0:
+        return Rejection("amount must be a positive integer")
+    if kind == "Deposit":
+        return [{"type": "MoneyDeposited", "amount": amount}]
+    if kind == "Withdraw":
+        if amount > state["balance"]:
+            return Rejection("insufficient funds")
+        return [{"type": "MoneyWithdrawn", "amount": amount}]
+    return Rejection(f"unknown command {kind}")
+
+
+def apply(state: State, event: dict[str, Any]) -> State:
+    kind = event["type"]
+    if kind == "AccountOpened":
+        return {"opened": True, "owner": event["owner"], "balance": 0}
+    if kind == "MoneyDeposited":
+        return {**state, "balance": state["balance"] + event["amount"]}
+    if kind == "MoneyWithdrawn":
+        return {**state, "balance": state["balance"] - event["amount"]}
+    raise ValueError(f"unknown event {kind}")

@@ -1,0 +1,133 @@
+"""The executable model of the command service: obviously correct, no performance tricks.
+
+A dict of aggregates keyed by (tenant, type, id). Each aggregate keeps its state, version,
+full event log and the full ordered list of command ids it applied. ``submit`` says what
+must happen for a command: the result (version, events, duplicate) or the error class.
+The real handler is compared against it by the property tests (tests/property/).
+
+The invariants it embodies are written out in ``specs/INVARIANTS.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aggregate.domain.errors import (
+    AggregateError,
+    CommandIdTooOldError,
+    CommandRejectedError,
+    ExpectedVersionMismatchError,
+    UnknownAggregateTypeError,
+)
+from aggregate.domain.ids import uuid7_timestamp_ms
+from specs.bank import Rejection
+
+Decide = Callable[[dict[str, Any], dict[str, Any]], "list[dict[str, Any]] | Rejection"]
+Apply = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+Key = tuple[str, str, uuid.UUID]
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    """An event as the model sees it: version, type and payload (ids and times differ)."""
+
+    version: int
+    event_type: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """What a successful command must answer."""
+
+    version: int
+    events: tuple[ModelEvent, ...]
+    duplicate: bool
+
+
+@dataclass
+class ModelAggregate:
+    state: dict[str, Any]
+    version: int = 0
+    log: list[ModelEvent] = field(default_factory=list)
+    applied: list[uuid.UUID] = field(default_factory=list)  # every command id, in order
+    results: dict[uuid.UUID, ModelResult] = field(default_factory=dict)
+
+
+@dataclass
+class ModelType:
+    decide: Decide
+    apply: Apply
+    initial_state: dict[str, Any] = field(default_factory=dict)
+
+
+class Model:
+    """All tenants' aggregates. ``history_limit`` is the K of DESIGN §4.4."""
+
+    def __init__(self, types: dict[str, ModelType], history_limit: int) -> None:
+        self.types = types
+        self.history_limit = history_limit
+        self.aggregates: dict[Key, ModelAggregate] = {}
+
+    def aggregate(self, key: Key) -> ModelAggregate:
+        if key not in self.aggregates:
+            self.aggregates[key] = ModelAggregate(copy.deepcopy(self.types[key[1]].initial_state))
+        return self.aggregates[key]
+
+    def remembered(self, agg: ModelAggregate) -> list[uuid.UUID]:
+        """The command ids a real aggregate still remembers: the last K applied."""
+        return agg.applied[-self.history_limit :]
+
+    def horizon_ms(self, agg: ModelAggregate) -> int:
+        """The largest v7 timestamp among forgotten command ids (0 if none)."""
+        forgotten = agg.applied[: max(0, len(agg.applied) - self.history_limit)]
+        stamps = [uuid7_timestamp_ms(c) for c in forgotten]
+        return max((s for s in stamps if s is not None), default=0)
+
+    def submit(
+        self,
+        key: Key,
+        command_id: uuid.UUID,
+        payload: dict[str, Any],
+        expected_version: int | None = None,
+    ) -> ModelResult | type[AggregateError]:
+        """What must happen; changes the model only when the command is applied."""
+        if key[1] not in self.types:
+            return UnknownAggregateTypeError
+        kind = self.types[key[1]]
+        agg = self.aggregate(key)
+        if command_id in self.remembered(agg):
+            original = agg.results[command_id]
+            return ModelResult(original.version, original.events, duplicate=True)
+        stamp = uuid7_timestamp_ms(command_id)
+        if stamp is not None and stamp <= self.horizon_ms(agg):
+            return CommandIdTooOldError
+        if expected_version is not None and expected_version != agg.version:
+            return ExpectedVersionMismatchError
+        decided = kind.decide(copy.deepcopy(agg.state), copy.deepcopy(payload))
+        if isinstance(decided, Rejection):
+            return CommandRejectedError
+        if not decided:
+            return ModelResult(agg.version, (), duplicate=False)
+        events = []
+        for value in decided:
+            agg.state = kind.apply(agg.state, value)
+            agg.version += 1
+            payload_only = {k: v for k, v in value.items() if k != "type"}
+            events.append(ModelEvent(agg.version, value["type"], payload_only))
+        agg.log.extend(events)
+        agg.applied.append(command_id)
+        result = ModelResult(agg.version, tuple(events), duplicate=False)
+        agg.results[command_id] = result
+        return result
+
+    def view(self, key: Key) -> tuple[int, dict[str, Any]] | None:
+        """(version, state) of an aggregate with events, or None."""
+        agg = self.aggregates.get(key)
+        if agg is None or agg.version == 0:
+            return None
+        return agg.version, agg.state

@@ -1,0 +1,354 @@
+"""The handler state machine: the real handler(s) and the ``specs`` model side by side.
+
+A ``World`` provides the event store (in memory, or a real JetStream), the snapshot store
+and a blocking portal to run async code from Hypothesis' sync rules. Two handler instances
+("nodes") share the world's store, so one's cache goes stale whenever the other writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import anyio
+from hypothesis import note
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+)
+
+from aggregate.application.handler import CommandHandler, HandlerSettings
+from aggregate.domain.context import RequestContext
+from aggregate.domain.envelopes import Command, CommandResult
+from aggregate.domain.errors import (
+    AggregateError,
+    AggregateNotFoundError,
+    BackendUnavailableError,
+)
+from aggregate.domain.ids import AggregateKey, uuid7_at
+from aggregate.programs.base import AggregateTypeSpec
+from aggregate.testing.memory_snapshots import InMemorySnapshotStore
+from aggregate.testing.programs import FunctionProgram, StaticTypes
+from specs import bank
+from specs.model import Model, ModelResult, ModelType
+
+if TYPE_CHECKING:
+    from anyio.from_thread import BlockingPortal
+
+    from aggregate.application.ports import EventStore
+
+TYPE = "bank-account"
+HISTORY_LIMIT = 4
+SNAPSHOT_THRESHOLD = 3
+
+
+@dataclass
+class World:
+    """What the machine runs against. Subclasses bring other stores."""
+
+    portal: BlockingPortal
+    store: EventStore
+    snapshots: InMemorySnapshotStore = field(default_factory=InMemorySnapshotStore)
+    supports_faults: bool = False
+    tenant_prefix: str = ""
+    program: Any = None
+
+    def types(self) -> StaticTypes:
+        program = self.program or FunctionProgram(TYPE, bank.decide, bank.apply)
+        return StaticTypes({TYPE: AggregateTypeSpec(TYPE, program)})
+
+    def new_handler(self) -> CommandHandler:
+        return CommandHandler(
+            store=self.store,
+            types=self.types(),
+            snapshots=self.snapshots,
+            snapshot_sink=self.snapshots,
+            settings=HandlerSettings(
+                max_retries=3,
+                snapshot_threshold=SNAPSHOT_THRESHOLD,
+                history_limit=HISTORY_LIMIT,
+                cache_size=8,
+                retry_backoff_s=0,
+            ),
+        )
+
+    def close(self) -> None:
+        pass
+
+
+commands = st.one_of(
+    st.builds(
+        lambda owner: {"type": "OpenAccount", "owner": owner}, st.sampled_from(["ann", "bo"])
+    ),
+    st.builds(lambda n: {"type": "Deposit", "amount": n}, st.integers(-5, 100)),
+    st.builds(lambda n: {"type": "Withdraw", "amount": n}, st.integers(1, 150)),
+    st.just({"type": "Deposit", "amount": "10"}),
+    st.just({"type": "Freeze"}),
+)
+
+
+class HandlerMachine(RuleBasedStateMachine):
+    """Subclasses set ``make_world`` (a callable returning a World)."""
+
+    make_world: ClassVar[Any]
+
+    tenants = Bundle("tenants")
+    aggregate_ids = Bundle("aggregate_ids")
+    sent = Bundle("sent")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.world: World = type(self).make_world()
+        self.model = Model({TYPE: ModelType(bank.decide, bank.apply)}, HISTORY_LIMIT)
+        self.nodes = [self.world.new_handler(), self.world.new_handler()]
+        self.clock_ms = 1_750_000_000_000
+        self.counter = itertools.count()
+
+    def teardown(self) -> None:
+        self.world.close()
+
+    # ---- helpers --------------------------------------------------------------------
+    def fresh_id(self, v7: bool = True) -> uuid.UUID:
+        self.clock_ms += 1
+        if v7:
+            return uuid7_at(self.clock_ms, next(self.counter))
+        return uuid.uuid4()
+
+    def key(self, tenant: str, agg: uuid.UUID, kind: str = TYPE) -> AggregateKey:
+        return AggregateKey(self.world.tenant_prefix + tenant, kind, agg)
+
+    def run(self, node: int, command: Command) -> CommandResult | AggregateError:
+        try:
+            return self.world.portal.call(self.nodes[node].handle, command)
+        except AggregateError as exc:
+            return exc
+
+    def check(self, got: CommandResult | AggregateError, want: Any) -> None:
+        note(f"  real: {got!r}")
+        note(f"  model: {want!r}")
+        if isinstance(want, ModelResult):
+            assert isinstance(got, CommandResult), f"expected success {want}, got {got!r}"
+            assert got.version == want.version
+            assert got.duplicate == want.duplicate
+            real_events = [(e.version, e.event_type, e.payload) for e in got.events]
+            model_events = [(e.version, e.event_type, e.payload) for e in want.events]
+            assert real_events == model_events
+        else:
+            assert isinstance(got, want), f"expected {want.__name__}, got {got!r}"
+
+    def submit(
+        self,
+        node: int,
+        tenant: str,
+        agg: uuid.UUID,
+        command_id: uuid.UUID,
+        payload: dict[str, Any],
+        expected_version: int | None = None,
+        kind: str = TYPE,
+    ) -> None:
+        want = self.model.submit((tenant, kind, agg), command_id, payload, expected_version)
+        command = Command(
+            self.key(tenant, agg, kind),
+            command_id,
+            payload,
+            RequestContext.new(),
+            expected_version=expected_version,
+        )
+        note(
+            f"node {node}: {payload} id={command_id} expected={expected_version} on {tenant}/{agg}"
+        )
+        self.check(self.run(node, command), want)
+
+    # ---- rules ----------------------------------------------------------------------
+    @initialize(target=tenants)
+    def two_tenants(self) -> Any:
+        return multiple("acme", "globex")
+
+    @rule(target=aggregate_ids, v7=st.booleans())
+    def new_aggregate(self, v7: bool) -> uuid.UUID:
+        return self.fresh_id(v7)
+
+    @rule(
+        target=sent,
+        node=st.integers(0, 1),
+        tenant=tenants,
+        agg=aggregate_ids,
+        payload=commands,
+        v7=st.booleans(),
+    )
+    def submit_command(
+        self, node: int, tenant: str, agg: uuid.UUID, payload: dict[str, Any], v7: bool
+    ) -> tuple[str, uuid.UUID, uuid.UUID, dict[str, Any]]:
+        command_id = self.fresh_id(v7)
+        self.submit(node, tenant, agg, command_id, payload)
+        return (tenant, agg, command_id, payload)
+
+    @rule(
+        node=st.integers(0, 1),
+        tenant=tenants,
+        agg=aggregate_ids,
+        payload=commands,
+        delta=st.sampled_from([0, 0, 1, -1]),
+    )
+    def submit_with_expected_version(
+        self, node: int, tenant: str, agg: uuid.UUID, payload: dict[str, Any], delta: int
+    ) -> None:
+        current = self.model.aggregate((tenant, TYPE, agg)).version
+        expected = max(0, current + delta)
+        self.submit(node, tenant, agg, self.fresh_id(), payload, expected)
+
+    @rule(node=st.integers(0, 1), previous=sent, other_payload=st.booleans())
+    def repeat_command(
+        self,
+        node: int,
+        previous: tuple[str, uuid.UUID, uuid.UUID, dict[str, Any]],
+        other_payload: bool,
+    ) -> None:
+        tenant, agg, command_id, payload = previous
+        if other_payload:  # a repeat is recognised by id alone
+            payload = {"type": "Deposit", "amount": 1}
+        self.submit(node, tenant, agg, command_id, payload)
+
+    @rule(node=st.integers(0, 1), tenant=tenants, agg=aggregate_ids, back=st.integers(0, 50))
+    def submit_old_command_id(self, node: int, tenant: str, agg: uuid.UUID, back: int) -> None:
+        """A v7 id from the past: refused if the aggregate may have forgotten it."""
+        old = uuid7_at(self.clock_ms - back, 10**6 + next(self.counter))
+        self.submit(node, tenant, agg, old, {"type": "Deposit", "amount": 5})
+
+    @rule(node=st.integers(0, 1), tenant=tenants, agg=aggregate_ids)
+    def submit_unknown_type(self, node: int, tenant: str, agg: uuid.UUID) -> None:
+        self.submit(
+            node, tenant, agg, self.fresh_id(), {"type": "Deposit", "amount": 1}, kind="nope"
+        )
+
+    @rule(tenant=tenants, agg=aggregate_ids, first=commands, second=commands)
+    def concurrent_on_two_nodes(
+        self, tenant: str, agg: uuid.UUID, first: dict[str, Any], second: dict[str, Any]
+    ) -> None:
+        """Both nodes write one aggregate at once (a placement flip): the results must match
+        the model in one of the two orders."""
+        key = self.key(tenant, agg)
+        ids = [self.fresh_id(), self.fresh_id()]
+        payloads = [first, second]
+        results: list[Any] = [None, None]
+
+        async def both() -> None:
+            async def one(i: int) -> None:
+                try:
+                    results[i] = await self.nodes[i].handle(
+                        Command(key, ids[i], payloads[i], RequestContext.new())
+                    )
+                except AggregateError as exc:
+                    results[i] = exc
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one, 0)
+                tg.start_soon(one, 1)
+
+        self.world.portal.call(both)
+        note(f"concurrent {payloads} -> {results}")
+        for order in ((0, 1), (1, 0)):
+            trial = copy.deepcopy(self.model)
+            wants = {i: trial.submit((tenant, TYPE, agg), ids[i], payloads[i]) for i in order}
+            try:
+                for i in (0, 1):
+                    self.check(results[i], wants[i])
+            except AssertionError:
+                continue
+            self.model = trial
+            return
+        raise AssertionError(f"no serial order explains {results}")
+
+    @rule(node=st.integers(0, 1))
+    def restart_node(self, node: int) -> None:
+        """A new handler rebuilt from the store and the snapshots."""
+        self.nodes[node] = self.world.new_handler()
+
+    @rule()
+    def delete_snapshots(self) -> None:
+        self.world.snapshots.clear()
+
+    @precondition(lambda self: self.world.supports_faults)
+    @rule(target=sent, node=st.integers(0, 1), tenant=tenants, agg=aggregate_ids, payload=commands)
+    def lost_acknowledgement(
+        self, node: int, tenant: str, agg: uuid.UUID, payload: dict[str, Any]
+    ) -> Any:
+        """The append lands but its answer is lost: the client sees UNAVAILABLE, and a retry
+        with the same id must answer the stored result, never append again."""
+        trial = copy.deepcopy(self.model)
+        command_id = self.fresh_id()
+        want = trial.submit((tenant, TYPE, agg), command_id, payload)
+        if not (isinstance(want, ModelResult) and want.events and not want.duplicate):
+            return multiple()
+        self.world.store.lose_next_ack()  # type: ignore[attr-defined]
+        got = self.run(
+            node, Command(self.key(tenant, agg), command_id, payload, RequestContext.new())
+        )
+        note(f"lost ack: {payload} -> {got!r}")
+        assert isinstance(got, BackendUnavailableError)
+        self.model = trial
+        return (tenant, agg, command_id, payload)
+
+    @precondition(lambda self: self.world.supports_faults)
+    @rule(node=st.integers(0, 1), tenant=tenants, agg=aggregate_ids, payload=commands)
+    def retried_publish_answered_as_conflict(
+        self, node: int, tenant: str, agg: uuid.UUID, payload: dict[str, Any]
+    ) -> None:
+        """JetStream answers a retried publish whose first attempt landed with a conflict;
+        the handler must find its own append and answer it as a first application."""
+        trial = copy.deepcopy(self.model)
+        want = trial.submit((tenant, TYPE, agg), self.fresh_id(), payload)
+        if not (isinstance(want, ModelResult) and want.events):
+            return
+        self.world.store.conflict_next_ack()  # type: ignore[attr-defined]
+        self.submit(node, tenant, agg, self.fresh_id(), payload)
+
+    # ---- invariants -----------------------------------------------------------------
+    @invariant()
+    def every_aggregate_matches_the_model(self) -> None:
+        for (tenant, kind, agg), _ in list(self.model.aggregates.items()):
+            want = self.model.view((tenant, kind, agg))
+            key = self.key(tenant, agg, kind)
+            for handler in self.nodes:
+                try:
+                    view = self.world.portal.call(handler.get, key)
+                    got = (view.version, view.state)
+                except AggregateNotFoundError:
+                    got = None
+                assert got == want, f"{key}: handler has {got}, model has {want}"
+
+    @invariant()
+    def stream_holds_each_command_once_with_contiguous_versions(self) -> None:
+        for (tenant, kind, agg), model_agg in self.model.aggregates.items():
+            key = self.key(tenant, agg, kind)
+            stored = self.world.portal.call(self.world.store.read, key)
+            ids = [item.record.command_id for item in stored]
+            assert len(ids) == len(set(ids)), f"{key}: a command id is stored twice"
+            events = [e for item in stored for e in item.record.events]
+            assert [e.version for e in events] == list(range(1, len(events) + 1))
+            assert [(e.version, e.event_type, e.payload) for e in events] == [
+                (e.version, e.event_type, e.payload) for e in model_agg.log
+            ]
+            assert ids == model_agg.applied
+
+
+def memory_world_factory(backend: str = "trio") -> Any:
+    from aggregate.testing.memory_store import InMemoryEventStore
+
+    def make() -> World:
+        cm = anyio.from_thread.start_blocking_portal(backend)
+        portal = cm.__enter__()
+        world = World(portal=portal, store=InMemoryEventStore(), supports_faults=True)
+        world.close = lambda: cm.__exit__(None, None, None)  # type: ignore[method-assign]
+        return world
+
+    return make

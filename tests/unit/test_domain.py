@@ -1,0 +1,209 @@
+"""Pure domain: ids, context, envelopes, command history, the aggregate instance."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from aggregate.domain.aggregate import AggregateInstance, Snapshot
+from aggregate.domain.context import RequestContext, valid_traceparent
+from aggregate.domain.envelopes import (
+    CommandRecord,
+    StoredRecord,
+    events_from_decision,
+    parse_command_payload,
+)
+from aggregate.domain.errors import (
+    CommandIdTooOldError,
+    CorruptDataError,
+    InvalidArgumentError,
+    TenantAccessDeniedError,
+)
+from aggregate.domain.history import CommandHistory, HistoryEntry
+from aggregate.domain.ids import (
+    AggregateKey,
+    parse_uuid,
+    uuid7,
+    uuid7_at,
+    uuid7_timestamp_ms,
+    validate_aggregate_type,
+    validate_tenant_id,
+)
+
+KEY = AggregateKey("acme", "bank-account", uuid.UUID(int=1))
+
+
+def record(first_version: int, *types: str, key: AggregateKey = KEY) -> CommandRecord:
+    return CommandRecord(
+        key=key,
+        command_id=uuid7(),
+        correlation_id="c",
+        trace_id="t",
+        first_version=first_version,
+        events=events_from_decision([{"type": t} for t in types], first_version=first_version),
+    )
+
+
+@pytest.mark.parametrize("good", ["a", "acme-corp_1", "_default", "x" * 64])
+def test_valid_tokens(good: str) -> None:
+    assert validate_tenant_id(good) == good
+    assert validate_aggregate_type(good) == good
+
+
+@pytest.mark.parametrize("bad", ["", "a.b", "a b", "a*", "x" * 65, "é"])
+def test_invalid_tokens_name_the_value(bad: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="tenant id"):
+        validate_tenant_id(bad)
+    with pytest.raises(InvalidArgumentError, match="aggregate type"):
+        validate_aggregate_type(bad)
+
+
+def test_uuid7_is_v7_time_ordered_and_unique() -> None:
+    ids = [uuid7() for _ in range(5000)]
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert uuid7_timestamp_ms(uuid7_at(1234567, 99)) == 1234567
+    assert uuid7_timestamp_ms(uuid.uuid4()) is None
+
+
+def test_parse_uuid_names_the_field() -> None:
+    with pytest.raises(InvalidArgumentError, match="command_id 'nope' is not a UUID"):
+        parse_uuid("nope", "command_id")
+
+
+def test_subject_is_tenant_scoped() -> None:
+    assert KEY.subject == f"tenant.acme.aggregate.bank-account.{KEY.aggregate_id}"
+
+
+def test_context_keeps_valid_values_and_generates_the_rest() -> None:
+    tp = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+    ctx = RequestContext.from_headers({"X-Correlation-Id": "corr-1", "traceparent": tp})
+    assert ctx.correlation_id == "corr-1"
+    assert ctx.traceparent == tp
+    assert ctx.trace_id == "ab" * 16
+    assert ctx.request_id  # generated
+    bad = RequestContext.from_headers({"traceparent": "00-" + "0" * 32 + "-" + "1" * 16 + "-01"})
+    assert valid_traceparent(bad.traceparent)
+    assert bad.traceparent != tp
+    headers = ctx.nats_headers("acme")
+    assert headers["tenant-id"] == "acme"
+    assert headers["x-correlation-id"] == headers["correlation-id"] == "corr-1"
+    assert headers["trace-id"] == "ab" * 16
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ("{", "not valid JSON"),
+        ("[1]", "must be a JSON object"),
+        ('{"amount": 1}', 'non-empty string "type"'),
+        ('{"type": ""}', 'non-empty string "type"'),
+    ],
+)
+def test_bad_payloads_are_invalid_arguments(payload: str, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        parse_command_payload(payload)
+
+
+def test_payload_integers_stay_exact() -> None:
+    big = 2**70 + 1
+    assert parse_command_payload(json.dumps({"type": "X", "n": big}))["n"] == big
+
+
+def test_record_round_trip_and_tolerant_decoding() -> None:
+    rec = record(3, "A", "B")
+    body = rec.to_json()
+    body["added_later"] = {"x": 1}  # unknown fields are ignored
+    decoded = CommandRecord.decode(json.dumps(body).encode(), expected_key=KEY)
+    assert decoded == rec
+    assert decoded.last_version == 4
+
+
+def test_record_of_another_tenant_is_refused() -> None:
+    other = AggregateKey("globex", KEY.aggregate_type, KEY.aggregate_id)
+    with pytest.raises(TenantAccessDeniedError, match="belongs to tenant 'globex'"):
+        CommandRecord.decode(record(1, "A", key=other).encode(), expected_key=KEY)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda b: b.update(events=[]),
+        lambda b: b.update(first_version=0),
+        lambda b: b["events"][0].update(version=9),
+        lambda b: b.update(aggregate_id=str(uuid.UUID(int=2))),
+        lambda b: b.pop("command_id"),
+    ],
+)
+def test_malformed_records_are_corrupt(mutate: object) -> None:
+    body = record(1, "A").to_json()
+    mutate(body)  # type: ignore[operator]
+    with pytest.raises(CorruptDataError):
+        CommandRecord.decode(json.dumps(body).encode(), expected_key=KEY)
+
+
+def test_decided_events_must_have_a_type() -> None:
+    with pytest.raises(InvalidArgumentError, match="event #1"):
+        events_from_decision([{"type": "A"}, {"amount": 1}], first_version=1)
+
+
+def test_history_forgets_oldest_and_refuses_v7_ids_before_the_horizon() -> None:
+    history = CommandHistory(limit=2)
+    ids = [uuid7_at(1000 + i, i) for i in range(3)]
+    for n, cid in enumerate(ids):
+        history.remember(HistoryEntry(cid, n + 1, n + 1, n + 1))
+    assert history.lookup(ids[0]) is None
+    assert history.horizon_ms == 1000
+    with pytest.raises(CommandIdTooOldError, match="too old to de-duplicate"):
+        history.check_new(uuid7_at(999, 7))
+    history.check_new(uuid7_at(1001, 7))  # after the horizon: never forgotten, so new
+    history.check_new(uuid.uuid4())  # non-v7 ids are only de-duplicated within the window
+    restored = CommandHistory.from_json(history.to_json(), limit=2)
+    assert restored.entries() == history.entries()
+    assert restored.horizon_ms == 1000
+
+
+def test_no_horizon_until_something_is_forgotten() -> None:
+    history = CommandHistory(limit=5)
+    history.remember(HistoryEntry(uuid7_at(5000), 1, 1, 1))
+    history.check_new(uuid7_at(1))  # nothing forgotten: an old-looking id is still new
+
+
+def test_instance_accepts_only_its_next_record() -> None:
+    inst = AggregateInstance.new(KEY, {}, history_limit=10)
+    inst.accept(5, record(1, "A", "B"), {"n": 2})
+    assert (inst.version, inst.last_seq, inst.state) == (2, 5, {"n": 2})
+    with pytest.raises(CorruptDataError, match="starts at version 2"):
+        inst.accept(6, record(2, "C"), {})
+    with pytest.raises(CorruptDataError, match="not after"):
+        inst.accept(5, record(3, "C"), {})
+    other = AggregateKey("globex", KEY.aggregate_type, KEY.aggregate_id)
+    with pytest.raises(TenantAccessDeniedError):
+        inst.accept(9, record(3, "C", key=other), {})
+    assert inst.version == 2
+
+
+def test_advance_checks_every_record_before_changing_anything() -> None:
+    inst = AggregateInstance.new(KEY, {}, history_limit=10)
+    batch = [StoredRecord(1, record(1, "A")), StoredRecord(2, record(3, "B"))]
+    with pytest.raises(CorruptDataError):
+        inst.advance(batch, {"changed": True})
+    assert (inst.version, inst.last_seq, inst.state, len(inst.history)) == (0, 0, {}, 0)
+
+
+def test_snapshot_round_trip_and_tenant_check() -> None:
+    inst = AggregateInstance.new(KEY, {}, history_limit=3)
+    rec = record(1, "A")
+    inst.accept(1, rec, {"n": 1})
+    snap = inst.snapshot()
+    inst.state["n"] = 99  # the snapshot is a copy
+    again = AggregateInstance.from_snapshot(snap, key=KEY, history_limit=3)
+    assert (again.version, again.last_seq, again.state) == (1, 1, {"n": 1})
+    assert again.lookup(rec.command_id) == HistoryEntry(rec.command_id, 1, 1, 1)
+    other = AggregateKey("globex", KEY.aggregate_type, KEY.aggregate_id)
+    forged = Snapshot(other, 1, 1, {}, snap.history, snap.created_at)
+    with pytest.raises(TenantAccessDeniedError):
+        AggregateInstance.from_snapshot(forged, key=KEY, history_limit=3)
