@@ -1,0 +1,154 @@
+"""Build ``Settings`` from defaults ← config file ← ``AGGREGATE_*`` environment.
+
+The only module of the service that reads ``os.environ`` (STYLE 10); everything else gets a
+``Settings``. Every value is checked here, and every error names the key and where it came
+from (``environment variable AGGREGATE_X`` or ``config file <path>, key x``), so a person
+can fix it without reading code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aggregate.config.files import read_mapping_file
+from aggregate.config.manifest import check_program_settings, parse_aggregate_types
+from aggregate.config.settings import ENV_PREFIX, Settings, env_name, settable_fields
+from aggregate.domain.errors import ConfigError
+
+if TYPE_CHECKING:
+    import dataclasses
+    from collections.abc import Mapping
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    allowed = {env_name(name) for name in settable_fields("env")}
+    file_only = {env_name(name) for name in settable_fields("file")} - allowed
+    problems = []
+    for name in sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in allowed):
+        if name in file_only:
+            problems.append(
+                f"{name} (the {name.removeprefix(ENV_PREFIX).lower()} section can only be "
+                "given in the config file; or use AGGREGATE_MANIFEST_PATH)"
+            )
+        else:
+            problems.append(name + _did_you_mean(name, sorted(allowed)))
+    if problems:
+        raise ConfigError(
+            "unknown environment variable"
+            + ("s: " if len(problems) > 1 else " ")
+            + "; ".join(problems)
+            + ". See docs/configuration.md for the list"
+        )
+
+
+def _check_file_keys(data: Mapping[str, Any], source: str) -> None:
+    allowed = set(settable_fields("file"))
+    problems = []
+    for key in sorted(set(data) - allowed):
+        if key == "config_path":
+            problems.append(f"{key} (can only be set by the environment variable "
+                            "AGGREGATE_CONFIG_PATH)")  # fmt: skip
+        else:
+            problems.append(key + _did_you_mean(key, sorted(allowed)))
+    if problems:
+        raise ConfigError(
+            f"{source}: unknown key" + ("s: " if len(problems) > 1 else " ") + "; ".join(problems)
+        )
+
+
+def _parse(f: dataclasses.Field[Any], raw: object, where: str) -> Any:
+    try:
+        return f.metadata["parse"](raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Load and validate the configuration.
+
+    ``env`` is the environment to read (default ``os.environ``); tests pass their own.
+    Precedence: built-in defaults, then the config file named by ``AGGREGATE_CONFIG_PATH``,
+    then ``AGGREGATE_*`` variables. Relative paths in the config file resolve against the
+    file's directory; those in the environment against the working directory. Program
+    files of ``decide_program_path`` etc. and ``manifest_path`` are read later, by
+    ``manifest_from_settings``; an inline ``aggregate_types`` section is read here.
+
+    Raises:
+        ConfigError: an unknown variable or key (with the closest known name), a bad value,
+            an unreadable or unparsable config file, or inconsistent settings; the message
+            names the key and where it came from.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    _check_env_names(environ)
+    env_fields = settable_fields("env")
+    file_fields = settable_fields("file")
+
+    config_var = env_name("config_path")
+    config_path: Path | None = None
+    if config_var in environ:
+        config_path = _parse(
+            env_fields["config_path"], environ[config_var], f"environment variable {config_var}"
+        )
+    file_data: Mapping[str, Any] = {}
+    source = ""
+    if config_path is not None:
+        config_path = config_path.resolve()
+        source = f"config file {config_path}"
+        try:
+            file_data = read_mapping_file(config_path, "config file")
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{exc.message} (named by environment variable {config_var})"
+            ) from None
+        _check_file_keys(file_data, source)
+
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for name, f in file_fields.items():
+        if name not in file_data:
+            continue
+        where = f"{source}, key {name}"
+        if name == "aggregate_types":
+            assert config_path is not None  # file_data is only non-empty with a file
+            value: Any = parse_aggregate_types(file_data[name], source, config_path.parent)
+        else:
+            value = _parse(f, file_data[name], where)
+            if isinstance(value, Path) and not value.is_absolute():
+                assert config_path is not None
+                value = config_path.parent / value
+        values[name] = value
+        origins[name] = where
+    for name, f in env_fields.items():
+        var = env_name(name)
+        if var in environ:
+            where = f"environment variable {var}"
+            values[name] = config_path if name == "config_path" else _parse(f, environ[var], where)
+            origins[name] = where
+
+    settings = Settings(**values, origins=origins)
+    _check_relations(settings)
+    check_program_settings(settings)
+    return settings
+
+
+def _check_relations(settings: Settings) -> None:
+    """Checks that involve two settings; the message names both and their origins."""
+    pairs = (
+        ("program_timeout_ms", "program_hard_timeout_ms"),
+        ("retry_backoff_ms", "retry_backoff_max_ms"),
+    )
+    for low, high in pairs:
+        low_value, high_value = getattr(settings, low), getattr(settings, high)
+        if high_value < low_value:
+            raise ConfigError(
+                f"{high} = {high_value} ({settings.origin_of(high)}) is less than "
+                f"{low} = {low_value} ({settings.origin_of(low)}); raise {high} or lower {low}"
+            )

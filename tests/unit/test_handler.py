@@ -1,0 +1,200 @@
+"""Command handler paths the state machine does not reach on its own."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import anyio
+import pytest
+
+from aggregate.application.handler import CommandHandler, HandlerSettings
+from aggregate.domain.context import RequestContext
+from aggregate.domain.envelopes import Command, CommandRecord, events_from_decision
+from aggregate.domain.errors import (
+    AggregateNotFoundError,
+    BackendUnavailableError,
+    TenantAccessDeniedError,
+    UnknownAggregateTypeError,
+    VersionConflictError,
+)
+from aggregate.domain.ids import AggregateKey, uuid7
+from aggregate.programs.base import AggregateTypeSpec
+from aggregate.testing.memory_snapshots import InMemorySnapshotStore
+from aggregate.testing.memory_store import InMemoryEventStore
+from aggregate.testing.programs import FunctionProgram, StaticTypes
+from specs import bank
+
+pytestmark = pytest.mark.trio
+TYPE = "bank-account"
+
+
+def handler(store: Any = None, **kwargs: Any) -> CommandHandler:
+    types = StaticTypes(
+        {TYPE: AggregateTypeSpec(TYPE, FunctionProgram(TYPE, bank.decide, bank.apply))}
+    )
+    settings = kwargs.pop("settings", HandlerSettings(retry_backoff_s=0))
+    return CommandHandler(
+        store=store or InMemoryEventStore(), types=types, settings=settings, **kwargs
+    )
+
+
+def cmd(key: AggregateKey, payload: dict[str, Any], **kw: Any) -> Command:
+    return Command(key, uuid7(), payload, RequestContext.new(), **kw)
+
+
+def new_key(tenant: str = "acme") -> AggregateKey:
+    return AggregateKey(tenant, TYPE, uuid7())
+
+
+async def test_open_deposit_withdraw_and_get() -> None:
+    h = handler()
+    key = new_key()
+    r1 = await h.handle(cmd(key, {"type": "OpenAccount", "owner": "ann"}))
+    r2 = await h.handle(cmd(key, {"type": "Deposit", "amount": 50}))
+    r3 = await h.handle(cmd(key, {"type": "Withdraw", "amount": 20}))
+    assert [r.version for r in (r1, r2, r3)] == [1, 2, 3]
+    view = await h.get(key)
+    assert (view.version, view.state["balance"]) == (3, 30)
+    assert [e.event_type for e in await h.events(key)] == [
+        "AccountOpened",
+        "MoneyDeposited",
+        "MoneyWithdrawn",
+    ]
+    assert len(h.locks) == 0
+
+
+async def test_get_of_unknown_aggregate_is_not_found_and_type_must_exist() -> None:
+    h = handler()
+    with pytest.raises(AggregateNotFoundError):
+        await h.get(new_key())
+    with pytest.raises(UnknownAggregateTypeError, match="configured: bank-account"):
+        await h.get(AggregateKey("acme", "nope", uuid7()))
+
+
+async def test_forged_record_of_another_tenant_is_permission_denied() -> None:
+    store = InMemoryEventStore()
+    key = new_key("acme")
+    forged_key = AggregateKey("globex", key.aggregate_type, key.aggregate_id)
+    forged = CommandRecord(
+        forged_key,
+        uuid7(),
+        "c",
+        "t",
+        1,
+        events_from_decision([{"type": "AccountOpened", "owner": "x"}], first_version=1),
+    )
+    store.publish_raw(key.subject, forged.encode())  # under acme's subject
+    h = handler(store)
+    with pytest.raises(TenantAccessDeniedError, match="belongs to tenant 'globex'"):
+        await h.handle(cmd(key, {"type": "Deposit", "amount": 1}))
+
+
+class AlwaysConflicting(InMemoryEventStore):
+    async def append(self, record: Any, *, expected_last_seq: int, context: Any) -> int:
+        self.appends += 1
+        raise VersionConflictError("wrong last sequence")
+
+
+async def test_conflicts_are_retried_up_to_max_retries_then_aborted() -> None:
+    store = AlwaysConflicting()
+    h = handler(store, settings=HandlerSettings(max_retries=2, retry_backoff_s=0.001))
+    with pytest.raises(VersionConflictError, match="after 2 retries"):
+        await h.handle(cmd(new_key(), {"type": "OpenAccount"}))
+    assert store.appends == 3
+
+
+async def test_unknown_outcome_drops_the_cache_and_a_retry_answers_the_stored_result() -> None:
+    store = InMemoryEventStore()
+    h = handler(store)
+    key = new_key()
+    await h.handle(cmd(key, {"type": "OpenAccount"}))
+    store.lose_next_ack()
+    command = cmd(key, {"type": "Deposit", "amount": 7})
+    with pytest.raises(BackendUnavailableError):
+        await h.handle(command)
+    assert h.cache.get(key) is None
+    again = await h.handle(command)
+    assert (again.version, again.duplicate) == (2, True)
+    assert (await h.get(key)).state["balance"] == 7
+    assert len(store.messages) == 2
+
+
+class HangsAfterStoring(InMemoryEventStore):
+    """Stores the message, then never answers (until cancelled)."""
+
+    hang = False
+    stored = anyio.Event()
+
+    async def append(self, record: Any, *, expected_last_seq: int, context: Any) -> int:
+        seq = await super().append(record, expected_last_seq=expected_last_seq, context=context)
+        if self.hang:
+            self.stored.set()
+            await anyio.sleep_forever()
+        return seq
+
+
+async def test_cancelled_append_drops_the_cache_entry_and_nothing_is_lost() -> None:
+    store = HangsAfterStoring()
+    h = handler(store)
+    key = new_key()
+    await h.handle(cmd(key, {"type": "OpenAccount"}))
+    store.hang = True
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.handle, cmd(key, {"type": "Deposit", "amount": 3}))
+        await store.stored.wait()
+        tg.cancel_scope.cancel()
+    assert h.cache.get(key) is None
+    assert len(h.locks) == 0
+    store.hang = False
+    view = await h.get(key)
+    assert (view.version, view.state["balance"]) == (2, 3)
+
+
+async def test_snapshots_are_offered_at_the_threshold_and_used_on_restart() -> None:
+    store, snaps = InMemoryEventStore(), InMemorySnapshotStore()
+    settings = HandlerSettings(snapshot_threshold=3, retry_backoff_s=0)
+    h = handler(store, snapshots=snaps, snapshot_sink=snaps, settings=settings)
+    key = new_key()
+    await h.handle(cmd(key, {"type": "OpenAccount"}))
+    for _ in range(4):
+        await h.handle(cmd(key, {"type": "Deposit", "amount": 1}))
+    assert snaps.offered == 1
+    snapshot = await snaps.load(key)
+    assert snapshot is not None
+    assert snapshot.version == 3
+    restarted = handler(store, snapshots=snaps, snapshot_sink=snaps, settings=settings)
+    view = await restarted.get(key)
+    assert (view.version, view.state["balance"]) == (5, 4)
+
+
+async def test_zero_events_answers_the_current_version_and_appends_nothing() -> None:
+    def decide(state: dict[str, Any], command: dict[str, Any]) -> list[dict[str, Any]]:
+        return []
+
+    store = InMemoryEventStore()
+    types = StaticTypes({TYPE: AggregateTypeSpec(TYPE, FunctionProgram(TYPE, decide, bank.apply))})
+    h = CommandHandler(store=store, types=types)
+    result = await h.handle(cmd(new_key(), {"type": "Noop"}))
+    assert (result.version, result.events, result.duplicate) == (0, (), False)
+    assert store.messages == []
+
+
+async def test_cache_is_bounded() -> None:
+    h = handler(settings=HandlerSettings(cache_size=3, retry_backoff_s=0))
+    for _ in range(10):
+        await h.handle(cmd(new_key(), {"type": "OpenAccount"}))
+    assert len(h.cache) == 3
+
+
+async def test_same_aggregate_id_under_two_tenants_is_two_aggregates() -> None:
+    h = handler()
+    agg = uuid.uuid4()
+    a, b = AggregateKey("acme", TYPE, agg), AggregateKey("globex", TYPE, agg)
+    await h.handle(cmd(a, {"type": "OpenAccount", "owner": "a"}))
+    await h.handle(cmd(a, {"type": "Deposit", "amount": 5}))
+    with pytest.raises(AggregateNotFoundError):
+        await h.get(b)
+    await h.handle(cmd(b, {"type": "OpenAccount", "owner": "b"}))
+    assert (await h.get(a)).state == {"opened": True, "owner": "a", "balance": 5}
+    assert (await h.get(b)).state == {"opened": True, "owner": "b", "balance": 0}
