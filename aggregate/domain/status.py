@@ -1,0 +1,54 @@
+"""The one table from errors to gRPC status names and HTTP codes (DESIGN §9.1, STYLE 9).
+
+Status names are the gRPC canonical names (``grpclib.const.Status[name]`` and
+``grpc.StatusCode[name]`` both accept them); transports look them up here and never decide
+on their own.
+"""
+
+from __future__ import annotations
+
+from aggregate.domain import errors as e
+
+# Most specific first: the first matching class wins.
+_TABLE: tuple[tuple[type[BaseException], str, int], ...] = (
+    (e.UnknownAggregateTypeError, "INVALID_ARGUMENT", 400),
+    (e.ExpectedVersionMismatchError, "ABORTED", 409),
+    (e.VersionConflictError, "ABORTED", 409),
+    (e.CommandRejectedError, "FAILED_PRECONDITION", 422),
+    (e.CommandIdTooOldError, "FAILED_PRECONDITION", 422),
+    (e.InvalidArgumentError, "INVALID_ARGUMENT", 400),
+    (e.AggregateNotFoundError, "NOT_FOUND", 404),
+    (e.TenantAccessDeniedError, "PERMISSION_DENIED", 403),
+    (e.TenantUnavailableError, "UNAVAILABLE", 503),
+    (e.BackendUnavailableError, "UNAVAILABLE", 503),
+    (e.ProgramLimitError, "RESOURCE_EXHAUSTED", 429),
+    (e.ResourceExhaustedError, "RESOURCE_EXHAUSTED", 429),
+    (e.ProgramError, "INTERNAL", 500),
+    (e.CorruptDataError, "INTERNAL", 500),
+    (e.ConfigError, "INTERNAL", 500),
+    (TimeoutError, "DEADLINE_EXCEEDED", 504),
+)
+
+
+def status_of(exc: BaseException) -> tuple[str, int]:
+    """(gRPC status name, HTTP code) for an error; anything unknown is INTERNAL / 500."""
+    for kind, name, http in _TABLE:
+        if isinstance(exc, kind):
+            return name, http
+    return "INTERNAL", 500
+
+
+def outcome_of(exc: BaseException | None) -> str:
+    """The ``outcome`` metric label of a command: ``ok`` or the lower-case status name."""
+    return "ok" if exc is None else status_of(exc)[0].lower()
+
+
+def public_message(exc: BaseException) -> str:
+    """What a client may be told: the error's own message, except for INTERNAL errors,
+    whose details (stack, internals) stay in the logs."""
+    name, _ = status_of(exc)
+    if name == "INTERNAL" and not isinstance(exc, e.ProgramError):
+        return "internal error; see the service log for this request's correlation id"
+    if isinstance(exc, e.AggregateError):
+        return exc.message
+    return str(exc) or type(exc).__name__
