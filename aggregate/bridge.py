@@ -1,0 +1,146 @@
+"""The one module that knows two event loops exist (DESIGN §3, STYLE 4).
+
+Trio is the control plane; nats-py and grpclib are asyncio-only, so the command path runs
+on an asyncio "island": one event loop on a thread owned by a Trio task. ``Island.serve``
+owns that thread: the Trio nursery cannot exit before the loop has stopped and its tasks
+have finished. Trio code calls into the island with ``Island.run`` (async functions) and
+``Island.call`` (plain functions); island code hands work back to Trio with
+``Island.to_trio_soon``. Island state (the gate, the cache) is only ever touched on the
+island; Trio sends it calls, never shares mutable objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import trio
+
+if TYPE_CHECKING:
+    import concurrent.futures
+    from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class IslandNotRunningError(RuntimeError):
+    """Raised when the island is used before ``serve`` started it or after it stopped."""
+
+
+class Island:
+    """An asyncio event loop on a Trio-owned thread."""
+
+    def __init__(self, *, name: str = "aggregate-island") -> None:
+        self.name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None or self._loop.is_closed():
+            raise IslandNotRunningError("the asyncio island is not running")
+        return self._loop
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[Island] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the island until cancelled; ``started`` once the loop is running.
+
+        Cancellation: stops the loop after cancelling every task still on it, and returns
+        only when the thread has finished (so nothing on the island outlives this task).
+        """
+        loop = asyncio.new_event_loop()
+        self._token = trio.lowlevel.current_trio_token()
+        running = trio.Event()
+        token = self._token
+
+        def thread_main() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(token.run_sync_soon, running.set)
+            try:
+                loop.run_forever()
+            finally:
+                _finish_loop(loop)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                lambda: trio.to_thread.run_sync(thread_main, abandon_on_cancel=False)
+            )
+            await running.wait()
+            self._loop = loop
+            task_status.started(self)
+            try:
+                await trio.sleep_forever()
+            finally:
+                loop.call_soon_threadsafe(loop.stop)
+
+    async def run(self, afn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``afn(*args)`` on the island and return its result to this Trio task.
+
+        Raises:
+            Whatever ``afn`` raises; IslandNotRunningError when the island is down.
+
+        Cancellation: the island task is cancelled too, and this returns (raising
+        ``trio.Cancelled``) only after it has finished, so no work is left behind.
+        """
+        loop = self.loop
+        token = self._token
+        assert token is not None
+
+        async def wrapper() -> T:
+            return await afn(*args, **kwargs)
+
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(wrapper(), loop)
+        done = trio.Event()
+
+        def wake(_: object) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+        future.add_done_callback(wake)
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            future.cancel()
+            with trio.CancelScope(shield=True):
+                await done.wait()
+            raise
+        try:
+            return future.result()
+        except asyncio.CancelledError:
+            raise IslandNotRunningError("the island cancelled the call (it is stopping)") from None
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a plain function on the island thread (to read or change island state)."""
+
+        async def run_sync() -> T:
+            return fn(*args, **kwargs)
+
+        return await self.run(run_sync)
+
+    def to_trio_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """From the island: schedule ``fn(*args)`` on the Trio thread (never blocks)."""
+        if self._token is None:
+            raise IslandNotRunningError("the island has not started")
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(fn, *args)
+
+
+def _finish_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left on the loop, let it unwind, then close the loop."""
+    try:
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    except Exception:
+        log.exception("the asyncio island did not shut down cleanly")
+    finally:
+        loop.close()
