@@ -149,6 +149,11 @@ class NatsServerProcess:
                 proc.wait()
         return proc.returncode
 
+    def wait(self) -> int | None:
+        """Block until the process exits; its exit code (None if it was never started)."""
+        proc = self._proc
+        return proc.wait() if proc is not None else None
+
     def kill(self) -> None:
         """SIGKILL: the node dies with no chance to flush (fault injection)."""
         proc, self._proc = self._proc, None

@@ -157,6 +157,14 @@ class CommandRecord:
     def last_version(self) -> int:
         return self.first_version + len(self.events) - 1
 
+    @property
+    def message_id(self) -> str:
+        """The ``Nats-Msg-Id`` of this record: the command id scoped by the aggregate's
+        subject. JetStream de-duplicates message ids across the whole stream, so a bare
+        command id reused by another aggregate (or another tenant) would be silently
+        dropped as a duplicate; scoped, one aggregate can never affect another."""
+        return f"{self.key.subject}.{self.command_id}"
+
     def to_json(self) -> JsonObject:
         return {
             "tenant_id": self.key.tenant_id,

@@ -115,7 +115,7 @@ class InMemoryEventStore:
         headers = context.nats_headers(record.key.tenant_id)
         headers.update(
             {
-                "Nats-Msg-Id": str(record.command_id),
+                "Nats-Msg-Id": record.message_id,
                 "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
                 "command-id": str(record.command_id),
                 "aggregate-type": record.key.aggregate_type,
@@ -129,7 +129,7 @@ class InMemoryEventStore:
             record.encode(),
             headers,
             expected_last_seq=expected_last_seq,
-            msg_id=str(record.command_id),
+            msg_id=record.message_id,
         )
         await anyio.lowlevel.checkpoint()
         if self._conflict_acks:
