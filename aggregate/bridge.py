@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import trio
 
 if TYPE_CHECKING:
-    import concurrent.futures
     from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
@@ -90,27 +89,36 @@ class Island:
         loop = self.loop
         token = self._token
         assert token is not None
-
-        async def wrapper() -> T:
-            return await afn(*args, **kwargs)
-
-        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(wrapper(), loop)
         done = trio.Event()
+        tasks: list[asyncio.Task[T]] = []
 
         def wake(_: object) -> None:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(done.set)
 
-        future.add_done_callback(wake)
+        async def wrapper() -> T:
+            return await afn(*args, **kwargs)
+
+        def submit() -> None:
+            task = loop.create_task(wrapper())
+            task.add_done_callback(wake)
+            tasks.append(task)
+
+        def cancel() -> None:  # queued after submit(), so the task exists
+            tasks[0].cancel()
+
+        loop.call_soon_threadsafe(submit)
         try:
             await done.wait()
         except trio.Cancelled:
-            future.cancel()
+            # Wait for the island task itself to finish, not just for the request to be
+            # marked cancelled, so nothing it does outlives this call.
+            loop.call_soon_threadsafe(cancel)
             with trio.CancelScope(shield=True):
                 await done.wait()
             raise
         try:
-            return future.result()
+            return tasks[0].result()
         except asyncio.CancelledError:
             raise IslandNotRunningError("the island cancelled the call (it is stopping)") from None
 

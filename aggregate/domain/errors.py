@@ -86,8 +86,25 @@ class BackendUnavailableError(AggregateError):
 class ProgramError(AggregateError):
     """Raised when a decide/apply program crashes or returns a malformed value (INTERNAL).
 
-    The message carries the program name and, when known, line and column.
+    The message carries the program name and, when known, line and column; the same facts
+    are attributes (``program``: aggregate type, ``origin``: file or reference, ``line`` and
+    ``column``: 1-based, ``None`` when unknown).
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        program: str | None = None,
+        origin: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.program = program
+        self.origin = origin
+        self.line = line
+        self.column = column
 
 
 class ProgramCompileError(ProgramError, ConfigError):

@@ -8,8 +8,11 @@ mutated: implementations copy or convert them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+import os
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aggregate.domain.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -28,7 +31,11 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """``decide`` rejected the command; ``reason`` is the program's text."""
+    """``decide`` rejected the command; ``reason`` is the program's text.
+
+    Trusted Python ``decide`` functions return one (``return Rejected("insufficient
+    funds")``); Starlark programs call their ``reject("...")`` global instead.
+    """
 
     reason: str
 
@@ -66,3 +73,83 @@ class AggregateTypeSpec:
     name: str
     program: AggregateProgram
     initial_state: JsonObject = field(default_factory=dict)
+
+
+def _default_pool_size() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramLimits:
+    """Budgets for running programs (DESIGN §7).
+
+    - ``soft_timeout_seconds``: per Starlark call (one ``decide`` or one ``apply``, and a
+      program's top-level code at compile time), enforced inside the interpreter through
+      ``check_cancelled``; the call raises ``ProgramLimitError``. Inline and process modes.
+      A rehydration batch of ``n`` events is folded in one call with a budget of
+      ``soft_timeout_seconds + n * timeout_per_event_seconds``.
+    - ``hard_timeout_seconds``: per round trip to a worker process (process mode); past it
+      the worker is killed and respawned. A rehydration batch of ``n`` events gets
+      ``hard_timeout_seconds + n * timeout_per_event_seconds``. This catches single
+      operations the interpreter cannot interrupt (``x = x * x`` on huge integers).
+    - ``max_memory_bytes``: address-space limit (``RLIMIT_AS``) of each worker process.
+    - ``max_callstack_size``: Starlark call-stack depth (kept small: values near 20,000
+      overflow the native stack and crash the host).
+    - ``max_input_depth``: maximum nesting of dicts/lists in state, command and events
+      handed to a program, and in what it returns.
+    - ``pool_size``: number of worker processes (process mode).
+    - ``max_message_bytes``: largest request or answer exchanged with a worker.
+    - ``startup_timeout_seconds``: how long a new worker may take to report ready.
+    """
+
+    soft_timeout_seconds: float = 1.0
+    hard_timeout_seconds: float = 5.0
+    timeout_per_event_seconds: float = 0.005
+    max_memory_bytes: int = 512 * 1024 * 1024
+    max_callstack_size: int = 100
+    max_input_depth: int = 64
+    pool_size: int = field(default_factory=_default_pool_size)
+    max_message_bytes: int = 64 * 1024 * 1024
+    startup_timeout_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = int if f.type == "int" else int | float
+            if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+                what = "integer" if f.type == "int" else "number"
+                raise ConfigError(
+                    f"program limit {f.name} must be a positive {what}, got {value!r}"
+                )
+        if not 16 <= self.max_callstack_size <= 1000:
+            raise ConfigError(
+                "program limit max_callstack_size must be between 16 and 1000 (large values "
+                f"overflow the native stack), got {self.max_callstack_size}"
+            )
+        if self.max_memory_bytes < 64 * 1024 * 1024:
+            raise ConfigError(
+                "program limit max_memory_bytes must be at least 64 MiB (a worker process "
+                f"needs ~30 MiB of address space to start), got {self.max_memory_bytes}"
+            )
+        if self.hard_timeout_seconds < self.soft_timeout_seconds:
+            raise ConfigError(
+                "program limit hard_timeout_seconds must be at least soft_timeout_seconds "
+                f"({self.hard_timeout_seconds} < {self.soft_timeout_seconds})"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        """The limits as a JSON object (sent to worker processes)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> ProgramLimits:
+        """Inverse of ``to_json``.
+
+        Raises:
+            ConfigError: unknown or invalid fields.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ConfigError(f"unknown program limits: {', '.join(unknown)}")
+        return cls(**value)

@@ -1,0 +1,1 @@
+"""The ``bank-account`` example: open an account, deposit, withdraw."""

@@ -1,0 +1,150 @@
+"""Turn a manifest into running programs, and look them up by aggregate type (DESIGN §7).
+
+``build_specs`` makes one ``AggregateTypeSpec`` per manifest type: Starlark ``inline``
+programs and Python callables are compiled/imported at once; ``process`` programs are
+compiled in the workers (``check_specs`` does it eagerly, one worker per program).
+``ProgramRegistry`` serves the handler's lookups and is hot-reloadable: ``replace`` swaps
+the whole table at once, and a command keeps the spec it looked up until it finishes, so
+in-flight commands run to the end on the programs they started with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from aggregate.domain.errors import ConfigError, UnknownAggregateTypeError
+from aggregate.domain.manifest import Isolation, Language
+from aggregate.programs.base import AggregateTypeSpec, ProgramLimits
+from aggregate.programs.pool import WorkerPool
+from aggregate.programs.python_program import PythonProgram
+from aggregate.programs.starlark_program import StarlarkInlineProgram, StarlarkProcessProgram
+from aggregate.programs.values import json_copy
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from aggregate.domain.manifest import AggregateTypeManifest, Manifest
+    from aggregate.programs.base import AggregateProgram
+
+
+def build_program(
+    spec: AggregateTypeManifest, *, limits: ProgramLimits, pool: WorkerPool | None
+) -> AggregateProgram:
+    """The program for one manifest type.
+
+    Python programs always run in the service process (whatever ``isolation`` says).
+
+    Raises:
+        ProgramCompileError: an inline Starlark program does not compile, or a Python
+            reference does not import.
+        ConfigError: a ``process`` program but no worker pool.
+    """
+    if spec.language is Language.PYTHON:
+        return PythonProgram(spec.name, spec.decide, spec.apply, limits)
+    if spec.isolation is Isolation.INLINE:
+        return StarlarkInlineProgram(spec.name, spec.decide, spec.apply, limits)
+    if pool is None:
+        raise ConfigError(
+            f"aggregate type {spec.name} runs its programs with isolation: process, but no "
+            "program worker pool was started (or set isolation: inline for trusted programs)"
+        )
+    return StarlarkProcessProgram(spec.name, spec.decide, spec.apply, pool)
+
+
+def build_specs(
+    manifest: Manifest, *, limits: ProgramLimits | None = None, pool: WorkerPool | None = None
+) -> dict[str, AggregateTypeSpec]:
+    """One spec per type of ``manifest``, by name. ``limits`` default to ``pool.limits``
+    (process programs always use the pool's limits).
+
+    Raises:
+        ProgramCompileError, ConfigError: see ``build_program``.
+    """
+    if limits is None:
+        limits = pool.limits if pool is not None else ProgramLimits()
+    specs = {}
+    for name, spec in manifest.types.items():
+        specs[name] = AggregateTypeSpec(
+            name=name,
+            program=build_program(spec, limits=limits, pool=pool),
+            initial_state=json_copy(spec.initial_state),
+        )
+    return specs
+
+
+async def check_specs(specs: Mapping[str, AggregateTypeSpec]) -> None:
+    """Compile every ``process`` program now, in a worker (the others compiled when built).
+
+    Raises:
+        ProgramCompileError: the first program that does not compile (program, origin,
+            line, column).
+        ProgramLimitError: compiling ran past the hard timeout or killed the worker.
+
+    Cancellation: as ``WorkerPool.request``.
+    """
+    for spec in specs.values():
+        if isinstance(spec.program, StarlarkProcessProgram):
+            await spec.program.check()
+
+
+async def check_manifest(
+    manifest: Manifest, *, limits: ProgramLimits | None = None, pool: WorkerPool | None = None
+) -> dict[str, AggregateTypeSpec]:
+    """Build and compile every program of ``manifest`` (``aggregate check``). Without a
+    ``pool``, ``process`` programs are compiled in a temporary one-worker pool (the
+    returned specs are then only good for inspection: that pool is closed).
+
+    Raises:
+        ProgramCompileError, ConfigError, ProgramLimitError: see ``build_specs`` and
+            ``check_specs``.
+    """
+    needs_pool = any(
+        t.language is Language.STARLARK and t.isolation is Isolation.PROCESS
+        for t in manifest.types.values()
+    )
+    if pool is not None or not needs_pool:
+        specs = build_specs(manifest, limits=limits, pool=pool)
+        await check_specs(specs)
+        return specs
+    one = dataclasses.replace(limits or ProgramLimits(), pool_size=1)
+    async with WorkerPool(one) as temporary:
+        specs = build_specs(manifest, limits=limits, pool=temporary)
+        await check_specs(specs)
+    return specs
+
+
+class ProgramRegistry:
+    """Aggregate type name → spec; the handler's type lookup. Hot-reloadable."""
+
+    def __init__(self, specs: Mapping[str, AggregateTypeSpec] | None = None) -> None:
+        self._specs: dict[str, AggregateTypeSpec] = dict(specs or {})
+
+    def get(self, name: str) -> AggregateTypeSpec:
+        """The spec of type ``name``; hold on to it for the whole command.
+
+        Raises:
+            UnknownAggregateTypeError: ``name`` is not configured (names the ones that are).
+        """
+        try:
+            return self._specs[name]
+        except KeyError:
+            known = ", ".join(sorted(self._specs)) or "none"
+            raise UnknownAggregateTypeError(
+                f"aggregate type {name!r} is not configured; configured types: {known}"
+            ) from None
+
+    def names(self) -> list[str]:
+        """The configured type names, sorted."""
+        return sorted(self._specs)
+
+    def replace(self, specs: Mapping[str, AggregateTypeSpec]) -> None:
+        """Serve ``specs`` from now on (one atomic swap). Commands that already looked up
+        a spec finish with it; the next lookup sees the new table."""
+        self._specs = dict(specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __len__(self) -> int:
+        return len(self._specs)

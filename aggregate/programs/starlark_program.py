@@ -1,0 +1,188 @@
+"""Starlark decide/apply programs as ``AggregateProgram``s, in both isolation modes.
+
+- ``StarlarkInlineProgram``: compiled and run in the service process (trusted programs;
+  ~20 µs a call). A runaway loop is stopped by the soft deadline, but some single
+  operations cannot be interrupted and a memory bomb aborts the whole process, which is
+  why untrusted programs use:
+- ``StarlarkProcessProgram``: run by a ``WorkerPool``; decide plus all its applies, or a
+  whole rehydration batch, is one round trip. The program text is compiled in the workers
+  only (never parsed in the service process).
+
+Programs: ``def decide(state, command)`` returns a list of events (dicts with a string
+``"type"``) or ``reject("reason")``; ``def apply(state, event)`` returns the new state. Both
+may live in one file.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio.lowlevel
+
+from aggregate.domain.errors import InvalidArgumentError, ProgramError
+from aggregate.programs.base import Accepted, ProgramLimits, Rejected
+from aggregate.programs.starlark_compile import COMPILE_CACHE, CompileCache, source_key
+from aggregate.programs.starlark_runtime import StarlarkPair
+from aggregate.programs.values import json_copy, json_problem
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from aggregate.domain.envelopes import JsonObject
+    from aggregate.domain.manifest import ProgramSource
+    from aggregate.programs.base import Decision
+    from aggregate.programs.pool import WorkerPool
+
+APPLY_CHUNK = 1000  # inline rehydration yields to the event loop between chunks
+
+
+class StarlarkInlineProgram:
+    """A Starlark program run in the service process. Compiles at construction.
+
+    Raises (constructor):
+        ProgramCompileError: a source does not compile or lacks its function.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        decide: ProgramSource,
+        apply: ProgramSource,
+        limits: ProgramLimits | None = None,
+        *,
+        cache: CompileCache = COMPILE_CACHE,
+    ) -> None:
+        limits = limits if limits is not None else ProgramLimits()
+        self._name = name
+        self._pair = StarlarkPair(
+            program=name,
+            decide_module=cache.compile(decide.text, decide.origin, program=name, limits=limits),
+            decide_origin=decide.origin,
+            apply_module=cache.compile(apply.text, apply.origin, program=name, limits=limits),
+            apply_origin=apply.origin,
+            limits=limits,
+        )
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    async def decide(self, state: JsonObject, command: JsonObject) -> Decision:
+        """Run decide and the applies of its events, synchronously (no await inside: the
+        event loop is held for at most the soft deadline per call).
+
+        Raises:
+            InvalidArgumentError: the command nests deeper than ``max_input_depth``.
+            ProgramError: the program crashed or returned a malformed value.
+            ProgramLimitError: past the soft deadline or the call-stack budget.
+        """
+        return self._pair.decide(state, command)
+
+    async def apply(self, state: JsonObject, events: Sequence[JsonObject]) -> JsonObject:
+        """Fold ``events`` into ``state``, yielding to the event loop every
+        ``APPLY_CHUNK`` events.
+
+        Raises: as ``decide``. Cancellation: between chunks; nothing is mutated.
+        """
+        if len(events) <= APPLY_CHUNK:
+            return self._pair.apply(state, events)
+        for start in range(0, len(events), APPLY_CHUNK):
+            state = self._pair.apply(state, events[start : start + APPLY_CHUNK])
+            await anyio.lowlevel.checkpoint()
+        return state
+
+
+class StarlarkProcessProgram:
+    """A Starlark program run by a ``WorkerPool`` (untrusted programs).
+
+    Nothing is compiled at construction; ``check()`` compiles in a worker, and every worker
+    compiles a text the first time it needs it (cached by source hash).
+    """
+
+    def __init__(
+        self, name: str, decide: ProgramSource, apply: ProgramSource, pool: WorkerPool
+    ) -> None:
+        self._name = name
+        self._pool = pool
+        decide_key, apply_key = source_key(decide.text), source_key(apply.text)
+        self._sources = {decide_key: decide.text, apply_key: apply.text}
+        self._entries = {
+            "program": name,
+            "decide": {"key": decide_key, "origin": decide.origin},
+            "apply": {"key": apply_key, "origin": apply.origin},
+        }
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def limits(self) -> ProgramLimits:
+        return self._pool.limits
+
+    def _check_input(self, value: object, what: str, error: type[Exception]) -> None:
+        problem = json_problem(value, self.limits.max_input_depth)
+        if problem is not None:
+            message = (
+                f"{self._name}: the {what} handed to the program is refused: "
+                f"{problem.replace('value', what, 1)} (max_input_depth)"
+            )
+            if issubclass(error, ProgramError):
+                raise ProgramError(message, program=self._name)
+            raise error(message)
+
+    async def _request(self, op: str, time_limit: float, **values: Any) -> Any:
+        message = {"op": op, **self._entries, **values}
+        return await self._pool.request(message, sources=self._sources, time_limit=time_limit)
+
+    async def check(self) -> None:
+        """Compile both programs in a worker.
+
+        Raises:
+            ProgramCompileError: with program, origin, line and column.
+            ProgramLimitError: compiling ran past the hard timeout or killed the worker.
+
+        Cancellation: as ``WorkerPool.request``.
+        """
+        await self._request("compile", self.limits.hard_timeout_seconds)
+
+    async def decide(self, state: JsonObject, command: JsonObject) -> Decision:
+        """Run decide and the applies of its events in one round trip to a worker.
+
+        Raises:
+            InvalidArgumentError: the command is too deep or not plain JSON.
+            ProgramError: the program crashed or returned a malformed value.
+            ProgramLimitError: past the soft deadline, the call-stack budget, the hard
+                timeout, or the worker's memory limit.
+
+        Cancellation: the worker running the call is killed and replaced (see
+        ``WorkerPool.request``).
+        """
+        self._check_input(state, "state", ProgramError)
+        self._check_input(command, "command", InvalidArgumentError)
+        answer = await self._request(
+            "decide", self.limits.hard_timeout_seconds, state=state, command=command
+        )
+        if "rejected" in answer:
+            return Rejected(str(answer["rejected"]))
+        return Accepted(answer["events"], answer["state"])
+
+    async def apply(self, state: JsonObject, events: Sequence[JsonObject]) -> JsonObject:
+        """Fold ``events`` into ``state`` in one round trip; the hard deadline grows by
+        ``timeout_per_event_seconds`` per event.
+
+        Raises and cancellation: as ``decide``.
+        """
+        if not events:
+            copied: JsonObject = json_copy(state)
+            return copied
+        self._check_input(state, "state", ProgramError)
+        for event in events:
+            self._check_input(event, "event", ProgramError)
+        limits = self.limits
+        per_event = limits.timeout_per_event_seconds
+        time_limit = limits.hard_timeout_seconds + per_event * len(events)
+        new_state: JsonObject = await self._request(
+            "apply", time_limit, state=state, events=list(events)
+        )
+        return new_state

@@ -1,0 +1,221 @@
+"""Run a compiled decide/apply pair: the synchronous core of both Starlark isolation modes.
+
+The inline program calls it in the service process; each worker process calls it for the
+requests it receives. Values cross into Starlark by conversion (a copy), so the caller's
+state, command and events are never mutated.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import starlark as sl
+
+from aggregate.domain.errors import InvalidArgumentError, ProgramError
+from aggregate.programs.base import Accepted, Rejected
+from aggregate.programs.starlark_compile import FOLD, Rejection, is_panic, runtime_error
+from aggregate.programs.values import json_copy, json_problem
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from aggregate.domain.envelopes import JsonObject
+    from aggregate.programs.base import Decision, ProgramLimits
+    from aggregate.programs.starlark_compile import CompiledModule
+
+
+def describe(value: object) -> str:
+    """A short description of a returned value for error messages."""
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def check_events(events: object, *, program: str, origin: str, max_depth: int) -> list[Any]:
+    """``events`` as decide must return them: a list of dicts with a non-empty string
+    ``"type"``, nested at most ``max_depth`` levels each.
+
+    Raises:
+        ProgramError: naming the program, origin and the first bad event.
+    """
+    if not isinstance(events, list):
+        raise ProgramError(
+            f"{program}: decide ({origin}) returned {describe(events)}; expected a list of "
+            'events ({"type": ..., ...}) or reject("reason")',
+            program=program,
+            origin=origin,
+        )
+    for index, event in enumerate(events):
+        kind = event.get("type") if isinstance(event, dict) else None
+        if not isinstance(kind, str) or not kind:
+            raise ProgramError(
+                f"{program}: decide ({origin}) returned event #{index} = {describe(event)}; "
+                'each event must be a dict with a non-empty string "type"',
+                program=program,
+                origin=origin,
+            )
+    problem = json_problem(events, max_depth + 1)
+    if problem is not None:
+        raise ProgramError(
+            f"{program}: decide ({origin}) returned events that are not plain JSON: "
+            f"{problem.replace('value', 'events', 1)}",
+            program=program,
+            origin=origin,
+        )
+    return events
+
+
+@dataclass(frozen=True, slots=True)
+class StarlarkPair:
+    """The compiled decide and apply of one aggregate type, with where each came from."""
+
+    program: str
+    decide_module: CompiledModule
+    decide_origin: str
+    apply_module: CompiledModule
+    apply_origin: str
+    limits: ProgramLimits
+
+    def __post_init__(self) -> None:
+        self.decide_module.require("decide", program=self.program, origin=self.decide_origin)
+        self.apply_module.require("apply", program=self.program, origin=self.apply_origin)
+
+    def _call(
+        self,
+        role: str,
+        module: CompiledModule,
+        origin: str,
+        *args: object,
+        function: str | None = None,
+        budget: float | None = None,
+    ) -> object:
+        seconds = self.limits.soft_timeout_seconds if budget is None else budget
+        deadline = time.monotonic() + seconds
+        options = sl.EvalOptions(
+            check_cancelled=lambda: time.monotonic() > deadline,
+            max_callstack_size=self.limits.max_callstack_size,
+        )
+        try:
+            return module.module.call_with(options, function or role, *args).value
+        except sl.StarlarkError as exc:
+            raise runtime_error(
+                exc,
+                program=self.program,
+                role=role,
+                origin=origin,
+                budget=seconds,
+                limits=self.limits,
+            ) from None
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            raise ProgramError(
+                f"{self.program}: {role} ({origin}) exchanged a value that is not plain "
+                f"JSON: {exc}",
+                program=self.program,
+                origin=origin,
+            ) from None
+        except BaseException as exc:
+            if not is_panic(exc):
+                raise
+            raise ProgramError(
+                f"{self.program}: the Starlark interpreter failed in {role} ({origin}): {exc}",
+                program=self.program,
+                origin=origin,
+            ) from None
+
+    def _check_input(self, value: object, what: str, error: type[Exception]) -> None:
+        problem = json_problem(value, self.limits.max_input_depth)
+        if problem is not None:
+            message = (
+                f"{self.program}: the {what} handed to the program is refused: "
+                f"{problem.replace('value', what, 1)} (max_input_depth)"
+            )
+            if issubclass(error, ProgramError):
+                raise ProgramError(message, program=self.program)
+            raise error(message)
+
+    def _not_a_state(self, value: object, event: JsonObject) -> ProgramError:
+        return ProgramError(
+            f"{self.program}: apply ({self.apply_origin}) returned {describe(value)} for a "
+            f"{event.get('type')!r} event; expected the new state (a dict)",
+            program=self.program,
+            origin=self.apply_origin,
+        )
+
+    def _apply_one(self, state: JsonObject, event: JsonObject) -> JsonObject:
+        new_state = self._call("apply", self.apply_module, self.apply_origin, state, event)
+        if not isinstance(new_state, dict):
+            raise self._not_a_state(new_state, event)
+        return new_state
+
+    def _check_state_out(self, state: JsonObject) -> JsonObject:
+        problem = json_problem(state, self.limits.max_input_depth)
+        if problem is not None:
+            raise ProgramError(
+                f"{self.program}: apply ({self.apply_origin}) built a state that is refused: "
+                f"{problem.replace('value', 'state', 1)} (max_input_depth)",
+                program=self.program,
+                origin=self.apply_origin,
+            )
+        return state
+
+    def decide(self, state: JsonObject, command: JsonObject) -> Decision:
+        """Run decide, then apply for each decided event.
+
+        Raises:
+            InvalidArgumentError: the command nests deeper than ``max_input_depth``.
+            ProgramError: the state is too deep, a program crashed or returned a malformed
+                value.
+            ProgramLimitError: a call ran past the soft deadline or the call-stack budget.
+        """
+        self._check_input(state, "state", ProgramError)
+        self._check_input(command, "command", InvalidArgumentError)
+        result = self._call("decide", self.decide_module, self.decide_origin, state, command)
+        if isinstance(result, Rejection):
+            return Rejected(result.reason)
+        events = check_events(
+            result,
+            program=self.program,
+            origin=self.decide_origin,
+            max_depth=self.limits.max_input_depth,
+        )
+        new_state = state
+        for event in events:
+            new_state = self._apply_one(new_state, event)
+        if new_state is state:
+            new_state = self._call_identity(state)
+        return Accepted(events, self._check_state_out(new_state))
+
+    def _call_identity(self, state: JsonObject) -> JsonObject:
+        # No events: the state is unchanged, but the caller gets its own copy.
+        copied: JsonObject = json_copy(state)
+        return copied
+
+    def apply(self, state: JsonObject, events: Sequence[JsonObject]) -> JsonObject:
+        """Apply ``events`` in order (rehydration).
+
+        Raises:
+            ProgramError: state or events too deep, apply crashed or returned a non-dict.
+            ProgramLimitError: a call ran past the soft deadline or the call-stack budget.
+        """
+        self._check_input(state, "state", ProgramError)
+        for event in events:
+            self._check_input(event, "event", ProgramError)
+        if not events:
+            return self._call_identity(state)
+        budget = self.limits.soft_timeout_seconds
+        budget += self.limits.timeout_per_event_seconds * len(events)
+        folded = self._call(
+            "apply",
+            self.apply_module,
+            self.apply_origin,
+            state,
+            events if isinstance(events, list) else list(events),
+            function=FOLD,
+            budget=budget,
+        )
+        if not isinstance(folded, dict):
+            assert isinstance(folded, list)
+            index, value = folded
+            raise self._not_a_state(value, events[index])
+        return self._check_state_out(folded)
