@@ -19,11 +19,16 @@ class Rejection:
 
 def decide(state: State, command: dict[str, Any]) -> list[dict[str, Any]] | Rejection:
     kind = command["type"]
-    opened = bool(state.get("opened"))
+    opened = "owner" in state
     if kind == "OpenAccount":
         if opened:
             return Rejection("account already opened")
-        return [{"type": "AccountOpened", "owner": command.get("owner", "")}]
+        owner = command.get("owner")
+        if not isinstance(owner, str) or not owner:
+            return Rejection("owner must be a non-empty string")
+        return [{"type": "AccountOpened", "owner": owner}]
+    if kind not in ("Deposit", "Withdraw"):
+        return Rejection(f"unknown command type {kind}")
     if not opened:
         return Rejection("account not opened")
     amount = command.get("amount")
@@ -31,17 +36,15 @@ def decide(state: State, command: dict[str, Any]) -> list[dict[str, Any]] | Reje
         return Rejection("amount must be a positive integer")
     if kind == "Deposit":
         return [{"type": "MoneyDeposited", "amount": amount}]
-    if kind == "Withdraw":
-        if amount > state["balance"]:
-            return Rejection("insufficient funds")
-        return [{"type": "MoneyWithdrawn", "amount": amount}]
-    return Rejection(f"unknown command {kind}")
+    if amount > state["balance"]:
+        return Rejection("insufficient funds")
+    return [{"type": "MoneyWithdrawn", "amount": amount}]
 
 
 def apply(state: State, event: dict[str, Any]) -> State:
     kind = event["type"]
     if kind == "AccountOpened":
-        return {"opened": True, "owner": event["owner"], "balance": 0}
+        return {"owner": event["owner"], "balance": 0}
     if kind == "MoneyDeposited":
         return {**state, "balance": state["balance"] + event["amount"]}
     if kind == "MoneyWithdrawn":

@@ -7,6 +7,7 @@ and a blocking portal to run async code from Hypothesis' sync rules. Two handler
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import uuid
@@ -87,7 +88,7 @@ class World:
 
 commands = st.one_of(
     st.builds(
-        lambda owner: {"type": "OpenAccount", "owner": owner}, st.sampled_from(["ann", "bo"])
+        lambda owner: {"type": "OpenAccount", "owner": owner}, st.sampled_from(["ann", "bo", ""])
     ),
     st.builds(lambda n: {"type": "Deposit", "amount": n}, st.integers(-5, 100)),
     st.builds(lambda n: {"type": "Withdraw", "amount": n}, st.integers(1, 150)),
@@ -341,14 +342,32 @@ class HandlerMachine(RuleBasedStateMachine):
             assert ids == model_agg.applied
 
 
-def memory_world_factory(backend: str = "trio") -> Any:
+def bank_manifest_type() -> Any:
+    from aggregate.config import example_manifest_path, load_manifest
+
+    return load_manifest(example_manifest_path("bank")).types[TYPE]
+
+
+def memory_world_factory(backend: str = "trio", program: str = "function") -> Any:
+    """Worlds on the in-memory store. ``program``: ``function`` (the model's own rules),
+    ``starlark-inline`` or ``starlark-process`` (the bundled Starlark bank example, so the
+    model also checks the example program)."""
+    from aggregate.programs.pool import WorkerPool
+    from aggregate.programs.starlark_program import StarlarkInlineProgram, StarlarkProcessProgram
     from aggregate.testing.memory_store import InMemoryEventStore
 
     def make() -> World:
-        cm = anyio.from_thread.start_blocking_portal(backend)
-        portal = cm.__enter__()
+        stack = contextlib.ExitStack()
+        portal = stack.enter_context(anyio.from_thread.start_blocking_portal(backend))
         world = World(portal=portal, store=InMemoryEventStore(), supports_faults=True)
-        world.close = lambda: cm.__exit__(None, None, None)  # type: ignore[method-assign]
+        world.close = stack.close  # type: ignore[method-assign]
+        if program != "function":
+            spec = bank_manifest_type()
+            if program == "starlark-inline":
+                world.program = StarlarkInlineProgram(TYPE, spec.decide, spec.apply)
+            else:
+                pool = stack.enter_context(portal.wrap_async_context_manager(WorkerPool()))
+                world.program = StarlarkProcessProgram(TYPE, spec.decide, spec.apply, pool)
         return world
 
     return make

@@ -100,7 +100,7 @@ async def test_conflicts_are_retried_up_to_max_retries_then_aborted() -> None:
     store = AlwaysConflicting()
     h = handler(store, settings=HandlerSettings(max_retries=2, retry_backoff_s=0.001))
     with pytest.raises(VersionConflictError, match="after 2 retries"):
-        await h.handle(cmd(new_key(), {"type": "OpenAccount"}))
+        await h.handle(cmd(new_key(), {"type": "OpenAccount", "owner": "ann"}))
     assert store.appends == 3
 
 
@@ -108,7 +108,7 @@ async def test_unknown_outcome_drops_the_cache_and_a_retry_answers_the_stored_re
     store = InMemoryEventStore()
     h = handler(store)
     key = new_key()
-    await h.handle(cmd(key, {"type": "OpenAccount"}))
+    await h.handle(cmd(key, {"type": "OpenAccount", "owner": "ann"}))
     store.lose_next_ack()
     command = cmd(key, {"type": "Deposit", "amount": 7})
     with pytest.raises(BackendUnavailableError):
@@ -138,7 +138,7 @@ async def test_cancelled_append_drops_the_cache_entry_and_nothing_is_lost() -> N
     store = HangsAfterStoring()
     h = handler(store)
     key = new_key()
-    await h.handle(cmd(key, {"type": "OpenAccount"}))
+    await h.handle(cmd(key, {"type": "OpenAccount", "owner": "ann"}))
     store.hang = True
     async with anyio.create_task_group() as tg:
         tg.start_soon(h.handle, cmd(key, {"type": "Deposit", "amount": 3}))
@@ -156,7 +156,7 @@ async def test_snapshots_are_offered_at_the_threshold_and_used_on_restart() -> N
     settings = HandlerSettings(snapshot_threshold=3, retry_backoff_s=0)
     h = handler(store, snapshots=snaps, snapshot_sink=snaps, settings=settings)
     key = new_key()
-    await h.handle(cmd(key, {"type": "OpenAccount"}))
+    await h.handle(cmd(key, {"type": "OpenAccount", "owner": "ann"}))
     for _ in range(4):
         await h.handle(cmd(key, {"type": "Deposit", "amount": 1}))
     assert snaps.offered == 1
@@ -183,7 +183,7 @@ async def test_zero_events_answers_the_current_version_and_appends_nothing() -> 
 async def test_cache_is_bounded() -> None:
     h = handler(settings=HandlerSettings(cache_size=3, retry_backoff_s=0))
     for _ in range(10):
-        await h.handle(cmd(new_key(), {"type": "OpenAccount"}))
+        await h.handle(cmd(new_key(), {"type": "OpenAccount", "owner": "ann"}))
     assert len(h.cache) == 3
 
 
@@ -196,5 +196,5 @@ async def test_same_aggregate_id_under_two_tenants_is_two_aggregates() -> None:
     with pytest.raises(AggregateNotFoundError):
         await h.get(b)
     await h.handle(cmd(b, {"type": "OpenAccount", "owner": "b"}))
-    assert (await h.get(a)).state == {"opened": True, "owner": "a", "balance": 5}
-    assert (await h.get(b)).state == {"opened": True, "owner": "b", "balance": 0}
+    assert (await h.get(a)).state == {"owner": "a", "balance": 5}
+    assert (await h.get(b)).state == {"owner": "b", "balance": 0}
