@@ -112,7 +112,8 @@ class DrainRequest:
 
 @dataclass(frozen=True, slots=True)
 class ReloadRequest:
-    """A validated reload: exactly one of the two fields is set."""
+    """A validated reload: a new allowlist, a placement map, or both None (clear the
+    allowlist)."""
 
     hosted_tenants: list[str] | None
     placement: dict[str, str] | None
@@ -195,7 +196,9 @@ def parse_drain(body: bytes, *, tenant_id: str | None, default_timeout_s: float)
 
 
 def parse_reload(body: bytes) -> ReloadRequest:
-    """Validate ``{"hosted_tenants": [...]}`` or ``{"placement": {tenant: shard}}``.
+    """Validate ``{"hosted_tenants": [...]}``, ``{"hosted_tenants": null}`` (clear the
+    allowlist: every tenant the placement gives this node is allowed) or
+    ``{"placement": {tenant: shard}}``.
 
     Raises:
         InvalidArgumentError: neither or both fields, wrong shapes, bad tenant or shard ids.
@@ -209,8 +212,12 @@ def parse_reload(body: bytes) -> ReloadRequest:
         )
     if "hosted_tenants" in fields:
         raw = fields["hosted_tenants"]
+        if raw is None:
+            return ReloadRequest(None, None)
         if not isinstance(raw, list):
-            raise InvalidArgumentError(f"hosted_tenants must be a list of tenant ids, got {raw!r}")
+            raise InvalidArgumentError(
+                f"hosted_tenants must be a list of tenant ids (or null to allow all), got {raw!r}"
+            )
         tenants = [_tenant(item, f"hosted_tenants[{i}]") for i, item in enumerate(raw)]
         return ReloadRequest(sorted(set(tenants)), None)
     raw = fields["placement"]

@@ -71,10 +71,14 @@ def _parse(f: dataclasses.Field[Any], raw: object, where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    env: Mapping[str, str] | None = None, *, overrides: Mapping[str, str] | None = None
+) -> Settings:
     """Load and validate the configuration.
 
     ``env`` is the environment to read (default ``os.environ``); tests pass their own.
+    ``overrides`` are ``AGGREGATE_*`` values given on the command line; they win over the
+    environment and errors name them as command-line options.
     Precedence: built-in defaults, then the config file named by ``AGGREGATE_CONFIG_PATH``,
     then ``AGGREGATE_*`` variables. Relative paths in the config file resolve against the
     file's directory; those in the environment against the working directory. Program
@@ -87,6 +91,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             names the key and where it came from.
     """
     environ: Mapping[str, str] = os.environ if env is None else env
+    if overrides:
+        environ = {**environ, **overrides}
+    from_cli = set(overrides or ())
     _check_env_names(environ)
     env_fields = settable_fields("env")
     file_fields = settable_fields("file")
@@ -129,7 +136,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     for name, f in env_fields.items():
         var = env_name(name)
         if var in environ:
-            where = f"environment variable {var}"
+            where = (
+                f"command-line option setting {var}"
+                if var in from_cli
+                else f"environment variable {var}"
+            )
             values[name] = config_path if name == "config_path" else _parse(f, environ[var], where)
             origins[name] = where
 

@@ -13,10 +13,11 @@ from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from aggregate.adapters.jetstream import JetStreamEventStore, StreamPolicy, ensure_stream
+from aggregate.adapters.nats_server import NatsServerProcess
 from tests.property.machine import HandlerMachine, World
 
 if TYPE_CHECKING:
-    from aggregate.adapters.nats_server import NatsServerProcess
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.integration
 _runs = itertools.count()
@@ -56,15 +57,27 @@ def run_machine(url: str, profile: settings) -> None:
     run_state_machine_as_test(JetStreamHandlerMachine, settings=profile)
 
 
-def test_handler_on_jetstream_matches_the_model(shared_nats_server: NatsServerProcess) -> None:
+@pytest.fixture(scope="module")
+def machine_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServerProcess]:
+    """A server of its own: the machine's stream covers every tenant subject, which would
+    overlap the streams other tests create on the shared server."""
+    server = NatsServerProcess(store_dir=tmp_path_factory.mktemp("machine-nats"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_handler_on_jetstream_matches_the_model(machine_nats: NatsServerProcess) -> None:
     run_machine(
-        shared_nats_server.url,
+        machine_nats.url,
         settings(settings.default, max_examples=12, stateful_step_count=20),
     )
 
 
 @pytest.mark.slow
 def test_handler_on_jetstream_matches_the_model_large_budget(
-    shared_nats_server: NatsServerProcess,
+    machine_nats: NatsServerProcess,
 ) -> None:
-    run_machine(shared_nats_server.url, settings(settings.get_profile("slow"), max_examples=150))
+    run_machine(machine_nats.url, settings(settings.get_profile("slow"), max_examples=150))

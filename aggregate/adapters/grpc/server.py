@@ -1,0 +1,405 @@
+"""The gRPC command server on the asyncio island, with a graceful drain (DESIGN §3).
+
+Serves ``CommandService``, the standard ``grpc.health.v1.Health`` (readiness switchable) and
+server reflection. grpclib's own ``Server.close()`` is not graceful (grpclib issues #107 and
+#148; the fix, PR #190, is not merged): it cancels in-flight calls and leaves accepted HTTP/2
+connections open, so calls keep arriving after ``wait_closed()``. ``CommandServer.drain``
+works around it with grpclib's public request event plus one override:
+
+a. a ``RecvRequest`` listener refuses new ``CommandService`` calls with UNAVAILABLE once the
+   drain begins (health and reflection keep answering: health says NOT_SERVING), and counts
+   the calls it lets through;
+b. the drain waits for those calls (open ``SubmitCommands`` streams stop reading and answer
+   what they read), up to a grace period; grpclib then cancels what is left, and those
+   calls are answered UNAVAILABLE ("may or may not have been applied");
+c. ``Server.close()`` then closes the listening socket;
+d. each accepted connection gets an HTTP/2 PING and, once the client acknowledges it (it
+   has processed the last responses), a GOAWAY; then it is closed, so clients reconnect
+   elsewhere.
+
+grpclib internals this relies on (grpclib 0.4.x), all in ``_TrackedProtocol`` and
+``_DrainableServer``: the ``Server._protocol_factory`` override (to see connections),
+``Connection._connection`` (the h2 state machine, to send PING and GOAWAY) and
+``EventsProcessor.processors`` (to hear PING acknowledgements). If they change, the drain
+degrades to closing connections without PING/GOAWAY rather than breaking the server, and
+``tests/integration/test_grpc_drain.py`` fails. Its strict xfail runs the same scenario on
+plain ``Server.close()``: when grpclib is fixed, that test says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import h2.exceptions
+from grpclib.const import Status
+from grpclib.events import RecvRequest, listen
+from grpclib.exceptions import GRPCError
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import Health
+from grpclib.protocol import H2Protocol
+from grpclib.reflection.service import ServerReflection
+from grpclib.server import Server
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import PingAckReceived
+
+from aggregate.adapters.grpc.service import COMMAND_SERVICE, CommandService, GrpcOptions
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection
+
+    from anyio.abc import TaskStatus
+    from grpclib._typing import IServable, IServerMethodFunc
+    from grpclib.config import Configuration
+    from grpclib.protocol import AbstractHandler
+    from grpclib.server import Stream
+    from h2.config import H2Configuration
+
+    from aggregate.application.handler import CommandHandler
+    from aggregate.application.observe import CommandObserver
+
+log = logging.getLogger(__name__)
+
+SHUTTING_DOWN = "server is shutting down; retry on another node"
+CUT_OFF = (
+    "server shut down before this call finished; its command may or may not have been "
+    "applied: retry it with the same command_id on another node"
+)
+_COMMAND_PATH = f"/{COMMAND_SERVICE}/"
+
+
+class _TrackedProtocol(H2Protocol):
+    """grpclib's server connection protocol, registered in a set while it is open, that
+    can wait for a PING round trip (``settle``) and send GOAWAY (``goaway``)."""
+
+    def __init__(
+        self,
+        handler: AbstractHandler,
+        config: Configuration,
+        h2_config: H2Configuration,
+        registry: set[_TrackedProtocol],
+    ) -> None:
+        super().__init__(handler, config, h2_config)
+        self._registry = registry
+        self._pings: dict[bytes, asyncio.Future[None]] = {}
+        self._hears_pings = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        processors = getattr(self.processor, "processors", None)
+        if isinstance(processors, dict) and PingAckReceived in processors:
+            on_ack = cast("Callable[[PingAckReceived], None]", processors[PingAckReceived])
+
+            def on_ping_ack(event: PingAckReceived) -> None:
+                on_ack(event)
+                waiter = self._pings.pop(event.ping_data, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+
+            processors[PingAckReceived] = on_ping_ack
+            self._hears_pings = True
+        self._registry.add(self)
+
+    def _h2(self) -> H2Connection | None:
+        """The connection's h2 state machine, unless it is closing (or grpclib changed)."""
+        if self.connection.is_closing():
+            return None
+        h2_connection = getattr(self.connection, "_connection", None)
+        return h2_connection if isinstance(h2_connection, H2Connection) else None
+
+    async def settle(self) -> None:
+        """Wait for a PING round trip. Once the client acknowledges it, it has processed
+        every frame sent before: the GOAWAY that follows cannot overtake the last responses
+        in the client (grpclib's client fails every stream of a connection on GOAWAY, even
+        streams whose response it has received but not yet handed to the caller)."""
+        h2_connection = self._h2()
+        if h2_connection is None or not self._hears_pings:
+            return
+        data = os.urandom(8)
+        waiter = self._pings[data] = asyncio.get_running_loop().create_future()
+        h2_connection.ping(data)
+        self.connection.flush()
+        try:
+            await waiter
+        finally:
+            self._pings.pop(data, None)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._registry.discard(self)
+        for waiter in self._pings.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        super().connection_lost(exc)
+
+    def goaway(self) -> None:
+        """Send GOAWAY (no error; last stream = the last one the client opened), then close
+        the connection: its remaining streams end, the client reconnects elsewhere."""
+        h2_connection = self._h2()
+        if h2_connection is not None:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                h2_connection.close_connection(
+                    error_code=ErrorCodes.NO_ERROR, additional_data=SHUTTING_DOWN.encode()
+                )
+            self.connection.flush()
+        self.processor.close(SHUTTING_DOWN)
+        self._registry.discard(self)
+
+
+class _DrainableServer(Server):
+    """grpclib's ``Server``, remembering its open connections for the drain's GOAWAY."""
+
+    def __init__(self, handlers: Collection[IServable], connections: set[_TrackedProtocol]):
+        super().__init__(handlers)
+        self.connections = connections
+
+    def _protocol_factory(self) -> H2Protocol:
+        plain = super()._protocol_factory()
+        return _TrackedProtocol(plain.handler, plain.config, plain.h2_config, self.connections)
+
+
+class _CallTracker:
+    """Counts ``CommandService`` calls in flight; refuses new ones once draining; answers
+    the calls a drain cancels with UNAVAILABLE rather than leaving them without a status."""
+
+    def __init__(self) -> None:
+        self.refusing = False
+        self.cancelling = False
+        self.active = 0
+        self._idle = asyncio.Event()
+
+    async def on_request(self, event: RecvRequest) -> None:
+        if not event.method_name.startswith(_COMMAND_PATH):
+            return
+        if self.refusing:
+            raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
+        event.method_func = self._tracked(event.method_func)
+
+    def _tracked(self, method: IServerMethodFunc) -> IServerMethodFunc:
+        async def tracked(stream: Stream[Any, Any]) -> None:
+            self.active += 1
+            try:
+                await method(stream)
+            except asyncio.CancelledError:
+                if self.cancelling:
+                    with contextlib.suppress(Exception):
+                        await stream.send_trailing_metadata(
+                            status=Status.UNAVAILABLE, status_message=CUT_OFF
+                        )
+                raise
+            finally:
+                self.active -= 1
+                if self.active == 0:
+                    self._idle.set()
+
+        return tracked
+
+    async def wait_idle(self) -> None:
+        while self.active:
+            self._idle.clear()
+            await self._idle.wait()
+
+
+class CommandServer:
+    """The gRPC server of the service: ``CommandService``, health and reflection.
+
+    Runs on the asyncio island; every method must be called on that loop. ``serve`` (or
+    ``start``) binds ``options.host:options.port`` (port 0 picks a free port; ``address``
+    reports it); ``drain`` stops it gracefully.
+    """
+
+    def __init__(
+        self,
+        handler: CommandHandler,
+        options: GrpcOptions | None = None,
+        *,
+        observer: CommandObserver | None = None,
+    ) -> None:
+        self.options = options or GrpcOptions()
+        self.service = CommandService(handler, self.options, observer=observer)
+        self.service.settle = self._settle_all
+        self.readiness = ServiceStatus()
+        self._calls = _CallTracker()
+        self._connections: set[_TrackedProtocol] = set()
+        self._server: _DrainableServer | None = None
+        self._address: tuple[str, int] | None = None
+        self._drain: asyncio.Task[bool] | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound ``(host, port)``. Raises: RuntimeError before ``start``."""
+        if self._address is None:
+            raise RuntimeError("the gRPC server is not started")
+        return self._address
+
+    @property
+    def server(self) -> Server:
+        """The underlying grpclib server (events, tests). Raises: RuntimeError before start."""
+        if self._server is None:
+            raise RuntimeError("the gRPC server is not started")
+        return self._server
+
+    @property
+    def in_flight_calls(self) -> int:
+        """``CommandService`` calls running now (a stream counts once)."""
+        return self._calls.active
+
+    def set_serving(self, serving: bool) -> None:
+        """Readiness as the health service reports it: SERVING or NOT_SERVING."""
+        self.readiness.set(serving)
+
+    async def start(self) -> tuple[str, int]:
+        """Bind and start serving; readiness becomes SERVING. Returns the bound address.
+
+        Raises:
+            OSError: the address cannot be bound (in use, not local, ...).
+            RuntimeError: already started.
+        """
+        if self._server is not None:
+            raise RuntimeError("the gRPC server is already started")
+        health = Health({self.service: [self.readiness]})
+        server = _DrainableServer(
+            ServerReflection.extend([self.service, health]), self._connections
+        )
+        listen(server, RecvRequest, self._calls.on_request)
+        sock = await _listening_socket(self.options.host, self.options.port)
+        try:
+            await server.start(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        self._server = server
+        host, port = sock.getsockname()[:2]
+        self._address = (host, port)
+        self.readiness.set(True)
+        log.info("gRPC server listening on %s:%d", host, port)
+        return self._address
+
+    async def serve(
+        self, *, task_status: TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start, report the bound address through ``task_status``, and return once a
+        ``drain`` has finished.
+
+        Raises:
+            OSError: as ``start``.
+
+        Cancellation: the server closes at once (in-flight calls are cancelled, connections
+        closed); use ``drain`` first for a graceful stop.
+        """
+        address = await self.start()
+        task_status.started(address)
+        try:
+            await self._stopped.wait()
+        finally:
+            if not self._stopped.is_set():
+                self._close_now()
+
+    @property
+    def draining(self) -> bool:
+        """True once a drain has begun (new ``CommandService`` calls are refused)."""
+        return self._calls.refusing
+
+    def begin_drain(self) -> None:
+        """The first, immediate step of ``drain``: readiness NOT_SERVING, new
+        ``CommandService`` calls refused with UNAVAILABLE, open streams stop reading.
+        ``drain`` calls it too; calling it first lets the service flip readiness at once."""
+        self.readiness.set(False)
+        self._calls.refusing = True
+        self.service.stop_streams()
+
+    async def drain(self, grace: float) -> bool:
+        """Stop gracefully: readiness NOT_SERVING and new ``CommandService`` calls refused
+        with UNAVAILABLE at once; in-flight calls finish (open streams answer what they
+        read, then end with UNAVAILABLE) for up to ``grace`` seconds, then the rest are
+        cancelled; then the listening socket closes and every connection gets GOAWAY and is
+        closed. Calling it again waits for the first drain.
+
+        Returns True when every in-flight call finished within ``grace``.
+
+        Raises:
+            RuntimeError: the server was never started.
+
+        Cancellation: the server closes at once, as when ``serve`` is cancelled.
+        """
+        if self._server is None:
+            raise RuntimeError("the gRPC server is not started")
+        if self._drain is None:
+            self.begin_drain()
+            self._drain = asyncio.get_running_loop().create_task(self._drain_steps(grace))
+        try:
+            return await asyncio.shield(self._drain)
+        except asyncio.CancelledError:
+            self._drain.cancel()
+            raise
+
+    async def aclose(self) -> None:
+        """Stop without grace: ``drain(0)``."""
+        if self._server is not None:
+            await self.drain(0)
+
+    async def _drain_steps(self, grace: float) -> bool:
+        server = self.server
+        try:
+            finished = True
+            try:
+                if self._calls.active:
+                    await asyncio.wait_for(self._calls.wait_idle(), grace)
+            except TimeoutError:
+                finished = False
+                self._calls.cancelling = True
+                log.warning(
+                    "drain: %d gRPC calls still running after %.1f s; cancelling them",
+                    self._calls.active,
+                    grace,
+                )
+            server.close()
+            await self._settle_all()
+            self._goaway_all()
+            await server.wait_closed()
+            return finished
+        except BaseException:
+            self._close_now()
+            raise
+        finally:
+            self._stopped.set()
+
+    def _close_now(self) -> None:
+        server = self._server
+        if server is None:
+            return
+        self.readiness.set(False)
+        self._calls.refusing = True
+        self._calls.cancelling = True
+        with contextlib.suppress(RuntimeError):
+            server.close()
+        self._goaway_all()
+
+    async def _settle_all(self) -> None:
+        """PING every connection and wait for the acknowledgements, up to
+        ``options.settle_timeout`` (a client that does not answer is closed anyway)."""
+        if self._connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(c.settle() for c in list(self._connections))),
+                    self.options.settle_timeout,
+                )
+
+    def _goaway_all(self) -> None:
+        for protocol in list(self._connections):
+            protocol.goaway()
+
+
+async def _listening_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket for ``host:port`` (the family follows the host)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, _, _, _, sockaddr = infos[0]
+    return socket.create_server(sockaddr[:2], family=family, backlog=128)

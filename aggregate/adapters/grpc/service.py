@@ -1,0 +1,310 @@
+"""The ``aggregate.gateway.v1.CommandService`` servicer (grpclib) over a ``CommandHandler``.
+
+Runs on the asyncio island (DESIGN §3): grpclib calls it there, and the handler's anyio code
+runs natively on the same loop. Counters here are plain integers because every method runs
+on that one loop thread; call nothing here from another thread.
+
+Every call: tenant from ``x-tenant-id`` metadata (DESIGN §6), request context from metadata
+(``RequestContext.from_headers``) echoed in the initial response metadata, the command's
+log lines bound to that context, and every error turned into a status through the one table
+in ``aggregate.domain.status`` (INTERNAL details go to the log, never to the client).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from aggregate.adapters.grpc import convert
+from aggregate.adapters.grpc.convert import Failure
+from aggregate.adapters.grpc.streaming import CommandStream
+from aggregate.application.observe import NoCommandObserver
+from aggregate.domain.context import TENANT_HEADER, RequestContext
+from aggregate.domain.errors import (
+    AggregateError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    TenantAccessDeniedError,
+    TenantUnavailableError,
+)
+from aggregate.domain.ids import DEFAULT_TENANT
+from aggregate.domain.status import outcome_of, public_message, status_of
+from aggregate.gateway.v1 import aggregate_grpc
+from aggregate.logcontext import log_context
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator
+
+    from grpclib.metadata import Deadline
+    from grpclib.server import Stream
+
+    from aggregate.application.handler import CommandHandler
+    from aggregate.application.observe import CommandObserver
+    from aggregate.config import Settings
+    from aggregate.domain.envelopes import CommandResult
+    from aggregate.gateway.v1 import aggregate_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+COMMAND_SERVICE = "aggregate.gateway.v1.CommandService"
+"""The full name of the service, as health checks and reflection know it."""
+
+_UNKNOWN_TYPE_LABEL = "<unknown>"
+_INVALID_TENANT_LABEL = "<invalid>"
+_MISSING_TENANT_LABEL = "<missing>"
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcOptions:
+    """What the gRPC adapter needs from ``Settings`` (``from_settings``), plus its own knobs.
+
+    ``stream_window`` bounds the commands outstanding (read but not yet answered) on one
+    ``SubmitCommands`` stream; the server stops reading that stream until results go out.
+    ``settle_timeout`` (seconds) bounds the drain's wait for each client to acknowledge
+    (HTTP/2 PING) the last responses before it gets GOAWAY.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_payload_bytes: int = 1_048_576
+    max_in_flight: int = 1024
+    multi_tenant: bool = True
+    default_tenant_id: str | None = None
+    stream_window: int = 64
+    settle_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.multi_tenant and self.default_tenant_id is None:
+            object.__setattr__(self, "default_tenant_id", DEFAULT_TENANT)
+        if self.stream_window < 1 or self.max_in_flight < 1 or self.max_payload_bytes < 1:
+            raise ValueError("stream_window, max_in_flight and max_payload_bytes must be >= 1")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, stream_window: int = 64) -> GrpcOptions:
+        """Options from the service's ``Settings`` (bind address from ``grpc_addr``)."""
+        host, port = settings.grpc_bind
+        return cls(
+            host=host,
+            port=port,
+            max_payload_bytes=settings.max_payload_bytes,
+            max_in_flight=settings.max_in_flight,
+            multi_tenant=settings.multi_tenant,
+            default_tenant_id=settings.default_tenant_id,
+            stream_window=stream_window,
+        )
+
+
+class CommandService(aggregate_grpc.CommandServiceBase):
+    """``SubmitCommand``, ``SubmitCommands`` and ``GetAggregate`` over a ``CommandHandler``."""
+
+    def __init__(
+        self,
+        handler: CommandHandler,
+        options: GrpcOptions,
+        *,
+        observer: CommandObserver | None = None,
+    ) -> None:
+        self.handler = handler
+        self.options = options
+        self.observer: CommandObserver = observer or NoCommandObserver()
+        self._in_flight = 0
+        self._streams: set[CommandStream] = set()
+        self._stopping = False
+        self.settle: Callable[[], Awaitable[None]] = _nothing_to_settle
+        """Awaited before a drain ends an open stream with UNAVAILABLE: the server makes
+        sure the client has processed the results sent before (HTTP/2 PING round trip), as
+        grpclib's client drops buffered results when the stream's end arrives with them."""
+
+    @property
+    def in_flight(self) -> int:
+        """Commands being handled right now (unary and stream items)."""
+        return self._in_flight
+
+    def stop_streams(self) -> None:
+        """Start of a drain: every open ``SubmitCommands`` stream (and any opened later)
+        stops reading requests, answers the ones it has read, then ends with UNAVAILABLE."""
+        self._stopping = True
+        for command_stream in list(self._streams):
+            command_stream.stop_reading()
+
+    # --- RPCs ---
+
+    async def SubmitCommand(
+        self, stream: Stream[pb.SubmitCommandRequest, pb.SubmitCommandResponse]
+    ) -> None:
+        """Handle one command. Cancellation (client gone, deadline): as ``handle``; the
+        command may or may not have been appended."""
+        tenant_id, context = await self._open_call(stream)
+        request = await convert.receive(stream)
+        if request is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "SubmitCommand needs a request message")
+        outcome = await self.run_command(request, tenant_id, context, stream.deadline)
+        if isinstance(outcome, Failure):
+            raise outcome.grpc_error()
+        await stream.send_message(convert.response_message(outcome))
+
+    async def SubmitCommands(
+        self, stream: Stream[pb.SubmitCommandRequest, pb.SubmitCommandResult]
+    ) -> None:
+        """Pipelined commands: results in request order, errors in place (see
+        ``CommandStream``)."""
+        tenant_id, context = await self._open_call(stream)
+        command_stream = CommandStream(self, stream, tenant_id, context)
+        self._streams.add(command_stream)
+        if self._stopping:
+            command_stream.stop_reading()
+        try:
+            await command_stream.run()
+        finally:
+            self._streams.discard(command_stream)
+
+    async def GetAggregate(self, stream: Stream[pb.GetAggregateRequest, pb.AggregateView]) -> None:
+        """An aggregate's state and version; NOT_FOUND when it has no events."""
+        tenant_id, context = await self._open_call(stream)
+        request = await convert.receive(stream)
+        if request is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "GetAggregate needs a request message")
+        with log_context(
+            tenant_id=tenant_id,
+            correlation_id=context.correlation_id,
+            trace_id=context.trace_id,
+        ):
+            try:
+                key = convert.key_from_get_request(request, tenant_id=tenant_id)
+                view = await self.handler.get(key)
+            except Exception as exc:
+                raise self.failure_of(exc, tenant_id, context).grpc_error() from None
+        await stream.send_message(convert.view_message(view))
+
+    # --- shared by unary calls and stream items ---
+
+    async def run_command(
+        self,
+        request: pb.SubmitCommandRequest,
+        tenant_id: str,
+        context: RequestContext,
+        deadline: Deadline | None,
+    ) -> CommandResult | Failure:
+        """Validate and handle one command; errors come back as a ``Failure``.
+
+        Cancellation propagates (the command may or may not have been appended).
+        """
+        started = time.perf_counter()
+        type_label = self._type_label(request.aggregate_type)
+        self.observer.command_started(tenant_id, type_label)
+        outcome = "cancelled"
+        command_id: str | None = request.command_id or None
+        try:
+            with log_context(
+                tenant_id=tenant_id,
+                correlation_id=context.correlation_id,
+                trace_id=context.trace_id,
+                command_id=command_id,
+            ):
+                try:
+                    command = convert.command_from_request(
+                        request,
+                        tenant_id=tenant_id,
+                        context=context,
+                        max_payload_bytes=self.options.max_payload_bytes,
+                    )
+                    with log_context(command_id=str(command.command_id)), self._admit():
+                        result = await self.handler.handle(command)
+                except Exception as exc:
+                    outcome = outcome_of(exc)
+                    return self.failure_of(exc, tenant_id, context)
+                outcome = "ok"
+                return result
+        except BaseException:
+            if deadline is not None and not deadline.time_remaining():
+                outcome = "deadline_exceeded"
+            raise
+        finally:
+            self.observer.command_finished(
+                tenant_id, type_label, outcome, time.perf_counter() - started
+            )
+
+    def failure_of(self, exc: Exception, tenant_id: str, context: RequestContext) -> Failure:
+        """The status name and public message of an error; logs INTERNAL ones with their
+        stack and context, and reports tenant-level refusals to the observer."""
+        code, _ = status_of(exc)
+        message = public_message(exc)
+        if isinstance(exc, TenantUnavailableError):
+            if exc.owner and exc.owner not in message:
+                message = f"{message} (shard {exc.owner!r} owns the tenant)"
+            self.observer.tenant_error(tenant_id, "unavailable")
+        elif isinstance(exc, TenantAccessDeniedError):
+            self.observer.tenant_error(tenant_id, "access_denied")
+        if code == "INTERNAL":
+            log.error(
+                "internal error (tenant %s, correlation id %s, trace id %s): %s",
+                tenant_id,
+                context.correlation_id,
+                context.trace_id,
+                exc,
+                exc_info=exc,
+            )
+        return Failure(code, message)
+
+    # --- helpers ---
+
+    async def _open_call(self, stream: Stream[Any, Any]) -> tuple[str, RequestContext]:
+        """Context from metadata, echoed at once in the initial metadata; then the tenant.
+
+        Raises:
+            GRPCError: INVALID_ARGUMENT for a missing or malformed tenant id.
+        """
+        headers = convert.metadata_headers(
+            stream.metadata.items() if stream.metadata is not None else None
+        )
+        context = RequestContext.from_headers(headers)
+        await stream.send_initial_metadata(metadata=context.response_headers())
+        try:
+            tenant_id = convert.resolve_tenant(
+                headers,
+                multi_tenant=self.options.multi_tenant,
+                default_tenant_id=self.options.default_tenant_id,
+            )
+        except InvalidArgumentError as exc:
+            missing = not headers.get(TENANT_HEADER)
+            label = _MISSING_TENANT_LABEL if missing else _INVALID_TENANT_LABEL
+            self.observer.tenant_error(label, "missing_tenant_id" if missing else "invalid")
+            raise GRPCError(Status.INVALID_ARGUMENT, exc.message) from None
+        return tenant_id, context
+
+    def _type_label(self, aggregate_type: str) -> str:
+        """The metrics label of a type: the name when configured (bounded cardinality)."""
+        try:
+            self.handler.types.get(aggregate_type)
+        except AggregateError:
+            return _UNKNOWN_TYPE_LABEL
+        return aggregate_type
+
+    @contextmanager
+    def _admit(self) -> Iterator[None]:
+        """Count one command in flight on this server.
+
+        Raises:
+            ResourceExhaustedError: ``max_in_flight`` commands are already being handled.
+        """
+        limit = self.options.max_in_flight
+        if self._in_flight >= limit:
+            raise ResourceExhaustedError(
+                f"this server is handling {limit} commands already (max_in_flight); "
+                "retry after a short backoff or on another node"
+            )
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
+
+async def _nothing_to_settle() -> None:
+    pass

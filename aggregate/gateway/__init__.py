@@ -1,0 +1,1 @@
+"""Generated from protos/aggregate/gateway by scripts/gen-protos."""

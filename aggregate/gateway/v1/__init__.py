@@ -1,0 +1,1 @@
+"""Generated from protos/aggregate/gateway/v1 by scripts/gen-protos."""

@@ -1,0 +1,187 @@
+"""The service: one Trio nursery tree, subsystems started in dependency order (DESIGN §3).
+
+Order: embedded nats-server (when configured) → the asyncio island → the island core (NATS
+connection, stream, programs, placement watcher caught up, handler, gRPC bound) →
+snapshotter → admin HTTP. Each is nested inside the one it depends on, so leaving a block
+stops exactly what it started, in reverse order. Shutdown (``request_shutdown``): readiness
+turns false, the gRPC server drains within ``shutdown_timeout``, the admin server stops, the
+snapshotter flushes under a shielded deadline, the island unwinds (NATS drained last), and
+only then does the embedded nats-server stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+from prometheus_client import CollectorRegistry
+
+from aggregate.adapters.admin_http import AdminServer
+from aggregate.adapters.metrics import Metrics
+from aggregate.adapters.snapshotter import Snapshotter
+from aggregate.adapters.sqlite_snapshots import SqliteSnapshotStore
+from aggregate.bridge import Island
+from aggregate.service.admin_backend import IslandAdminBackend
+from aggregate.service.core import CoreInfo, IslandCore
+from aggregate.service.embedded import EmbeddedNats
+
+if TYPE_CHECKING:
+    from aggregate.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """Where a started service listens."""
+
+    grpc_host: str
+    grpc_port: int
+    http_host: str
+    http_port: int
+    nats_url: str
+    aggregate_types: tuple[str, ...]
+
+
+class Service:
+    """The whole service; ``run`` is its lifetime."""
+
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry, tenant_labels=settings.metrics_tenant_labels)
+        self.state = "starting"
+        self.started_at = time.monotonic()
+        self.island = Island()
+        self.core: IslandCore | None = None
+        self.embedded: EmbeddedNats | None = None
+        self.clean_drain = True
+        self._shutdown = trio.Event()
+        self._core_done = trio.Event()
+        self.metrics.set_ready_source(self.ready)
+
+    def ready(self) -> bool:
+        """True only while serving and connected to NATS (read from any thread)."""
+        core = self.core
+        return self.state == "serving" and core is not None and core.connected
+
+    def request_shutdown(self) -> None:
+        """Begin the graceful shutdown (call on the Trio thread)."""
+        if self.state in ("serving", "starting"):
+            log.info("shutdown requested")
+        self._shutdown.set()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[ServiceInfo] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Start every subsystem, report ``ServiceInfo`` when ready, serve until
+        ``request_shutdown``, then shut down in order.
+
+        Raises:
+            ConfigError, BackendUnavailableError, ProgramCompileError: startup failed; what
+                had started is stopped again before this returns.
+        """
+        settings = self.settings
+        async with trio.open_nursery() as outer:
+            nats_url = settings.nats_url
+            if settings.nats_embedded:
+                self.embedded = EmbeddedNats(settings.storage_path)
+                nats_url = await outer.start(self.embedded.serve)
+                (settings.storage_path / "embedded-nats.url").write_text(nats_url + "\n")
+            snapshots = await SqliteSnapshotStore.open(settings.storage_path)
+            try:
+                await self._run_on_island(nats_url, snapshots, task_status)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await snapshots.aclose()
+                outer.cancel_scope.cancel()
+        self.state = "stopped"
+        log.info("stopped (clean drain: %s)", self.clean_drain)
+
+    async def _run_on_island(
+        self,
+        nats_url: str,
+        snapshots: SqliteSnapshotStore,
+        task_status: trio.TaskStatus[ServiceInfo],
+    ) -> None:
+        settings = self.settings
+        snapshotter = Snapshotter(snapshots, flush_timeout=settings.snapshot_flush_timeout_seconds)
+        self.metrics.set_snapshot_lag_source(lambda: snapshotter.stats.lag_seconds)
+        self.metrics.set_snapshots_pending_source(lambda: snapshotter.stats.pending)
+        core = IslandCore(
+            settings,
+            nats_url=nats_url,
+            snapshots=snapshots,
+            snapshot_sink=snapshotter,
+            metrics=self.metrics,
+        )
+        async with trio.open_nursery() as island_nursery:
+            island = await island_nursery.start(self.island.serve)
+            info: CoreInfo = await island_nursery.start(self._serve_core, island, core)
+            self.core = core
+            async with trio.open_nursery() as snapshot_nursery:
+                await snapshot_nursery.start(snapshotter.serve)
+                backend = IslandAdminBackend(self, island, core)
+                admin = AdminServer(
+                    backend,
+                    token=settings.admin_token,
+                    host=settings.http_bind[0],
+                    port=settings.http_bind[1],
+                    metrics=self.metrics,
+                    drain_timeout_s=settings.drain_timeout_seconds,
+                )
+                async with trio.open_nursery() as admin_nursery:
+                    http_host, http_port = await admin_nursery.start(admin.serve)
+                    self.state = "serving"
+                    await island.call(core.set_serving, True)
+                    log.info(
+                        "serving gRPC on %s:%d, admin HTTP on %s:%d, NATS %s, types %s",
+                        info.grpc_host,
+                        info.grpc_port,
+                        http_host,
+                        http_port,
+                        nats_url,
+                        ", ".join(info.aggregate_types),
+                    )
+                    task_status.started(
+                        ServiceInfo(
+                            info.grpc_host,
+                            info.grpc_port,
+                            http_host,
+                            http_port,
+                            nats_url,
+                            info.aggregate_types,
+                        )
+                    )
+                    await self._shutdown.wait()
+                    self.state = "draining"
+                    await island.call(core.set_serving, False)
+                    grace = settings.shutdown_timeout_seconds
+                    with trio.move_on_after(grace + 5) as scope:
+                        self.clean_drain = await island.run(core.drain_commands, grace)
+                    if scope.cancelled_caught:
+                        self.clean_drain = False
+                    log.info("gRPC drained (all in-flight commands finished: %s)", self.clean_drain)
+                    self.state = "stopping"
+                    admin_nursery.cancel_scope.cancel()
+                snapshot_nursery.cancel_scope.cancel()  # the snapshotter flushes, shielded
+            await island.call(core.stop)
+            # _serve_core returns once the core has unwound (NATS drained); then the
+            # island itself stops.
+            await self._core_done.wait()
+            island_nursery.cancel_scope.cancel()
+
+    async def _serve_core(
+        self,
+        island: Island,
+        core: IslandCore,
+        *,
+        task_status: trio.TaskStatus[CoreInfo] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            await island.run(core.run, lambda info: island.to_trio_soon(task_status.started, info))
+        finally:
+            self._core_done.set()

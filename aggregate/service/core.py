@@ -1,0 +1,253 @@
+"""The island side of the service: everything on the command path (DESIGN §3).
+
+``IslandCore.run`` runs on the asyncio island for the service's whole life. In order it
+connects to NATS, ensures the event stream, starts the program workers and compiles every
+program, starts the placement watcher and waits until the gate is caught up, builds the
+command handler, binds the gRPC server, and reports a ``CoreInfo`` to Trio. It then serves
+until ``stop`` and unwinds in reverse order: NATS is drained last. The gRPC drain is a
+separate step (``drain_commands``) so the Trio side can order it before the snapshot flush.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import nats
+import nats.errors
+
+from aggregate.adapters.grpc.server import CommandServer
+from aggregate.adapters.grpc.service import GrpcOptions
+from aggregate.adapters.jetstream import JetStreamEventStore, StreamPolicy, ensure_stream
+from aggregate.adapters.placement_kv import PlacementWatcher
+from aggregate.application.gate import TenantGate
+from aggregate.application.handler import CommandHandler, HandlerSettings
+from aggregate.application.placement import PlacementController
+from aggregate.config import manifest_from_settings
+from aggregate.domain.errors import BackendUnavailableError
+from aggregate.domain.manifest import Isolation, Language
+from aggregate.domain.placement import PlacementDecision
+from aggregate.programs.base import ProgramLimits
+from aggregate.programs.pool import WorkerPool
+from aggregate.programs.registry import ProgramRegistry, build_specs, check_specs
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from nats.aio.client import Client
+
+    from aggregate.adapters.metrics import Metrics
+    from aggregate.application.placement import PlacementChange
+    from aggregate.application.ports import SnapshotSink, SnapshotStore
+    from aggregate.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CoreInfo:
+    """What the island reports once it serves: the gRPC address and the types served."""
+
+    grpc_host: str
+    grpc_port: int
+    nats_url: str
+    aggregate_types: tuple[str, ...]
+
+
+def program_limits(settings: Settings) -> ProgramLimits:
+    return ProgramLimits(
+        soft_timeout_seconds=settings.program_timeout_seconds,
+        hard_timeout_seconds=settings.program_hard_timeout_seconds,
+        max_memory_bytes=settings.program_max_memory_bytes,
+        pool_size=settings.program_workers,
+    )
+
+
+def handler_settings(settings: Settings) -> HandlerSettings:
+    return HandlerSettings(
+        max_retries=settings.max_retries,
+        snapshot_threshold=settings.snapshot_threshold,
+        history_limit=settings.command_history,
+        cache_size=settings.cache_size,
+        retry_backoff_s=settings.retry_backoff_seconds,
+        retry_backoff_max_s=settings.retry_backoff_max_seconds,
+    )
+
+
+class IslandCore:
+    """Owns the island's resources; every method runs on the island loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        nats_url: str,
+        snapshots: SnapshotStore,
+        snapshot_sink: SnapshotSink,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.nats_url = nats_url
+        self.snapshots = snapshots
+        self.snapshot_sink = snapshot_sink
+        self.metrics = metrics
+        self.connected = False
+        self.nc: Client | None = None
+        self.gate: TenantGate | None = None
+        self.controller: PlacementController | None = None
+        self.handler: CommandHandler | None = None
+        self.server: CommandServer | None = None
+        self.registry: ProgramRegistry | None = None
+        self.watcher: PlacementWatcher | None = None
+        self._stop: anyio.Event | None = None
+
+    # ---- lifecycle --------------------------------------------------------------
+    async def run(self, report: Callable[[CoreInfo], None]) -> None:
+        """Start everything, ``report`` once serving, run until ``stop``, then unwind.
+
+        Raises:
+            BackendUnavailableError: NATS cannot be reached within the connect timeout.
+            ConfigError, StreamPolicyError, ProgramCompileError: bad configuration.
+        """
+        self._stop = anyio.Event()
+        settings = self.settings
+        manifest = manifest_from_settings(settings)
+        async with contextlib.AsyncExitStack() as stack:
+            nc = await self._connect()
+            stack.push_async_callback(self._drain_nats, nc)
+            await ensure_stream(
+                nc.jetstream(timeout=settings.nats_timeout_seconds),
+                StreamPolicy(
+                    name=settings.stream_name,
+                    replicas=settings.stream_replicas,
+                    duplicate_window_s=settings.duplicate_window_ms / 1000,
+                ),
+                timeout_s=settings.nats_connect_timeout_seconds,
+            )
+            store = JetStreamEventStore(
+                nc, stream=settings.stream_name, request_timeout_s=settings.nats_timeout_seconds
+            )
+            stack.push_async_callback(store.aclose)
+
+            limits = program_limits(settings)
+            pool = None
+            if any(
+                t.language is Language.STARLARK and t.isolation is Isolation.PROCESS
+                for t in manifest.types.values()
+            ):
+                pool = await stack.enter_async_context(WorkerPool(limits))
+            specs = build_specs(manifest, limits=limits, pool=pool)
+            await check_specs(specs)
+            self.registry = ProgramRegistry(specs)
+
+            self.gate = TenantGate(PlacementDecision(shard_id=settings.shard_id))
+            self.controller = PlacementController(
+                self.gate, drain_timeout=settings.drain_timeout_seconds, on_change=self._changed
+            )
+            self.watcher = PlacementWatcher(
+                nc,
+                bucket=settings.placement_bucket,
+                key=settings.placement_key,
+                request_timeout=settings.nats_timeout_seconds,
+                replicas=settings.stream_replicas,
+            )
+            self.handler = CommandHandler(
+                store=store,
+                types=self.registry,
+                snapshots=self.snapshots,
+                snapshot_sink=self.snapshot_sink,
+                gate=self.gate,
+                settings=handler_settings(settings),
+                observer=self.metrics,
+            )
+            handler = self.handler
+            self.metrics.set_cache_size_source(lambda: len(handler.cache))
+            self.server = CommandServer(
+                self.handler, GrpcOptions.from_settings(settings), observer=self.metrics
+            )
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.controller.run, self.watcher.updates())
+                host, port = await self.server.start()
+                stack.push_async_callback(self.server.aclose)
+                report(CoreInfo(host, port, self.nats_url, tuple(self.registry.names())))
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+
+    def stop(self) -> None:
+        """Ask ``run`` to unwind (call on the island)."""
+        if self._stop is not None:
+            self._stop.set()
+
+    async def drain_commands(self, grace: float) -> bool:
+        """Stop taking commands and let those in flight finish within ``grace`` seconds.
+        Returns whether every in-flight command finished."""
+        if self.server is None:
+            return True
+        return await self.server.drain(grace)
+
+    def set_serving(self, serving: bool) -> None:
+        """gRPC health: SERVING or NOT_SERVING."""
+        if self.server is not None:
+            self.server.readiness.set(serving)
+
+    # ---- NATS -------------------------------------------------------------------
+    async def _connect(self) -> Client:
+        settings = self.settings
+
+        async def disconnected() -> None:
+            self.connected = False
+            log.warning("NATS disconnected")
+
+        async def reconnected() -> None:
+            self.connected = True
+            log.info("NATS reconnected")
+            if self.watcher is not None:
+                self.watcher.notify_reconnected()
+
+        async def error(exc: Exception) -> None:
+            log.warning("NATS error: %r", exc)
+
+        try:
+            nc = await nats.connect(
+                self.nats_url.split(","),
+                name=f"aggregate-{settings.shard_id}",
+                connect_timeout=settings.nats_connect_timeout_seconds,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+            )
+        except (OSError, nats.errors.Error, TimeoutError) as exc:
+            raise BackendUnavailableError(
+                f"cannot connect to NATS at {self.nats_url}: {exc!r}; check AGGREGATE_NATS_URL "
+                "(or leave it unset to run the embedded server)"
+            ) from exc
+        self.nc = nc
+        self.connected = True
+        return nc
+
+    async def _drain_nats(self, nc: Client) -> None:
+        self.connected = False
+        with anyio.move_on_after(self.settings.nats_timeout_seconds):
+            try:
+                await nc.drain()
+            except (OSError, nats.errors.Error) as exc:
+                log.warning("NATS drain failed: %r", exc)
+        if not nc.is_closed:
+            with contextlib.suppress(OSError, nats.errors.Error):
+                await nc.close()
+
+    # ---- placement ---------------------------------------------------------------
+    def _changed(self, change: PlacementChange) -> None:
+        if self.handler is not None:
+            for tenant in change.left:
+                self.handler.forget_tenant(tenant)
+        log.info("placement changed: %s", change.as_dict())
+
+    def tenant_payload(self) -> Any:
+        assert self.gate is not None
+        return [status.as_dict() for status in self.gate.tenants()]

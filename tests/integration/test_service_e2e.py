@@ -1,0 +1,306 @@
+"""End to end: the real service process (embedded nats-server, SQLite, gRPC, admin HTTP),
+called through grpclib's client and grpcio's (an independent HTTP/2 implementation)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from aggregate.domain.ids import uuid7
+from aggregate.gateway.v1 import aggregate_pb2 as pb
+from tests.integration.grpc_harness import CLIENT_KINDS, command, open_client
+from tests.integration.service_harness import ServiceProcess, running_service
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytestmark = [pytest.mark.integration, pytest.mark.anyio]
+TOKEN = "s3cret-admin-token"
+ACME = {"x-tenant-id": "acme"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    env = {
+        "AGGREGATE_ADMIN_TOKEN": TOKEN,
+        "AGGREGATE_MAX_PAYLOAD_BYTES": "4096",
+        "AGGREGATE_LOG_LEVEL": "info",
+        "AGGREGATE_SNAPSHOT_THRESHOLD": "3",
+    }
+    with running_service(tmp_path_factory.mktemp("svc"), env=env) as svc:
+        yield svc
+
+
+async def open_account(client: Any, owner: str = "ann") -> str:
+    reply = await client.submit(command({"type": "OpenAccount", "owner": owner}), ACME)
+    assert reply.status == "OK", reply
+    return str(reply.response.aggregate_id)
+
+
+@pytest.mark.parametrize("kind", CLIENT_KINDS)
+async def test_command_outcomes_and_status_mapping(service: ServiceProcess, kind: str) -> None:
+    with open_client(kind, service.grpc) as client:
+        agg = await open_account(client)
+        deposit = command(
+            {"type": "Deposit", "amount": 70}, aggregate_id=agg, command_id=str(uuid7())
+        )
+        first = await client.submit(deposit, {**ACME, "x-correlation-id": "corr-42"})
+        assert first.status == "OK"
+        assert first.response.version == 2
+        assert not first.response.duplicate
+        assert first.initial_metadata.get("x-correlation-id") == "corr-42"
+        again = await client.submit(deposit, ACME)
+        assert again.status == "OK"
+        assert again.response.duplicate
+        assert again.response.version == 2
+        assert [e.event_id for e in again.response.events] == [
+            e.event_id for e in first.response.events
+        ]
+
+        rejected = await client.submit(
+            command({"type": "Withdraw", "amount": 500}, aggregate_id=agg), ACME
+        )
+        assert (rejected.status, "insufficient funds" in (rejected.message or "")) == (
+            "FAILED_PRECONDITION",
+            True,
+        )
+        stale = await client.submit(
+            command({"type": "Deposit", "amount": 1}, aggregate_id=agg, expected_version=1), ACME
+        )
+        assert stale.status == "ABORTED"
+
+        cases = {
+            "bad tenant": (command({"type": "OpenAccount", "owner": "x"}), {"x-tenant-id": "a.b"}),
+            "no tenant": (command({"type": "OpenAccount", "owner": "x"}), {}),
+            "bad json": (command("{not json"), ACME),
+            "unknown type": (command({"type": "OpenAccount"}, aggregate_type="nope"), ACME),
+            "bad aggregate id": (command({"type": "Deposit"}, aggregate_id="42"), ACME),
+        }
+        for name, (request, metadata) in cases.items():
+            reply = await client.submit(request, metadata)
+            assert reply.status == "INVALID_ARGUMENT", (name, reply)
+            assert reply.message, name
+        big = await client.submit(
+            command({"type": "Deposit", "amount": 1, "memo": "x" * 5000}, aggregate_id=agg), ACME
+        )
+        assert big.status == "RESOURCE_EXHAUSTED"
+
+        view = await client.get(
+            pb.GetAggregateRequest(aggregate_type="bank-account", aggregate_id=agg), ACME
+        )
+        assert view.status == "OK"
+        assert (view.response.version, json.loads(view.response.state_json)) == (
+            2,
+            {"owner": "ann", "balance": 70},
+        )
+        other_tenant = await client.get(
+            pb.GetAggregateRequest(aggregate_type="bank-account", aggregate_id=agg),
+            {"x-tenant-id": "globex"},
+        )
+        assert other_tenant.status == "NOT_FOUND"
+
+
+@pytest.mark.parametrize("kind", CLIENT_KINDS)
+async def test_streamed_commands_answer_in_order(service: ServiceProcess, kind: str) -> None:
+    with open_client(kind, service.grpc) as client:
+        agg = await open_account(client)
+        requests = [
+            command({"type": "Deposit", "amount": 5}, aggregate_id=agg),
+            command({"type": "Withdraw", "amount": 100}, aggregate_id=agg),
+            command("not json", aggregate_id=agg),
+            command({"type": "Deposit", "amount": 6}, aggregate_id=agg),
+        ]
+        reply = await client.submit_many(requests, ACME)
+    assert reply.status == "OK"
+    kinds = [r.WhichOneof("result") for r in reply.results]
+    assert kinds == ["response", "error", "error", "response"]
+    assert [reply.results[1].error.code, reply.results[2].error.code] == [
+        "FAILED_PRECONDITION",
+        "INVALID_ARGUMENT",
+    ]
+    assert [reply.results[0].response.version, reply.results[3].response.version] == [2, 3]
+
+
+async def test_drained_tenant_is_unavailable_and_a_reload_reopens_it(
+    service: ServiceProcess,
+) -> None:
+    tenant = {"x-tenant-id": "drained-co"}
+    with open_client("grpcio", service.grpc) as client:
+        opened = await client.submit(command({"type": "OpenAccount", "owner": "d"}), tenant)
+        agg = opened.response.aggregate_id
+        deposit = command({"type": "Deposit", "amount": 1}, aggregate_id=agg)
+        status, body = service.http_call(
+            "POST", "/admin/tenant/drained-co/drain", {"timeout_ms": 5000}, token=TOKEN
+        )
+        assert (status, body["drained"]) == (200, True)
+        refused = await client.submit(deposit, tenant)
+        assert refused.status == "UNAVAILABLE"
+        status, view = service.http_call("GET", "/admin/tenant/drained-co/status", token=TOKEN)
+        assert (status, view["accepting"], view["draining"]) == (200, False, True)
+        assert service.http_call("GET", "/admin/tenant/drained-co/ready", token=TOKEN) == (
+            503,
+            False,
+        )
+        other = await client.submit(
+            command({"type": "OpenAccount", "owner": "g"}), {"x-tenant-id": "globex"}
+        )
+        assert other.status == "OK"  # only the drained tenant is refused
+        status, change = service.http_call(
+            "POST",
+            "/admin/reload",
+            {"hosted_tenants": ["drained-co", "acme", "globex"]},
+            token=TOKEN,
+        )
+        assert (status, "drained-co" in change["arrived"]) == (200, True)
+        again = await client.submit(deposit, tenant)
+        assert again.status == "OK"
+        status, _ = service.http_call(
+            "POST", "/admin/reload", {"hosted_tenants": None}, token=TOKEN
+        )
+        assert status == 200
+
+
+def test_admin_requires_the_token_and_serves_health_ready_metrics(service: ServiceProcess) -> None:
+    assert service.http_call("GET", "/admin/tenants")[0] == 401
+    assert service.http_call("GET", "/admin/tenants", token="wrong")[0] == 401
+    status, tenants = service.http_call("GET", "/admin/tenants", token=TOKEN)
+    assert status == 200
+    assert isinstance(tenants, list)
+    assert service.http_call("GET", "/ready") == (200, True)
+    status, health = service.http_call("GET", "/health")
+    assert (status, health["status"], health["nats_connected"]) == (200, "ok", True)
+    status, malformed = service.http_call("POST", "/admin/drain", {"tenant": "x"}, token=TOKEN)
+    assert status == 400
+    assert malformed["error"]
+
+
+async def test_metrics_count_the_traffic(service: ServiceProcess) -> None:
+    with open_client("grpclib", service.grpc) as client:
+        agg = await open_account(client, "metrics")
+        for _ in range(3):
+            await client.submit(command({"type": "Deposit", "amount": 1}, aggregate_id=agg), ACME)
+        await client.submit(command({"type": "Withdraw", "amount": 99}, aggregate_id=agg), ACME)
+    status, text = service.http_call("GET", "/metrics")
+    assert status == 200
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    ok = value(
+        "aggregate_commands_total", aggregate_type="bank-account", tenant_id="acme", outcome="ok"
+    )
+    refused = value(
+        "aggregate_commands_total",
+        aggregate_type="bank-account",
+        tenant_id="acme",
+        outcome="failed_precondition",
+    )
+    assert ok >= 4
+    assert refused >= 1
+    assert value("aggregate_ready") == 1.0
+
+
+def test_cli_submit_get_events_and_exit_codes(service: ServiceProcess) -> None:
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "aggregate.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    addr = f"{service.grpc[0]}:{service.grpc[1]}"
+    opened = cli(
+        "submit",
+        "-T",
+        "bank-account",
+        "--addr",
+        addr,
+        "--tenant",
+        "acme",
+        "OpenAccount",
+        "owner=cli",
+    )
+    assert opened.returncode == 0, opened.stderr
+    agg = json.loads(opened.stdout)["aggregate_id"]
+    deposit = cli(
+        "submit",
+        "-T",
+        "bank-account",
+        "--addr",
+        addr,
+        "--tenant",
+        "acme",
+        "--id",
+        agg,
+        "Deposit",
+        "amount=12",
+    )
+    assert json.loads(deposit.stdout)["version"] == 2
+    refused = cli(
+        "submit",
+        "-T",
+        "bank-account",
+        "--addr",
+        addr,
+        "--tenant",
+        "acme",
+        "--id",
+        agg,
+        "Withdraw",
+        "amount=13",
+    )
+    assert refused.returncode == 1
+    assert "FAILED_PRECONDITION" in refused.stderr
+    got = cli("get", "-T", "bank-account", "--addr", addr, "--tenant", "acme", "--id", agg)
+    assert json.loads(got.stdout)["state"] == {"owner": "cli", "balance": 12}
+    events = cli(
+        "events",
+        "-T",
+        "bank-account",
+        "--storage",
+        str(service.storage),
+        "--tenant",
+        "acme",
+        "--id",
+        agg,
+    )
+    assert events.returncode == 0, events.stderr
+    assert [e["event_type"] for e in json.loads(events.stdout)] == [
+        "AccountOpened",
+        "MoneyDeposited",
+    ]
+    unreachable = cli(
+        "get",
+        "-T",
+        "bank-account",
+        "--addr",
+        "127.0.0.1:1",
+        "--tenant",
+        "acme",
+        "--id",
+        agg,
+        "--timeout",
+        "2",
+    )
+    assert unreachable.returncode == 3
+    bad = cli("get", "-T", "bank account", "--id", str(uuid.uuid4()))
+    assert bad.returncode == 2
