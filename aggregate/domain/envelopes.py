@@ -180,6 +180,23 @@ class CommandRecord:
     def encode(self) -> bytes:
         return dumps(self.to_json())
 
+    def headers(self, *, expected_last_seq: int, context: RequestContext) -> dict[str, str]:
+        """The headers of the message that stores this record (DESIGN §4.2, §8); every
+        event store writes exactly these."""
+        headers = context.nats_headers(self.key.tenant_id)
+        headers.update(
+            {
+                "Nats-Msg-Id": self.message_id,
+                "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
+                "command-id": str(self.command_id),
+                "aggregate-type": self.key.aggregate_type,
+                "aggregate-id": str(self.key.aggregate_id),
+                "version": str(self.last_version),
+                "content-type": "application/json",
+            }
+        )
+        return headers
+
     @classmethod
     def decode(cls, data: bytes, *, expected_key: AggregateKey) -> CommandRecord:
         """Decode a message body read under ``expected_key``.

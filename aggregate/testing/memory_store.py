@@ -112,18 +112,7 @@ class InMemoryEventStore:
             self._fail_appends -= 1
             raise BackendUnavailableError("injected fault: append failed, nothing stored")
         self.appends += 1
-        headers = context.nats_headers(record.key.tenant_id)
-        headers.update(
-            {
-                "Nats-Msg-Id": record.message_id,
-                "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
-                "command-id": str(record.command_id),
-                "aggregate-type": record.key.aggregate_type,
-                "aggregate-id": str(record.key.aggregate_id),
-                "version": str(record.last_version),
-                "content-type": "application/json",
-            }
-        )
+        headers = record.headers(expected_last_seq=expected_last_seq, context=context)
         seq = self.publish_raw(
             record.key.subject,
             record.encode(),

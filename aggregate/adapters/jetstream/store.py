@@ -44,26 +44,13 @@ if TYPE_CHECKING:
     from aggregate.domain.context import RequestContext
     from aggregate.domain.ids import AggregateKey
 
-CONTENT_TYPE = "application/json"
 
 
 def append_headers(
     record: CommandRecord, *, expected_last_seq: int, context: RequestContext
 ) -> dict[str, str]:
-    """The headers of the message that stores ``record`` (DESIGN §4.2, §8)."""
-    headers = context.nats_headers(record.key.tenant_id)
-    headers.update(
-        {
-            "Nats-Msg-Id": record.message_id,
-            "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
-            "command-id": str(record.command_id),
-            "aggregate-type": record.key.aggregate_type,
-            "aggregate-id": str(record.key.aggregate_id),
-            "version": str(record.last_version),
-            "content-type": CONTENT_TYPE,
-        }
-    )
-    return headers
+    """The headers of the message that stores ``record`` (``CommandRecord.headers``)."""
+    return record.headers(expected_last_seq=expected_last_seq, context=context)
 
 
 class JetStreamEventStore:
