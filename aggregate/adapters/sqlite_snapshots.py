@@ -38,7 +38,7 @@ from aggregate.domain.errors import (
     CorruptDataError,
     InvalidArgumentError,
 )
-from aggregate.domain.history import CommandHistory
+from aggregate.domain.history import FrozenHistory
 from aggregate.domain.ids import AggregateKey
 
 if TYPE_CHECKING:
@@ -120,12 +120,9 @@ def decode_row(row: tuple[Any, ...]) -> Snapshot:
         history_value = json.loads(history)
         if not isinstance(state_value, dict):
             raise TypeError("state is not a JSON object")
-        # Check the history now: the handler would otherwise fail on it, and a snapshot
+        # Decode the history now: the handler would otherwise fail on it, and a snapshot
         # that breaks an answer is worse than no snapshot.
-        entries = history_value.get("entries") if isinstance(history_value, dict) else None
-        CommandHistory.from_json(
-            history_value, limit=max(1, len(entries) if isinstance(entries, list) else 1)
-        )
+        frozen = FrozenHistory.from_json(history_value)
     except (TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise CorruptDataError(f"malformed snapshot row: {exc}") from None
     return Snapshot(
@@ -133,7 +130,7 @@ def decode_row(row: tuple[Any, ...]) -> Snapshot:
         version=version,
         stream_seq=stream_seq,
         state=state_value,
-        history=history_value,
+        history=frozen,
         created_at=str(created),
     )
 
@@ -364,7 +361,7 @@ class SqliteSnapshotStore:
                 snapshot.version,
                 snapshot.stream_seq,
                 _dumps(snapshot.state),
-                _dumps(snapshot.history),
+                _dumps(snapshot.history.to_json()),
                 snapshot.created_at,
             )
         except (TypeError, ValueError) as exc:

@@ -21,7 +21,7 @@ from aggregate.domain.envelopes import (
     utc_now_rfc3339,
 )
 from aggregate.domain.errors import CorruptDataError, TenantAccessDeniedError
-from aggregate.domain.history import CommandHistory, HistoryEntry
+from aggregate.domain.history import CommandHistory, FrozenHistory, HistoryEntry
 
 if TYPE_CHECKING:
     import uuid
@@ -38,7 +38,7 @@ class Snapshot:
     version: int
     stream_seq: int
     state: JsonObject
-    history: dict[str, Any]
+    history: FrozenHistory
     created_at: str
 
 
@@ -89,7 +89,7 @@ class AggregateInstance:
             raise CorruptDataError(f"snapshot of {snapshot.key} was read under {key}")
         if snapshot.version < 0 or snapshot.stream_seq < 0:
             raise CorruptDataError(f"snapshot of {key} has a negative version or sequence")
-        history = CommandHistory.from_json(snapshot.history, limit=history_limit)
+        history = CommandHistory.thaw(snapshot.history, limit=history_limit)
         return cls(
             key,
             copy.deepcopy(snapshot.state),
@@ -99,13 +99,16 @@ class AggregateInstance:
         )
 
     def snapshot(self) -> Snapshot:
-        """A snapshot of the current state (deep-copied: the instance keeps changing)."""
+        """A snapshot of the current state. Cheap: programs return new state objects and
+        the instance never changes one in place, so the state is shared, not copied; the
+        history is frozen as a tuple and rendered to JSON only when the snapshot is
+        written."""
         return Snapshot(
             key=self.key,
             version=self.version,
             stream_seq=self.last_seq,
-            state=copy.deepcopy(self.state),
-            history=self.history.to_json(),
+            state=self.state,
+            history=self.history.freeze(),
             created_at=utc_now_rfc3339(),
         )
 

@@ -45,6 +45,29 @@ class HistoryEntry:
             raise CorruptDataError(f"malformed command history entry {value!r}: {exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class FrozenHistory:
+    """A command history at one moment, as snapshots carry it. Freezing is cheap (a tuple
+    of the entries); rendering to JSON happens when the snapshot is written, off the
+    command path."""
+
+    entries: tuple[HistoryEntry, ...]
+    horizon_ms: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"horizon_ms": self.horizon_ms, "entries": [e.to_json() for e in self.entries]}
+
+    @classmethod
+    def from_json(cls, value: Any) -> FrozenHistory:
+        """Raises: CorruptDataError: the value is malformed."""
+        if not isinstance(value, dict) or not isinstance(value.get("entries"), list):
+            raise CorruptDataError("malformed command history")
+        horizon = value.get("horizon_ms", 0)
+        if not isinstance(horizon, int):
+            raise CorruptDataError("malformed command history horizon")
+        return cls(tuple(HistoryEntry.from_json(e) for e in value["entries"]), horizon)
+
+
 class CommandHistory:
     """The remembered command ids of one aggregate, oldest first."""
 
@@ -96,11 +119,16 @@ class CommandHistory:
     def copy(self) -> CommandHistory:
         return CommandHistory(self.limit, self._entries.values(), self.horizon_ms)
 
+    def freeze(self) -> FrozenHistory:
+        return FrozenHistory(tuple(self._entries.values()), self.horizon_ms)
+
+    @classmethod
+    def thaw(cls, frozen: FrozenHistory, *, limit: int) -> CommandHistory:
+        """A live history from a frozen one; a smaller ``limit`` forgets the oldest."""
+        return cls(limit, frozen.entries, frozen.horizon_ms)
+
     def to_json(self) -> dict[str, Any]:
-        return {
-            "horizon_ms": self.horizon_ms,
-            "entries": [e.to_json() for e in self._entries.values()],
-        }
+        return self.freeze().to_json()
 
     @classmethod
     def from_json(cls, value: Any, *, limit: int) -> CommandHistory:
@@ -109,9 +137,4 @@ class CommandHistory:
         Raises:
             CorruptDataError: the value is malformed.
         """
-        if not isinstance(value, dict) or not isinstance(value.get("entries"), list):
-            raise CorruptDataError("malformed command history")
-        horizon = value.get("horizon_ms", 0)
-        if not isinstance(horizon, int):
-            raise CorruptDataError("malformed command history horizon")
-        return cls(limit, (HistoryEntry.from_json(e) for e in value["entries"]), horizon)
+        return cls.thaw(FrozenHistory.from_json(value), limit=limit)

@@ -199,7 +199,7 @@ def test_snapshot_round_trip_and_tenant_check() -> None:
     rec = record(1, "A")
     inst.accept(1, rec, {"n": 1})
     snap = inst.snapshot()
-    inst.state["n"] = 99  # the snapshot is a copy
+    inst.accept(2, record(2, "B"), {"n": 99})  # states are replaced, never changed in place
     again = AggregateInstance.from_snapshot(snap, key=KEY, history_limit=3)
     assert (again.version, again.last_seq, again.state) == (1, 1, {"n": 1})
     assert again.lookup(rec.command_id) == HistoryEntry(rec.command_id, 1, 1, 1)

@@ -16,6 +16,7 @@ from aggregate.adapters.sqlite_snapshots import SqliteSnapshotStore, open_sqlite
 from aggregate.domain.aggregate import Snapshot
 from aggregate.domain.envelopes import utc_now_rfc3339
 from aggregate.domain.errors import BackendUnavailableError
+from aggregate.domain.history import FrozenHistory
 from aggregate.domain.ids import AggregateKey, uuid7
 
 
@@ -25,7 +26,7 @@ def make_snapshot(key: AggregateKey, version: int) -> Snapshot:
         version=version,
         stream_seq=version,
         state={"version": version},
-        history={"horizon_ms": 0, "entries": []},
+        history=FrozenHistory(()),
         created_at=utc_now_rfc3339(),
     )
 

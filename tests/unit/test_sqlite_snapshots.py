@@ -43,7 +43,7 @@ def make_snapshot(
         version=version,
         stream_seq=version * 10,
         state=state if state is not None else {"version": version},
-        history=history.to_json(),
+        history=history.freeze(),
         created_at=utc_now_rfc3339(),
     )
 

@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from aggregate.domain.ids import AggregateKey
 
 
-
 def append_headers(
     record: CommandRecord, *, expected_last_seq: int, context: RequestContext
 ) -> dict[str, str]:
