@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import uuid
 from typing import TYPE_CHECKING
 
@@ -367,3 +368,12 @@ async def test_undecodable_request_is_invalid_argument(server: CommandServer) ->
         status, message = await anyio.to_thread.run_sync(call)
     assert status == "INVALID_ARGUMENT"
     assert "not a valid protobuf message" in message
+
+
+async def test_accepted_connections_have_nagle_off(server: CommandServer, client: Client) -> None:
+    """Without TCP_NODELAY every answer waits for the client's delayed ACK (~40 ms)."""
+    await open_account(client)
+    sockets = [c.socket for c in server._connections]
+    assert sockets
+    for sock in sockets:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
