@@ -79,7 +79,9 @@ class KeyedLocks:
         """Hold the lock of ``key``. Cancellation while waiting leaves no trace."""
         lock, users = self._locks.get(key, (None, 0))
         if lock is None:
-            lock = anyio.Lock()
+            # fast_acquire: an uncontended acquire does not yield to the event loop; the
+            # handler awaits I/O right after, so fairness is kept where it matters.
+            lock = anyio.Lock(fast_acquire=True)
         self._locks[key] = (lock, users + 1)
         try:
             async with lock:

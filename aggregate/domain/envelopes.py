@@ -8,9 +8,9 @@ service relies on are checked and a record read under the wrong key is refused.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aggregate.domain.context import RequestContext
@@ -29,12 +29,16 @@ JsonObject = dict[str, Any]
 
 def utc_now_rfc3339() -> str:
     """Now, as RFC 3339 UTC with milliseconds (``2026-01-02T03:04:05.678Z``)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    now = time.time()
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def dumps(value: Any) -> bytes:
     """Compact JSON; integers stay exact (Python ints are arbitrary precision)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(value).encode()
 
 
 @dataclass(frozen=True, slots=True)
