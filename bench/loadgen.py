@@ -1,0 +1,413 @@
+"""The load generator: a separate process that drives a ``CommandService`` over gRPC.
+
+Run by ``bench/run.py`` as ``python -m bench.loadgen`` with a JSON spec on stdin; it prints
+``START``/``END`` around its measured window and ``RESULT <json>`` at the end (see
+``bench/procs.py``). The same client drives the service and baseline (a), the bare grpclib
+server, so their numbers compare like for like.
+
+Workloads (``spec["kind"]``):
+
+- ``unary``: ``clients`` closed-loop clients, each on its own channel (HTTP/2 connection),
+  each sending ``Deposit`` to ``accounts[i % len(accounts)]`` (one account for all: the hot
+  aggregate);
+- ``stream``: ``streams`` ``SubmitCommands`` streams, each with ``window`` commands in
+  flight, cycling over its share of ``accounts``;
+- ``open_loop``: ``Deposit`` sent on a fixed schedule (``rate`` per second) whatever the
+  answers do; a command's latency counts from its *scheduled* send time, so a stalled server
+  cannot hide its queueing (no coordinated omission);
+- ``batch``: set-up work (open accounts, fill histories) pipelined over streams;
+- ``get``: ``GetAggregate`` of each listed aggregate once, after warming the connection
+  (cold rehydration right after a service restart).
+
+Every loop is bounded by a count and by time; ``timeout_s`` bounds the whole process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import sys
+import time
+import uuid
+from typing import Any
+
+import grpclib.exceptions
+from grpclib.client import Channel
+
+from aggregate.domain.ids import uuid7
+from aggregate.gateway.v1 import aggregate_pb2 as pb
+from aggregate.gateway.v1.aggregate_grpc import CommandServiceStub
+from bench.procs import http_get, metric_total
+
+CALL_TIMEOUT_S = 10.0
+DEPOSIT = json.dumps({"type": "Deposit", "amount": 1})
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    """p50/p90/p99/p999/max/mean of latencies in milliseconds (nearest rank)."""
+    if not samples_ms:
+        return {}
+    ordered = sorted(samples_ms)
+    last = len(ordered) - 1
+
+    def rank(q: float) -> float:
+        return round(ordered[min(last, int(q * len(ordered)))], 3)
+
+    return {
+        "p50": rank(0.50),
+        "p90": rank(0.90),
+        "p99": rank(0.99),
+        "p999": rank(0.999),
+        "max": round(ordered[-1], 3),
+        "mean": round(sum(ordered) / len(ordered), 3),
+        "n": len(ordered),
+    }
+
+
+def error_name(exc: BaseException) -> str:
+    if isinstance(exc, grpclib.exceptions.GRPCError):
+        return exc.status.name
+    if isinstance(exc, asyncio.TimeoutError):
+        return "TIMEOUT"
+    return type(exc).__name__
+
+
+def request(account: str, payload: str = DEPOSIT) -> pb.SubmitCommandRequest:
+    return pb.SubmitCommandRequest(
+        command_id=str(uuid7()),
+        aggregate_type="bank-account",
+        aggregate_id=account,
+        payload_json=payload,
+    )
+
+
+class Window:
+    """The measured window: opens after ``warmup_s``, closes after ``duration_s`` or at
+    ``max_count`` counted commands, whichever comes first."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.warmup_s = float(spec.get("warmup_s", 1.0))
+        self.duration_s = float(spec["duration_s"])
+        self.max_count = int(spec.get("max_count", 10_000_000))
+        self.opened_at: float | None = None
+        self.closed_at: float | None = None
+        self.count = 0
+        self.latencies: list[float] = []
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.cpu_start = 0.0
+        self.cpu_end = 0.0
+        self.full = asyncio.Event()
+        self.stop = asyncio.Event()
+
+    def measuring(self, started: float) -> bool:
+        return self.opened_at is not None and self.closed_at is None and started >= self.opened_at
+
+    def record(self, started: float, ms: float, error: str | None = None) -> None:
+        if not self.measuring(started):
+            return
+        if error is None:
+            self.count += 1
+            self.latencies.append(ms)
+            if self.count >= self.max_count:
+                self.full.set()
+        else:
+            self.errors[error] += 1
+
+    async def run(self) -> None:
+        """Warm up, open, wait, close; sets ``stop`` for the workers."""
+        await asyncio.sleep(self.warmup_s)
+        self.cpu_start = time.process_time()
+        self.opened_at = time.perf_counter()
+        print("START", flush=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.full.wait(), self.duration_s)
+        self.closed_at = time.perf_counter()
+        self.cpu_end = time.process_time()
+        print("END", flush=True)
+        self.stop.set()
+
+    def result(self, **extra: Any) -> dict[str, Any]:
+        assert self.opened_at is not None
+        assert self.closed_at is not None
+        elapsed = self.closed_at - self.opened_at
+        return {
+            "count": self.count,
+            "elapsed_s": round(elapsed, 4),
+            "rate": round(self.count / elapsed, 1) if elapsed > 0 else 0.0,
+            "latency_ms": percentiles(self.latencies),
+            "errors": dict(self.errors),
+            "client_cpu_s": round(self.cpu_end - self.cpu_start, 3),
+            **extra,
+        }
+
+
+def target(spec: dict[str, Any]) -> tuple[str, int, list[tuple[str, str]]]:
+    return spec["host"], int(spec["port"]), [("x-tenant-id", spec["tenant"])]
+
+
+async def unary(spec: dict[str, Any]) -> dict[str, Any]:
+    host, port, metadata = target(spec)
+    accounts: list[str] = spec["accounts"]
+    window = Window(spec)
+    channels = [Channel(host, port) for _ in range(int(spec["clients"]))]
+
+    async def client(i: int, stub: CommandServiceStub) -> None:
+        account = accounts[i % len(accounts)]
+        while not window.stop.is_set():
+            started = time.perf_counter()
+            try:
+                await stub.SubmitCommand(
+                    request(account), metadata=metadata, timeout=CALL_TIMEOUT_S
+                )
+            except (TimeoutError, grpclib.exceptions.GRPCError, OSError) as exc:
+                window.record(started, 0.0, error_name(exc))
+                await asyncio.sleep(0.01)  # a refusing server must not turn this into a spin
+                continue
+            window.record(started, (time.perf_counter() - started) * 1000)
+
+    try:
+        stubs = [CommandServiceStub(channel) for channel in channels]
+        await asyncio.gather(window.run(), *(client(i, s) for i, s in enumerate(stubs)))
+    finally:
+        for channel in channels:
+            channel.close()
+    return window.result(clients=len(channels))
+
+
+async def _pipelined(
+    stub: CommandServiceStub,
+    metadata: list[tuple[str, str]],
+    requests: collections.abc.Iterator[pb.SubmitCommandRequest],
+    in_flight: int,
+    on_result: collections.abc.Callable[[float, float, str | None], None],
+    stop: asyncio.Event | None = None,
+    timeout_s: float = 600,
+) -> None:
+    """Send ``requests`` on one ``SubmitCommands`` stream with at most ``in_flight``
+    unanswered; ``on_result(sent_at, ms, error)`` per result, in order."""
+    slots = asyncio.Semaphore(in_flight)
+    sent: collections.deque[float] = collections.deque()
+    async with stub.SubmitCommands.open(metadata=metadata, timeout=timeout_s) as stream:
+        await stream.send_request()
+
+        async def send() -> None:
+            for item in requests:
+                await slots.acquire()
+                if stop is not None and stop.is_set():
+                    break
+                sent.append(time.perf_counter())
+                await stream.send_message(item)
+            await stream.end()
+
+        async def receive() -> None:
+            while (result := await stream.recv_message()) is not None:
+                sent_at = sent.popleft()
+                slots.release()
+                error = result.error.code if result.HasField("error") else None
+                on_result(sent_at, (time.perf_counter() - sent_at) * 1000, error)
+
+        await asyncio.gather(send(), receive())
+
+
+async def stream(spec: dict[str, Any]) -> dict[str, Any]:
+    host, port, metadata = target(spec)
+    accounts: list[str] = spec["accounts"]
+    streams, in_flight = int(spec["streams"]), int(spec["window"])
+    window = Window(spec)
+    channel = Channel(host, port)
+
+    def requests(share: list[str]) -> collections.abc.Iterator[pb.SubmitCommandRequest]:
+        for i in range(window.max_count + 100_000_000):  # bounded; `stop` ends it first
+            yield request(share[i % len(share)])
+
+    def on_result(sent_at: float, ms: float, error: str | None) -> None:
+        window.record(sent_at, ms, error)
+
+    try:
+        stub = CommandServiceStub(channel)
+        lanes = [
+            _pipelined(
+                stub, metadata, requests(accounts[s::streams]), in_flight, on_result, window.stop
+            )
+            for s in range(streams)
+        ]
+        await asyncio.gather(window.run(), *lanes)
+    finally:
+        channel.close()
+    return window.result(streams=streams, window=in_flight)
+
+
+async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
+    host, port, metadata = target(spec)
+    accounts: list[str] = spec["accounts"]
+    rate = float(spec["rate"])
+    window = Window(spec)
+    channels = [Channel(host, port) for _ in range(int(spec.get("channels", 8)))]
+    stubs = [CommandServiceStub(c) for c in channels]
+    pending: set[asyncio.Task[None]] = set()
+    worst_lag = 0.0
+
+    async def call(i: int, scheduled: float) -> None:
+        try:
+            await stubs[i % len(stubs)].SubmitCommand(
+                request(accounts[i % len(accounts)]), metadata=metadata, timeout=CALL_TIMEOUT_S
+            )
+        except (TimeoutError, grpclib.exceptions.GRPCError, OSError) as exc:
+            window.record(scheduled, 0.0, error_name(exc))
+            return
+        window.record(scheduled, (time.perf_counter() - scheduled) * 1000)
+
+    async def schedule() -> None:
+        nonlocal worst_lag
+        total = int(rate * (window.warmup_s + window.duration_s + 1)) + 1
+        start = time.perf_counter()
+        for i in range(total):  # bounded in count; `stop` ends it in time
+            scheduled = start + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if window.stop.is_set():
+                break
+            if window.measuring(scheduled):
+                worst_lag = max(worst_lag, time.perf_counter() - scheduled)
+            task = asyncio.get_running_loop().create_task(call(i, scheduled))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    try:
+        await asyncio.gather(window.run(), schedule())
+        if pending:
+            await asyncio.wait(pending, timeout=CALL_TIMEOUT_S + 1)
+    finally:
+        for channel in channels:
+            channel.close()
+    return window.result(offered_rate=rate, worst_send_lag_ms=round(worst_lag * 1000, 3))
+
+
+async def batch(spec: dict[str, Any]) -> dict[str, Any]:
+    """``targets``: ``[[aggregate_id, n], ...]``; ``command``: ``open`` (n = 1) or
+    ``deposit``. Target k goes to stream ``k % streams``, so one aggregate stays on one
+    stream, in order."""
+    host, port, metadata = target(spec)
+    payload = DEPOSIT
+    if spec["command"] == "open":
+        payload = json.dumps({"type": "OpenAccount", "owner": "bench"})
+    targets: list[tuple[str, int]] = [(str(t[0]), int(t[1])) for t in spec["targets"]]
+    streams = max(1, min(int(spec.get("streams", 4)), len(targets)))
+    errors: collections.Counter[str] = collections.Counter()
+    ok = 0
+
+    def requests(share: list[tuple[str, int]]) -> collections.abc.Iterator[pb.SubmitCommandRequest]:
+        for j in range(max((n for _, n in share), default=0)):
+            for account, n in share:
+                if j < n:
+                    yield request(account, payload)
+
+    def on_result(_sent_at: float, _ms: float, error: str | None) -> None:
+        nonlocal ok
+        if error is None:
+            ok += 1
+        else:
+            errors[error] += 1
+
+    channel = Channel(host, port)
+    started = time.perf_counter()
+    try:
+        stub = CommandServiceStub(channel)
+        await asyncio.gather(
+            *(
+                _pipelined(
+                    stub,
+                    metadata,
+                    requests(targets[s::streams]),
+                    int(spec.get("window", 64)),
+                    on_result,
+                    timeout_s=float(spec.get("timeout_s", 600)),
+                )
+                for s in range(streams)
+            )
+        )
+    finally:
+        channel.close()
+    elapsed = time.perf_counter() - started
+    return {
+        "count": ok,
+        "errors": dict(errors),
+        "elapsed_s": round(elapsed, 3),
+        "rate": round(ok / elapsed, 1),
+    }
+
+
+async def get(spec: dict[str, Any]) -> dict[str, Any]:
+    """``aggregates``: ``[[aggregate_id, label], ...]``, each read once, in order. With
+    ``metrics_url``, also the server's own rehydration time of each read (the change of
+    ``aggregate_rehydration_duration_seconds_sum`` around it: reads run one at a time)."""
+    host, port, metadata = target(spec)
+    metrics_url = spec.get("metrics_url")
+
+    async def rehydration_seconds() -> float | None:
+        if not metrics_url:
+            return None
+        status, text = await asyncio.to_thread(http_get, metrics_url)
+        if status != 200:
+            return None
+        return metric_total(text, "aggregate_rehydration_duration_seconds_sum")
+
+    channel = Channel(host, port)
+    rows = []
+    try:
+        stub = CommandServiceStub(channel)
+        for _ in range(2):  # connection, SQLite and NATS paths warm
+            probe = pb.GetAggregateRequest(
+                aggregate_type="bank-account", aggregate_id=str(uuid.uuid4())
+            )
+            try:
+                await stub.GetAggregate(probe, metadata=metadata, timeout=CALL_TIMEOUT_S)
+            except grpclib.exceptions.GRPCError as exc:
+                if exc.status.name != "NOT_FOUND":
+                    raise
+        for aggregate_id, label in spec["aggregates"]:
+            before = await rehydration_seconds()
+            started = time.perf_counter()
+            view = await stub.GetAggregate(
+                pb.GetAggregateRequest(aggregate_type="bank-account", aggregate_id=aggregate_id),
+                metadata=metadata,
+                timeout=60,
+            )
+            ms = (time.perf_counter() - started) * 1000
+            after = await rehydration_seconds()
+            row: dict[str, Any] = {
+                "id": aggregate_id,
+                "label": label,
+                "ms": round(ms, 3),
+                "version": view.version,
+            }
+            if before is not None and after is not None:
+                row["server_ms"] = round((after - before) * 1000, 3)
+            rows.append(row)
+    finally:
+        channel.close()
+    return {"reads": rows}
+
+
+WORKLOADS = {
+    "unary": unary,
+    "stream": stream,
+    "open_loop": open_loop,
+    "batch": batch,
+    "get": get,
+}
+
+
+async def main(spec: dict[str, Any]) -> dict[str, Any]:
+    workload = WORKLOADS[spec["kind"]]
+    return await asyncio.wait_for(workload(spec), float(spec.get("timeout_s", 300)))
+
+
+if __name__ == "__main__":
+    spec = json.load(sys.stdin)
+    result = asyncio.run(main(spec))
+    result["kind"] = spec["kind"]
+    print("RESULT " + json.dumps(result), flush=True)
