@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aggregate.domain.errors import CommandIdTooOldError, CorruptDataError
@@ -30,9 +30,15 @@ class HistoryEntry:
     first_version: int
     last_version: int
     stream_seq: int
+    command_text: str = field(default="", compare=False, repr=False)
+    """``str(command_id)``, made once: snapshots render every remembered entry."""
+
+    def __post_init__(self) -> None:
+        if not self.command_text:
+            object.__setattr__(self, "command_text", str(self.command_id))
 
     def to_json(self) -> list[Any]:
-        return [str(self.command_id), self.first_version, self.last_version, self.stream_seq]
+        return [self.command_text, self.first_version, self.last_version, self.stream_seq]
 
     @classmethod
     def from_json(cls, value: Any) -> HistoryEntry:
