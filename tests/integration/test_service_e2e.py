@@ -228,79 +228,28 @@ def test_cli_submit_get_events_and_exit_codes(service: ServiceProcess) -> None:
         )
 
     addr = f"{service.grpc[0]}:{service.grpc[1]}"
-    opened = cli(
-        "submit",
-        "-T",
-        "bank-account",
-        "--addr",
-        addr,
-        "--tenant",
-        "acme",
-        "OpenAccount",
-        "owner=cli",
-    )
+    acme = ("-T", "bank-account", "--tenant", "acme")
+
+    def client(verb: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return cli(verb, *acme, "--addr", addr, *args)
+
+    opened = client("submit", "OpenAccount", "owner=cli")
     assert opened.returncode == 0, opened.stderr
     agg = json.loads(opened.stdout)["aggregate_id"]
-    deposit = cli(
-        "submit",
-        "-T",
-        "bank-account",
-        "--addr",
-        addr,
-        "--tenant",
-        "acme",
-        "--id",
-        agg,
-        "Deposit",
-        "amount=12",
-    )
+    deposit = client("submit", "--id", agg, "Deposit", "amount=12")
     assert json.loads(deposit.stdout)["version"] == 2
-    refused = cli(
-        "submit",
-        "-T",
-        "bank-account",
-        "--addr",
-        addr,
-        "--tenant",
-        "acme",
-        "--id",
-        agg,
-        "Withdraw",
-        "amount=13",
-    )
+    refused = client("submit", "--id", agg, "Withdraw", "amount=13")
     assert refused.returncode == 1
     assert "FAILED_PRECONDITION" in refused.stderr
-    got = cli("get", "-T", "bank-account", "--addr", addr, "--tenant", "acme", "--id", agg)
+    got = client("get", "--id", agg)
     assert json.loads(got.stdout)["state"] == {"owner": "cli", "balance": 12}
-    events = cli(
-        "events",
-        "-T",
-        "bank-account",
-        "--storage",
-        str(service.storage),
-        "--tenant",
-        "acme",
-        "--id",
-        agg,
-    )
+    events = cli("events", *acme, "--storage", str(service.storage), "--id", agg)
     assert events.returncode == 0, events.stderr
     assert [e["event_type"] for e in json.loads(events.stdout)] == [
         "AccountOpened",
         "MoneyDeposited",
     ]
-    unreachable = cli(
-        "get",
-        "-T",
-        "bank-account",
-        "--addr",
-        "127.0.0.1:1",
-        "--tenant",
-        "acme",
-        "--id",
-        agg,
-        "--timeout",
-        "2",
-    )
+    unreachable = cli("get", *acme, "--addr", "127.0.0.1:1", "--id", agg, "--timeout", "2")
     assert unreachable.returncode == 3
     bad = cli("get", "-T", "bank account", "--id", str(uuid.uuid4()))
     assert bad.returncode == 2
