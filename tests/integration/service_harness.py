@@ -105,16 +105,16 @@ class ServiceProcess:
 
 
 def start_service(
-    storage: Path, *, env: dict[str, str] | None = None, example: str = "bank"
+    storage: Path, *, env: dict[str, str] | None = None, example: str | None = "bank"
 ) -> ServiceProcess:
+    """Start the service; ``example=None`` leaves the manifest to ``env``."""
     grpc_port, http_port = free_port(), free_port()
     command = [
         sys.executable,
         "-m",
         "aggregate.cli",
         "serve",
-        "--example",
-        example,
+        *(("--example", example) if example else ()),
         "--storage",
         str(storage),
         "--grpc-addr",
