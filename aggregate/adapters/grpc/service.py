@@ -12,6 +12,7 @@ in ``aggregate.domain.status`` (INTERNAL details go to the log, never to the cli
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from contextlib import contextmanager
@@ -214,7 +215,13 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                         context=context,
                         max_payload_bytes=self.options.max_payload_bytes,
                     )
-                    with log_context(command_id=str(command.command_id)), self._admit():
+                    # Bind the id only when the server made it: a client's is bound above.
+                    generated = (
+                        log_context(command_id=str(command.command_id))
+                        if command_id is None
+                        else contextlib.nullcontext()
+                    )
+                    with generated, self._admit():
                         result = await self.handler.handle(command)
                 except Exception as exc:
                     outcome = outcome_of(exc)
