@@ -24,12 +24,14 @@ from aggregate.domain.errors import (
     CommandIdTooOldError,
     CommandRejectedError,
     CorruptDataError,
+    DuplicateAppendError,
     ExpectedVersionMismatchError,
     VersionConflictError,
 )
 from aggregate.programs.base import Rejected
 
 if TYPE_CHECKING:
+    import uuid
     from collections.abc import Callable, Sequence
     from contextlib import AbstractContextManager
 
@@ -176,6 +178,11 @@ class CommandHandler:
                 seq = await self.store.append(
                     record, expected_last_seq=instance.last_seq, context=command.context
                 )
+            except DuplicateAppendError as duplicate:
+                # A repeat of a command this aggregate no longer remembers (a non-v7 id
+                # beyond the history) that the store's duplicate window still knows: answer
+                # the stored result, never apply it twice.
+                return await self._replay_at(key, command.command_id, duplicate.seq)
             except VersionConflictError:
                 self.observer.conflict(key)
                 await self._catch_up(instance, spec)
@@ -290,6 +297,16 @@ class CommandHandler:
         events = stored.record.events
         duplicate = attempted is None or events[0].event_id != attempted.event_id
         return CommandResult(key, entry.command_id, entry.last_version, events, duplicate)
+
+    async def _replay_at(self, key: AggregateKey, command_id: uuid.UUID, seq: int) -> CommandResult:
+        stored = await self.store.read_at(key, seq)
+        if stored is None or stored.record.command_id != command_id:
+            raise CorruptDataError(
+                f"{key}: the store reports command {command_id} as a duplicate of stream "
+                f"sequence {seq}, which holds another message"
+            )
+        record = stored.record
+        return CommandResult(key, command_id, record.last_version, record.events, True)
 
     def _maybe_snapshot(self, instance: AggregateInstance) -> None:
         threshold = self.settings.snapshot_threshold

@@ -34,6 +34,8 @@ class EventStore(Protocol):
 
         Raises:
             VersionConflictError: the aggregate's last sequence is not ``expected_last_seq``.
+            DuplicateAppendError: a message with this record's ``message_id`` is already
+                stored within the store's duplicate window; nothing new was stored.
             BackendUnavailableError: the store cannot be reached; the append may or may not
                 have happened.
 

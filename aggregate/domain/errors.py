@@ -59,6 +59,16 @@ class VersionConflictError(AggregateError):
         self.actual = actual
 
 
+class DuplicateAppendError(AggregateError):
+    """Raised by an event store when the appended message's id was already stored within
+    the store's duplicate window (JetStream ``Nats-Msg-Id`` de-duplication): nothing new was
+    stored; ``seq`` is where the earlier message is."""
+
+    def __init__(self, message: str, *, seq: int) -> None:
+        super().__init__(message)
+        self.seq = seq
+
+
 class ExpectedVersionMismatchError(VersionConflictError):
     """Raised when a command's ``expected_version`` differs from the aggregate's version."""
 

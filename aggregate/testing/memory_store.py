@@ -20,7 +20,11 @@ from typing import TYPE_CHECKING
 import anyio.lowlevel
 
 from aggregate.domain.envelopes import CommandRecord, StoredRecord
-from aggregate.domain.errors import BackendUnavailableError, VersionConflictError
+from aggregate.domain.errors import (
+    BackendUnavailableError,
+    DuplicateAppendError,
+    VersionConflictError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -78,11 +82,15 @@ class InMemoryEventStore:
         *,
         expected_last_seq: int | None = None,
         msg_id: str | None = None,
+        report_duplicate: bool = False,
     ) -> int:
-        """Store a message as JetStream would, with its conditional and dedup rules.
+        """Store a message as JetStream would, with its conditional and dedup rules: a
+        message id seen within the duplicate window stores nothing and answers the earlier
+        sequence (or raises, with ``report_duplicate``).
 
         Raises:
             VersionConflictError: ``expected_last_seq`` is given and stale.
+            DuplicateAppendError: a duplicate, when ``report_duplicate``.
         """
         last = self._last_by_subject.get(subject, 0)
         if expected_last_seq is not None and expected_last_seq != last:
@@ -95,6 +103,10 @@ class InMemoryEventStore:
         if msg_id is not None:
             seen = self._msg_ids.get(msg_id)
             if seen is not None and now - seen[1] <= self.duplicate_window_s:
+                if report_duplicate:
+                    raise DuplicateAppendError(
+                        f"message {msg_id} is already stored at seq {seen[0]}", seq=seen[0]
+                    )
                 return seen[0]
         seq = self.last_seq_overall + 1
         self.messages.append(StoredMessage(seq, subject, data, dict(headers or {})))
@@ -119,6 +131,7 @@ class InMemoryEventStore:
             headers,
             expected_last_seq=expected_last_seq,
             msg_id=record.message_id,
+            report_duplicate=True,
         )
         await anyio.lowlevel.checkpoint()
         if self._conflict_acks:

@@ -19,6 +19,7 @@ from aggregate.domain.context import RequestContext
 from aggregate.domain.envelopes import CommandRecord, dumps, events_from_decision
 from aggregate.domain.errors import (
     CorruptDataError,
+    DuplicateAppendError,
     TenantAccessDeniedError,
     VersionConflictError,
 )
@@ -247,3 +248,21 @@ async def test_same_command_appended_twice_is_a_conflict(harness: Harness) -> No
             await append(harness.store, rec, 0)
         stored = await harness.store.read(k)
     assert [(s.seq, s.record.command_id) for s in stored] == [(seq, rec.command_id)]
+
+
+async def test_same_command_id_at_the_current_sequence_is_a_reported_duplicate(
+    harness: Harness,
+) -> None:
+    """Within the duplicate window, an append whose message id is stored and whose expected
+    sequence is current stores nothing and names the earlier message's sequence."""
+    k = key()
+    first = record(k, 1)
+    with anyio.fail_after(10):
+        seq1 = await append(harness.store, first, 0)
+        seq2 = await append(harness.store, record(k, 2), seq1)
+        again = record(k, 3, command_id=first.command_id)
+        with pytest.raises(DuplicateAppendError) as duplicate:
+            await append(harness.store, again, seq2)
+        stored = await harness.store.read(k)
+    assert duplicate.value.seq == seq1
+    assert [s.seq for s in stored] == [seq1, seq2]

@@ -198,3 +198,21 @@ async def test_same_aggregate_id_under_two_tenants_is_two_aggregates() -> None:
     await h.handle(cmd(b, {"type": "OpenAccount", "owner": "b"}))
     assert (await h.get(a)).state == {"owner": "a", "balance": 5}
     assert (await h.get(b)).state == {"owner": "b", "balance": 0}
+
+
+async def test_forgotten_non_v7_id_repeated_within_the_window_answers_the_original() -> None:
+    """Beyond the history, a non-v7 id is still caught by the store's message-id window:
+    the original result comes back and nothing is appended twice."""
+    store = InMemoryEventStore()
+    h = handler(store, settings=HandlerSettings(history_limit=2, retry_backoff_s=0))
+    key = new_key()
+    await h.handle(cmd(key, {"type": "OpenAccount", "owner": "ann"}))
+    first = Command(key, uuid.uuid4(), {"type": "Deposit", "amount": 5})
+    original = await h.handle(first)
+    for _ in range(3):  # push the first deposit's id out of the history
+        await h.handle(cmd(key, {"type": "Deposit", "amount": 1}))
+    again = await h.handle(first)
+    assert again.duplicate
+    assert (again.version, again.events) == (original.version, original.events)
+    assert len(store.messages) == 5
+    assert (await h.get(key)).state["balance"] == 8

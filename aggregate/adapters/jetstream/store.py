@@ -34,6 +34,7 @@ from aggregate.domain.envelopes import CommandRecord, StoredRecord
 from aggregate.domain.errors import (
     BackendUnavailableError,
     CorruptDataError,
+    DuplicateAppendError,
     ResourceExhaustedError,
     VersionConflictError,
 )
@@ -101,8 +102,8 @@ class JetStreamEventStore:
         """See ``EventStore.append``.
 
         A message id already stored within the duplicate window is answered by JetStream
-        as a duplicate rather than stored again; this raises ``VersionConflictError`` (the
-        handler finds the command in the history).
+        as a duplicate rather than stored again; this raises ``DuplicateAppendError`` with
+        the earlier message's sequence.
 
         Raises:
             VersionConflictError: the aggregate's last sequence is not ``expected_last_seq``.
@@ -181,9 +182,10 @@ class JetStreamEventStore:
                 f"could not be read: {exc!r}"
             ) from exc
         if stored.subject == record.key.subject:
-            raise VersionConflictError(
-                f"{record.key}: command {record.command_id} is already stored at seq {seq}",
-                expected=expected,
+            raise DuplicateAppendError(
+                f"{record.key}: message {record.message_id} is already stored at seq {seq} "
+                "(within the stream's duplicate window)",
+                seq=seq,
             )
         raise CorruptDataError(
             f"message id {record.message_id} was de-duplicated against seq {seq} on subject "
