@@ -21,6 +21,7 @@ from aggregate.domain.aggregate import AggregateInstance, program_events
 from aggregate.domain.envelopes import AggregateView, CommandResult, Event
 from aggregate.domain.errors import (
     AggregateNotFoundError,
+    BackendUnavailableError,
     CommandIdTooOldError,
     CommandRejectedError,
     CorruptDataError,
@@ -179,10 +180,19 @@ class CommandHandler:
                     record, expected_last_seq=instance.last_seq, context=command.context
                 )
             except DuplicateAppendError as duplicate:
+                stored = await self._stored_duplicate(key, command.command_id, duplicate.seq)
+                if stored.record.events[0].event_id == record.events[0].event_id:
+                    # Our own append, landed on an earlier attempt of the store's retry.
+                    instance.accept(stored.seq, stored.record, decision.state)
+                    self._maybe_snapshot(instance)
+                    return CommandResult(key, command.command_id, instance.version, record.events)
                 # A repeat of a command this aggregate no longer remembers (a non-v7 id
                 # beyond the history) that the store's duplicate window still knows: answer
                 # the stored result, never apply it twice.
-                return await self._replay_at(key, command.command_id, duplicate.seq)
+                original = stored.record
+                return CommandResult(
+                    key, command.command_id, original.last_version, original.events, True
+                )
             except VersionConflictError:
                 self.observer.conflict(key)
                 await self._catch_up(instance, spec)
@@ -298,15 +308,22 @@ class CommandHandler:
         duplicate = attempted is None or events[0].event_id != attempted.event_id
         return CommandResult(key, entry.command_id, entry.last_version, events, duplicate)
 
-    async def _replay_at(self, key: AggregateKey, command_id: uuid.UUID, seq: int) -> CommandResult:
+    async def _stored_duplicate(
+        self, key: AggregateKey, command_id: uuid.UUID, seq: int
+    ) -> StoredRecord:
         stored = await self.store.read_at(key, seq)
-        if stored is None or stored.record.command_id != command_id:
+        if stored is None:
+            # A replica serving reads may lag the one that de-duplicated the append.
+            raise BackendUnavailableError(
+                f"{key}: command {command_id} is stored at sequence {seq} but not readable "
+                "yet; retry with the same command id"
+            )
+        if stored.record.command_id != command_id:
             raise CorruptDataError(
                 f"{key}: the store reports command {command_id} as a duplicate of stream "
                 f"sequence {seq}, which holds another message"
             )
-        record = stored.record
-        return CommandResult(key, command_id, record.last_version, record.events, True)
+        return stored
 
     def _maybe_snapshot(self, instance: AggregateInstance) -> None:
         threshold = self.settings.snapshot_threshold

@@ -22,7 +22,11 @@ import pytest
 from aggregate.adapters.jetstream import JetStreamEventStore, StreamPolicy, ensure_stream
 from aggregate.domain.context import RequestContext
 from aggregate.domain.envelopes import CommandRecord, StoredRecord, events_from_decision
-from aggregate.domain.errors import BackendUnavailableError, VersionConflictError
+from aggregate.domain.errors import (
+    BackendUnavailableError,
+    DuplicateAppendError,
+    VersionConflictError,
+)
 from aggregate.domain.ids import AggregateKey, uuid7
 
 if TYPE_CHECKING:
@@ -86,6 +90,10 @@ async def append_resolving(
     while True:
         try:
             return await store.append(rec, expected_last_seq=expected, context=CTX)
+        except DuplicateAppendError as duplicate:
+            # An earlier attempt landed and the retry was de-duplicated: it is stored there.
+            progress.failed()
+            return duplicate.seq
         except (BackendUnavailableError, VersionConflictError):
             progress.failed()
         try:

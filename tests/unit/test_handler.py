@@ -14,6 +14,7 @@ from aggregate.domain.envelopes import Command, CommandRecord, events_from_decis
 from aggregate.domain.errors import (
     AggregateNotFoundError,
     BackendUnavailableError,
+    DuplicateAppendError,
     TenantAccessDeniedError,
     UnknownAggregateTypeError,
     VersionConflictError,
@@ -216,3 +217,24 @@ async def test_forgotten_non_v7_id_repeated_within_the_window_answers_the_origin
     assert (again.version, again.events) == (original.version, original.events)
     assert len(store.messages) == 5
     assert (await h.get(key)).state["balance"] == 8
+
+
+class DuplicateAfterStoring(InMemoryEventStore):
+    """Stores the message, then answers as a de-duplicated retry would (a clustered
+    JetStream after a leader change): the handler must recognise its own append."""
+
+    async def append(self, record: Any, *, expected_last_seq: int, context: Any) -> int:
+        seq = await super().append(record, expected_last_seq=expected_last_seq, context=context)
+        raise DuplicateAppendError("already stored", seq=seq)
+
+
+async def test_own_append_reported_as_duplicate_is_a_first_application() -> None:
+    store = DuplicateAfterStoring()
+    h = handler(store)
+    key = new_key()
+    opened = await h.handle(cmd(key, {"type": "OpenAccount", "owner": "ann"}))
+    deposit = await h.handle(cmd(key, {"type": "Deposit", "amount": 4}))
+    assert (opened.duplicate, deposit.duplicate) == (False, False)
+    assert (opened.version, deposit.version) == (1, 2)
+    assert len(store.messages) == 2
+    assert (await h.get(key)).state["balance"] == 4
