@@ -171,6 +171,7 @@ def test_lines_reach_the_logger_socket(socket_path: Path) -> None:
         ours = [line for line in server.lines if line["logger"] == log.name]
         assert [line["message"] for line in ours] == ["line 0", "line 1", "line 2"]
         assert all(line["tenant_id"] == "acme" for line in ours)
+        assert setup.socket.wait_idle(WAIT_S)  # counters settle after the last send
         assert setup.socket.sent >= 3
         assert setup.socket.dropped == 0
     finally:
