@@ -180,7 +180,7 @@ class CommandHandler:
                     record, expected_last_seq=instance.last_seq, context=command.context
                 )
             except DuplicateAppendError as duplicate:
-                stored = await self._stored_duplicate(key, command.command_id, duplicate.seq)
+                stored = await self._stored_command(key, command.command_id, duplicate.seq)
                 if stored.record.events[0].event_id == record.events[0].event_id:
                     # Our own append, landed on an earlier attempt of the store's retry.
                     instance.accept(stored.seq, stored.record, decision.state)
@@ -298,30 +298,31 @@ class CommandHandler:
         """The original result of a remembered command. When ``attempted`` (the first event
         this handler tried to append for it) is what is stored, our own append landed although
         its answer was a conflict (DESIGN §4.3): that is the first application, not a repeat."""
-        stored = await self.store.read_at(key, entry.stream_seq)
-        if stored is None or stored.record.command_id != entry.command_id:
-            raise CorruptDataError(
-                f"{key}: command {entry.command_id} is remembered at stream sequence "
-                f"{entry.stream_seq}, but that message is not there"
-            )
+        stored = await self._stored_command(key, entry.command_id, entry.stream_seq)
         events = stored.record.events
         duplicate = attempted is None or events[0].event_id != attempted.event_id
         return CommandResult(key, entry.command_id, entry.last_version, events, duplicate)
 
-    async def _stored_duplicate(
+    async def _stored_command(
         self, key: AggregateKey, command_id: uuid.UUID, seq: int
     ) -> StoredRecord:
+        """The message of ``command_id`` at ``seq`` (remembered in the history, or named
+        by the store's duplicate report).
+
+        Raises:
+            BackendUnavailableError: nothing readable there yet (a lagging read replica).
+            CorruptDataError: another command's message is there.
+        """
         stored = await self.store.read_at(key, seq)
         if stored is None:
-            # A replica serving reads may lag the one that de-duplicated the append.
             raise BackendUnavailableError(
                 f"{key}: command {command_id} is stored at sequence {seq} but not readable "
                 "yet; retry with the same command id"
             )
         if stored.record.command_id != command_id:
             raise CorruptDataError(
-                f"{key}: the store reports command {command_id} as a duplicate of stream "
-                f"sequence {seq}, which holds another message"
+                f"{key}: command {command_id} should be at stream sequence {seq}, which "
+                "holds another command's message"
             )
         return stored
 
