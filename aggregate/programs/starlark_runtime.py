@@ -7,8 +7,9 @@ state, command and events are never mutated.
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import starlark as sl
@@ -76,10 +77,29 @@ class StarlarkPair:
     apply_module: CompiledModule
     apply_origin: str
     limits: ProgramLimits
+    _local: threading.local = field(
+        default_factory=threading.local, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         self.decide_module.require("decide", program=self.program, origin=self.decide_origin)
         self.apply_module.require("apply", program=self.program, origin=self.apply_origin)
+
+    def _options(self, deadline: float) -> sl.EvalOptions:
+        """The evaluation options of a call ending at ``deadline`` (``time.monotonic``).
+
+        One ``EvalOptions`` per thread, reused: its cancellation check reads the deadline
+        the current call set (a call never starts another on the same thread).
+        """
+        local = self._local
+        local.deadline = deadline
+        options: sl.EvalOptions | None = getattr(local, "options", None)
+        if options is None:
+            local.options = options = sl.EvalOptions(
+                check_cancelled=lambda: time.monotonic() > local.deadline,
+                max_callstack_size=self.limits.max_callstack_size,
+            )
+        return options
 
     def _call(
         self,
@@ -91,11 +111,7 @@ class StarlarkPair:
         budget: float | None = None,
     ) -> object:
         seconds = self.limits.soft_timeout_seconds if budget is None else budget
-        deadline = time.monotonic() + seconds
-        options = sl.EvalOptions(
-            check_cancelled=lambda: time.monotonic() > deadline,
-            max_callstack_size=self.limits.max_callstack_size,
-        )
+        options = self._options(time.monotonic() + seconds)
         try:
             return module.module.call_with(options, function or role, *args).value
         except sl.StarlarkError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import anyio
 import pytest
 
 from aggregate.domain.errors import (
@@ -219,6 +220,17 @@ async def test_a_state_nested_too_deep_is_a_program_error() -> None:
 async def test_runaway_loop_stops_at_the_soft_deadline() -> None:
     with pytest.raises(ProgramLimitError, match=r"time budget of 0.2s.*counter/decide.star:29"):
         await program().decide({}, {"type": "Loop"})
+
+
+async def test_each_call_gets_its_own_deadline() -> None:
+    # One program, many calls: the evaluation options are reused, the deadline is not.
+    counter = program()
+    first = await counter.decide({}, {"type": "Nothing"})
+    await anyio.sleep(FAST.soft_timeout_seconds * 1.5)  # the first call's deadline is now past
+    assert await counter.decide({}, {"type": "Nothing"}) == first
+    with pytest.raises(ProgramLimitError, match=r"time budget of 0.2s"):
+        await counter.decide({}, {"type": "Loop"})
+    assert await counter.decide({}, {"type": "Nothing"}) == first
 
 
 async def test_unbounded_recursion_hits_the_call_stack_budget() -> None:

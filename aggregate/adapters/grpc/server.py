@@ -4,11 +4,11 @@ Serves ``CommandService``, the standard ``grpc.health.v1.Health`` (readiness swi
 server reflection. grpclib's own ``Server.close()`` is not graceful (grpclib issues #107 and
 #148; the fix, PR #190, is not merged): it cancels in-flight calls and leaves accepted HTTP/2
 connections open, so calls keep arriving after ``wait_closed()``. ``CommandServer.drain``
-works around it with grpclib's public request event plus one override:
+works around it with a wrapper around the service's methods plus one override:
 
-a. a ``RecvRequest`` listener refuses new ``CommandService`` calls with UNAVAILABLE once the
-   drain begins (health and reflection keep answering: health says NOT_SERVING), and counts
-   the calls it lets through;
+a. every ``CommandService`` method is wrapped (once, when the server is built) so that it
+   refuses new calls with UNAVAILABLE once the drain begins (health and reflection keep
+   answering: health says NOT_SERVING), and counts the calls it lets through;
 b. the drain waits for those calls (open ``SubmitCommands`` streams stop reading and answer
    what they read), up to a grace period; grpclib then cancels what is left, and those
    calls are answered UNAVAILABLE ("may or may not have been applied");
@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import h2.exceptions
 from grpclib.const import Status
-from grpclib.events import RecvRequest, listen
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
@@ -49,7 +48,7 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import PingAckReceived
 
-from aggregate.adapters.grpc.service import COMMAND_SERVICE, CommandService, GrpcOptions
+from aggregate.adapters.grpc.service import CommandService, GrpcOptions
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
@@ -57,6 +56,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
     from grpclib._typing import IServable, IServerMethodFunc
     from grpclib.config import Configuration
+    from grpclib.const import Handler
     from grpclib.protocol import AbstractHandler
     from grpclib.server import Stream
     from h2.config import H2Configuration
@@ -71,7 +71,6 @@ CUT_OFF = (
     "server shut down before this call finished; its command may or may not have been "
     "applied: retry it with the same command_id on another node"
 )
-_COMMAND_PATH = f"/{COMMAND_SERVICE}/"
 
 
 class _TrackedProtocol(H2Protocol):
@@ -181,15 +180,12 @@ class _CallTracker:
         self.active = 0
         self._idle = asyncio.Event()
 
-    async def on_request(self, event: RecvRequest) -> None:
-        if not event.method_name.startswith(_COMMAND_PATH):
-            return
-        if self.refusing:
-            raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
-        event.method_func = self._tracked(event.method_func)
+    def tracked(self, method: IServerMethodFunc) -> IServerMethodFunc:
+        """``method``, refused with UNAVAILABLE once draining, counted while it runs."""
 
-    def _tracked(self, method: IServerMethodFunc) -> IServerMethodFunc:
         async def tracked(stream: Stream[Any, Any]) -> None:
+            if self.refusing:
+                raise GRPCError(Status.UNAVAILABLE, SHUTTING_DOWN)
             self.active += 1
             try:
                 await method(stream)
@@ -211,6 +207,22 @@ class _CallTracker:
         while self.active:
             self._idle.clear()
             await self._idle.wait()
+
+
+class _TrackedService:
+    """``CommandService`` as grpclib serves it, each method wrapped by ``_CallTracker.tracked``
+    once, when the server is built (a ``RecvRequest`` listener would do the same work on every
+    call: grpclib builds an event object per request once anything listens)."""
+
+    def __init__(self, service: CommandService, calls: _CallTracker) -> None:
+        self._service = service
+        self._calls = calls
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            path: handler._replace(func=self._calls.tracked(handler.func))
+            for path, handler in self._service.__mapping__().items()
+        }
 
 
 class CommandServer:
@@ -273,9 +285,9 @@ class CommandServer:
             raise RuntimeError("the gRPC server is already started")
         health = Health({self.service: [self.readiness]})
         server = _DrainableServer(
-            ServerReflection.extend([self.service, health]), self._connections
+            ServerReflection.extend([_TrackedService(self.service, self._calls), health]),
+            self._connections,
         )
-        listen(server, RecvRequest, self._calls.on_request)
         sock = await _listening_socket(self.options.host, self.options.port)
         try:
             await server.start(sock=sock)
