@@ -361,7 +361,7 @@ class SqliteSnapshotStore:
                 snapshot.version,
                 snapshot.stream_seq,
                 _dumps(snapshot.state),
-                _dumps(snapshot.history.to_json()),
+                snapshot.history.to_json_text(),
                 snapshot.created_at,
             )
         except (TypeError, ValueError) as exc:

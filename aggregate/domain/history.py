@@ -32,10 +32,19 @@ class HistoryEntry:
     stream_seq: int
     command_text: str = field(default="", compare=False, repr=False)
     """``str(command_id)``, made once: snapshots render every remembered entry."""
+    json_text: str = field(default="", init=False, compare=False, repr=False)
+    """``to_json()`` as compact JSON, made once: a snapshot every few commands renders up to
+    ``AGGREGATE_COMMAND_HISTORY`` entries, nearly all of them rendered before."""
 
     def __post_init__(self) -> None:
         if not self.command_text:
             object.__setattr__(self, "command_text", str(self.command_id))
+        # A UUID's text and integers need no JSON escaping.
+        object.__setattr__(
+            self,
+            "json_text",
+            f'["{self.command_text}",{self.first_version},{self.last_version},{self.stream_seq}]',
+        )
 
     def to_json(self) -> list[Any]:
         return [self.command_text, self.first_version, self.last_version, self.stream_seq]
@@ -44,7 +53,7 @@ class HistoryEntry:
     def from_json(cls, value: Any) -> HistoryEntry:
         try:
             command_id, first, last, seq = value
-            if not all(isinstance(n, int) for n in (first, last, seq)):
+            if not all(type(n) is int for n in (first, last, seq)):
                 raise TypeError("versions and sequence must be integers")
             return cls(uuid.UUID(command_id), first, last, seq)
         except (TypeError, ValueError) as exc:
@@ -62,6 +71,11 @@ class FrozenHistory:
 
     def to_json(self) -> dict[str, Any]:
         return {"horizon_ms": self.horizon_ms, "entries": [e.to_json() for e in self.entries]}
+
+    def to_json_text(self) -> str:
+        """``to_json()`` as compact JSON text, joined from each entry's cached text."""
+        entries = ",".join([e.json_text for e in self.entries])
+        return f'{{"horizon_ms":{int(self.horizon_ms)},"entries":[{entries}]}}'
 
     @classmethod
     def from_json(cls, value: Any) -> FrozenHistory:

@@ -21,7 +21,7 @@ from aggregate.domain.errors import (
     InvalidArgumentError,
     TenantAccessDeniedError,
 )
-from aggregate.domain.history import CommandHistory, HistoryEntry
+from aggregate.domain.history import CommandHistory, FrozenHistory, HistoryEntry
 from aggregate.domain.ids import (
     AggregateKey,
     parse_uuid,
@@ -164,6 +164,29 @@ def test_history_forgets_oldest_and_refuses_v7_ids_before_the_horizon() -> None:
     restored = CommandHistory.from_json(history.to_json(), limit=2)
     assert restored.entries() == history.entries()
     assert restored.horizon_ms == 1000
+
+
+def test_history_json_text_is_its_json() -> None:
+    # Snapshots store the text joined from each entry's cached rendering.
+    history = CommandHistory(limit=50)
+    for n in range(30):
+        cid = uuid7_at(1000 + n, n) if n % 2 else uuid.uuid4()
+        history.remember(HistoryEntry(cid, 2 * n + 1, 2 * n + 2, 10**12 + n))
+    history.remember(HistoryEntry(uuid7_at(5000), 61, 61, 99))
+    frozen = history.freeze()
+    text = frozen.to_json_text()
+    assert json.loads(text) == frozen.to_json()
+    assert text == json.dumps(frozen.to_json(), separators=(",", ":"))
+    assert FrozenHistory.from_json(json.loads(text)) == frozen
+    empty = CommandHistory(limit=5).freeze()
+    assert json.loads(empty.to_json_text()) == {"horizon_ms": 0, "entries": []}
+
+
+def test_history_entry_with_a_non_integer_version_is_corrupt() -> None:
+    cid = str(uuid.uuid4())
+    for bad in ([cid, True, 1, 1], [cid, 1, 1.0, 1], [cid, 1, 1, "1"], [cid, 1, 1]):
+        with pytest.raises(CorruptDataError, match="malformed command history entry"):
+            HistoryEntry.from_json(bad)
 
 
 def test_no_horizon_until_something_is_forgotten() -> None:
