@@ -218,7 +218,7 @@ async def test_lost_publish_ack_is_retried_with_the_same_headers(
     JetStream answers a conflict (DESIGN §4.3); if not, the retry appends it once."""
     store = JetStreamEventStore(nc, stream=stream, publish_attempts=3, retry_backoff_s=0)
     sent: list[dict[str, str]] = []
-    real_publish = store._js.publish
+    real_publish = store._publisher.publish
     plan: list[str] = []
 
     async def flaky_publish(subject: str, payload: bytes, **kwargs: Any) -> Any:
@@ -231,7 +231,7 @@ async def test_lost_publish_ack_is_retried_with_the_same_headers(
             raise nats.errors.TimeoutError
         return ack
 
-    monkeypatch.setattr(store._js, "publish", flaky_publish)
+    monkeypatch.setattr(store._publisher, "publish", flaky_publish)
     landed, lost = new_key(), new_key()
     with anyio.fail_after(10):
         plan[:] = ["drop-answer"]

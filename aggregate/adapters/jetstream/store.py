@@ -29,6 +29,7 @@ from aggregate.adapters.jetstream.errors import (
     conflict_actual_seq,
     is_conflict,
 )
+from aggregate.adapters.jetstream.publisher import AckedPublisher
 from aggregate.adapters.jetstream.stream import DEFAULT_STREAM_NAME
 from aggregate.domain.envelopes import CommandRecord, StoredRecord
 from aggregate.domain.errors import (
@@ -91,6 +92,7 @@ class JetStreamEventStore:
         self._batch_size = read_batch_size
         self._use_batch = use_batch_get
         self._direct = DirectGetClient(nc, stream, timeout_s=request_timeout_s)
+        self._publisher = AckedPublisher(nc)
 
     @property
     def stream(self) -> str:
@@ -120,8 +122,8 @@ class JetStreamEventStore:
         delay = self._backoff_s
         for attempt in range(1, self._attempts + 1):
             try:
-                ack = await self._js.publish(
-                    subject, payload, timeout=self._timeout_s, headers=dict(headers)
+                ack = await self._publisher.publish(
+                    subject, payload, headers=headers, ack_wait_s=self._timeout_s
                 )
             except nats.js.errors.APIError as exc:
                 if is_conflict(exc):
@@ -231,5 +233,6 @@ class JetStreamEventStore:
         return self._direct.batch_supported
 
     async def aclose(self) -> None:
-        """Release the store's reply subscription; the connection stays open."""
+        """Release the store's reply subscriptions; the connection stays open."""
+        await self._publisher.aclose()
         await self._direct.aclose()
