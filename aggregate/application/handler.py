@@ -8,6 +8,7 @@ conflict reloads the aggregate's new records and decides again).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -84,8 +85,6 @@ class TypeLookup(Protocol):
 
 class _OpenGate:
     def admit(self, tenant_id: str) -> AbstractContextManager[None]:
-        import contextlib
-
         return contextlib.nullcontext()
 
 
