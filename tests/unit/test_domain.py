@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import uuid
 
@@ -180,6 +181,41 @@ def test_history_json_text_is_its_json() -> None:
     assert FrozenHistory.from_json(json.loads(text)) == frozen
     empty = CommandHistory(limit=5).freeze()
     assert json.loads(empty.to_json_text()) == {"horizon_ms": 0, "entries": []}
+
+
+def test_history_rows_are_invisible_to_the_garbage_collector() -> None:
+    # A full cache holds millions of remembered commands: none of them may be an object the
+    # cyclic collector has to walk (its full collections would pause the service).
+    history = CommandHistory(limit=100)
+    for n in range(150):
+        history.remember(HistoryEntry(uuid7(), n + 1, n + 1, n + 1))
+    gc.collect()
+    rows = list(history._rows.items())
+    assert len(rows) == 100
+    assert not any(gc.is_tracked(key) or gc.is_tracked(row) for key, row in rows)
+    thawed = CommandHistory.from_json(json.loads(history.freeze().to_json_text()), limit=100)
+    gc.collect()
+    assert not any(gc.is_tracked(row) for row in thawed._rows.values())
+    assert thawed.entries() == history.entries()
+
+
+def test_history_horizon_follows_forgotten_v7_ids_only() -> None:
+    history = CommandHistory(limit=1)
+    history.remember(HistoryEntry(uuid7_at(7_000, 3), 1, 1, 1))
+    history.remember(HistoryEntry(uuid.uuid4(), 2, 2, 2))  # forgets the v7 id
+    assert history.horizon_ms == uuid7_timestamp_ms(uuid7_at(7_000, 3)) == 7_000
+    history.remember(HistoryEntry(uuid7_at(9_000), 3, 3, 3))  # forgets the v4 id
+    assert history.horizon_ms == 7_000
+
+
+def test_history_accepts_non_canonical_ids_in_stored_json() -> None:
+    cid = uuid.uuid4()
+    stored = {"horizon_ms": 5, "entries": [[str(cid).upper(), 1, 2, 3], [f"{{{cid}}}", 3, 3, 4]]}
+    frozen = FrozenHistory.from_json(stored)
+    assert [e.command_id for e in frozen.entries] == [cid, cid]
+    assert json.loads(frozen.to_json_text())["entries"][0] == [str(cid), 1, 2, 3]
+    with pytest.raises(CorruptDataError, match="malformed command history entry"):
+        FrozenHistory.from_json({"entries": [["0" * 8 + "-" + "g" * 27, 1, 1, 1]]})
 
 
 def test_history_entry_with_a_non_integer_version_is_corrupt() -> None:
