@@ -67,6 +67,9 @@ def _workload_rows(rounds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "client_cpu_share": _median(
                 [r["client_cpu_s"] / r["elapsed_s"] for r in runs if r.get("elapsed_s")]
             ),
+            "loadgen_cpu_us_per_cmd": _median(
+                [r["client_cpu_s"] / r["count"] * 1e6 for r in runs if r.get("count")]
+            ),
         }
         for q in ("p50", "p99", "p999"):
             row[q] = _median([r["latency_ms"][q] for r in runs if r.get("latency_ms")])
@@ -213,6 +216,8 @@ def table(summary: dict[str, Any], *, markdown: bool = False) -> str:
         "CPU us/cmd: proc",
         "nats",
         "workers",
+        "load gen",
+        "machine",
         "ratio",
         "errors",
     ]
@@ -220,6 +225,10 @@ def table(summary: dict[str, Any], *, markdown: bool = False) -> str:
     for _key, row in summary["workloads"].items():
         cpu = row["cpu_us_per_cmd"]
         proc_cpu = cpu.get("service", cpu.get("server", cpu.get("client")))
+        # (b) is its own load generator: its "proc" is the publishing process.
+        loadgen = None if "client" in cpu else row.get("loadgen_cpu_us_per_cmd")
+        parts = [proc_cpu, cpu.get("nats"), cpu.get("workers"), loadgen]
+        machine = sum(p for p in parts if p is not None) if proc_cpu is not None else None
         ratio = (
             f"{row['ratio']:.2f}x {row['ratio_to'].split('.')[0][-1]}" if row.get("ratio") else ""
         )
@@ -236,6 +245,8 @@ def table(summary: dict[str, Any], *, markdown: bool = False) -> str:
                 _fmt(proc_cpu, ".0f"),
                 _fmt(cpu.get("nats"), ".0f"),
                 _fmt(cpu.get("workers"), ".0f"),
+                _fmt(loadgen, ".0f"),
+                _fmt(machine, ".0f"),
                 ratio,
                 errors,
             ]
@@ -338,7 +349,7 @@ if __name__ == "__main__":
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     data = json.loads(args.result.read_text())
-    summary = data.get("summary") or summarise(data)
+    summary = summarise(data) if data.get("rounds") else data["summary"]
     print(table(summary, markdown=args.markdown))
     if args.plot:
         plot(summary, args.plot, title=args.result.name)
