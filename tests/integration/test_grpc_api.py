@@ -377,3 +377,26 @@ async def test_accepted_connections_have_nagle_off(server: CommandServer, client
     assert sockets
     for sock in sockets:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+async def test_many_calls_on_one_connection_echo_their_own_context(
+    server: CommandServer, client: Client
+) -> None:
+    """The server's header blocks use no dynamic table and no Huffman coding: clients must
+    still read every response's own echoed context, call after call, ok or failed."""
+    with anyio.fail_after(30):
+        for n in range(40):
+            context = {
+                "x-correlation-id": f"corr-{n}-{'x' * (n % 7)}",
+                "traceparent": f"00-{n + 1:032x}-{n + 1:016x}-01",
+                "x-request-id": f"req-{n}",
+            }
+            body = command(OPEN) if n % 3 else command("{")
+            reply = await client.submit(body, {**ACME, **context})
+            assert reply.status == ("OK" if n % 3 else "INVALID_ARGUMENT")
+            assert {k: reply.initial_metadata.get(k) for k in context} == context
+    assert len(server._connections) == 1
+    (protocol,) = server._connections
+    encoder = protocol.connection._connection.encoder
+    assert encoder.header_table_size == 0
+    assert len(encoder.header_table.dynamic_entries) == 0
