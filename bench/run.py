@@ -153,7 +153,7 @@ def service_round(
     cold: list[Any],
 ) -> None:
     """One round on the inline service, with the baselines interleaved."""
-    cold.append(cold_reads(svc, acc.histories))
+    cold.append(cold_reads(svc, acc.histories, acc.unary[:1]))
     say(f"  cold reads (snapshots): {[(r['label'], r['ms']) for r in cold[-1]]}")
     warm(svc, acc)
     steps: list[Step] = [
@@ -268,7 +268,7 @@ def run_all(
             finally:
                 inline.stop()
             if plan.no_snapshot_cold:
-                reads = cold_reads_without_snapshots(inline, acc.histories)
+                reads = cold_reads_without_snapshots(inline, acc.histories, acc.unary[:1])
                 results["cold"]["no_snapshot"].append(reads)
                 say(f"  cold reads (no snapshots): {[(r['label'], r['ms']) for r in reads]}")
             if plan.process_isolation:
