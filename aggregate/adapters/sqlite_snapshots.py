@@ -117,12 +117,11 @@ def decode_row(row: tuple[Any, ...]) -> Snapshot:
             raise TypeError("text columns hold non-text values")
         key = AggregateKey(tenant_id, aggregate_type, uuid.UUID(aggregate_id))
         state_value = json.loads(state)
-        history_value = json.loads(history)
         if not isinstance(state_value, dict):
             raise TypeError("state is not a JSON object")
         # Decode the history now: the handler would otherwise fail on it, and a snapshot
         # that breaks an answer is worse than no snapshot.
-        frozen = FrozenHistory.from_json(history_value)
+        frozen = FrozenHistory.from_json_text(history)
     except (TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise CorruptDataError(f"malformed snapshot row: {exc}") from None
     return Snapshot(

@@ -179,6 +179,9 @@ def test_history_json_text_is_its_json() -> None:
     assert json.loads(text) == frozen.to_json()
     assert text == json.dumps(frozen.to_json(), separators=(",", ":"))
     assert FrozenHistory.from_json(json.loads(text)) == frozen
+    assert FrozenHistory.from_json_text(text) == frozen
+    looked_up = CommandHistory.thaw(FrozenHistory.from_json_text(text), limit=50)
+    assert looked_up.entries() == history.entries()
     empty = CommandHistory(limit=5).freeze()
     assert json.loads(empty.to_json_text()) == {"horizon_ms": 0, "entries": []}
 
@@ -216,6 +219,29 @@ def test_history_accepts_non_canonical_ids_in_stored_json() -> None:
     assert json.loads(frozen.to_json_text())["entries"][0] == [str(cid), 1, 2, 3]
     with pytest.raises(CorruptDataError, match="malformed command history entry"):
         FrozenHistory.from_json({"entries": [["0" * 8 + "-" + "g" * 27, 1, 1, 1]]})
+
+
+def test_history_text_in_another_layout_reads_the_same() -> None:
+    history = CommandHistory(limit=10)
+    for n in range(4):
+        history.remember(HistoryEntry(uuid7_at(1000 + n, n), n + 1, n + 1, 40 + n))
+    frozen = history.freeze()
+    value = frozen.to_json()
+    for text in (
+        json.dumps(value),  # spaces
+        json.dumps({"entries": value["entries"], "horizon_ms": 0}),  # key order
+        json.dumps(value, separators=(",", ":"))
+        .upper()
+        .replace('"HORIZON_MS"', '"horizon_ms"')
+        .replace('"ENTRIES"', '"entries"'),  # upper-case ids
+    ):
+        assert FrozenHistory.from_json_text(text) == frozen
+    empty = FrozenHistory.from_json_text('{"horizon_ms":0,"entries":[]}')
+    assert empty == FrozenHistory((), 0)
+    fast = frozen.to_json_text()
+    for bad in (fast[:-3] + ",]}", fast[:-1], fast.replace(",2,2,", ",2,x,"), "[]", "{"):
+        with pytest.raises(CorruptDataError, match="malformed command history"):
+            FrozenHistory.from_json_text(bad)
 
 
 def test_history_entry_with_a_non_integer_version_is_corrupt() -> None:
