@@ -10,11 +10,15 @@ Servers use free loopback ports and per-test (or per-module) temporary store dir
 - ``nats_cluster``: three clustered nodes for one test module (R3 streams, leader kills);
   a test that kills a node restarts it before it ends.
 - ``connect_nats``: opens nats-py clients that reconnect fast and stay quiet on stderr.
+- ``shared_nc``: one such client on ``shared_nats_server`` for one (anyio) test;
+  ``event_stream``: a fresh event stream (the service's subjects) on that node, deleted
+  after the test.
 """
 
 from __future__ import annotations
 
 import contextlib
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import nats
@@ -95,3 +99,27 @@ async def open_nats(servers: str | list[str], **options: Any) -> AsyncIterator[N
 def connect_nats() -> OpenNats:
     """``async with connect_nats(urls) as nc:`` opens a test client (see ``open_nats``)."""
     return open_nats
+
+
+@pytest.fixture
+async def shared_nc(
+    shared_nats_server: NatsServerProcess, connect_nats: OpenNats
+) -> AsyncIterator[NATS]:
+    """A client of the shared node for one test (needs an ``anyio_backend`` of asyncio)."""
+    async with connect_nats(shared_nats_server.url) as client:
+        yield client
+
+
+@pytest.fixture
+async def event_stream(shared_nc: NATS) -> AsyncIterator[str]:
+    """A fresh event stream on the shared node (``StreamPolicy`` defaults, so it captures
+    the service's subjects), deleted after the test."""
+    from aggregate.adapters.jetstream import StreamPolicy, ensure_stream
+
+    name = f"STORE_{uuid.uuid4().hex[:12]}"
+    js = shared_nc.jetstream(timeout=5)
+    await ensure_stream(js, StreamPolicy(name=name))
+    try:
+        yield name
+    finally:
+        await js.delete_stream(name)

@@ -26,8 +26,6 @@ from aggregate.domain.errors import (
 from aggregate.domain.ids import AggregateKey, uuid7
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
 
@@ -42,21 +40,13 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-async def nc(shared_nats_server: NatsServerProcess, connect_nats: Any) -> AsyncIterator[NATS]:
-    async with connect_nats(shared_nats_server.url) as client:
-        yield client
+def nc(shared_nc: NATS) -> NATS:
+    return shared_nc
 
 
 @pytest.fixture
-async def stream(nc: NATS) -> AsyncIterator[str]:
-    """A fresh event stream on the shared node, deleted after the test."""
-    name = f"STORE_{uuid.uuid4().hex[:12]}"
-    js = nc.jetstream(timeout=5)
-    await ensure_stream(js, StreamPolicy(name=name))
-    try:
-        yield name
-    finally:
-        await js.delete_stream(name)
+def stream(event_stream: str) -> str:
+    return event_stream
 
 
 def record(key: AggregateKey, first_version: int, command_id: uuid.UUID | None = None) -> Any:

@@ -21,9 +21,6 @@ re-read).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -32,6 +29,7 @@ import anyio
 import nats.errors
 from nats.js.api import Header
 
+from aggregate.adapters.jetstream.inbox import ReplyInbox
 from aggregate.domain.errors import AggregateError, BackendUnavailableError, CorruptDataError
 
 if TYPE_CHECKING:
@@ -39,7 +37,6 @@ if TYPE_CHECKING:
 
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
-    from nats.aio.subscription import Subscription
 
 _NUM_PENDING = "Nats-Num-Pending"
 BATCH_MAX_BYTES = 8 * 1024 * 1024
@@ -142,25 +139,12 @@ class DirectGetClient:
         self._api = f"$JS.API.DIRECT.GET.{stream}"
         self._timeout_s = timeout_s
         self._batch_max_bytes = batch_max_bytes
-        self._sub: Subscription | None = None
-        self._prefix = ""
-        self._tokens = itertools.count(1)
+        self._inbox = ReplyInbox(nc, self._on_reply)
         self._waiting: dict[str, _Reply] = {}
-        # asyncio's lock binds to the running loop on first use; anyio's would bind to
-        # whichever event loop constructed the client (maybe Trio's, in the service).
-        self._sub_lock = asyncio.Lock()
         self.batch_supported: bool | None = None
 
-    async def _ensure_subscription(self) -> None:
-        async with self._sub_lock:
-            if self._sub is not None:
-                return
-            prefix = self._nc.new_inbox()
-            self._sub = await self._nc.subscribe(f"{prefix}.*", cb=self._on_reply)
-            self._prefix = prefix + "."
-
-    async def _on_reply(self, msg: Msg) -> None:
-        waiting = self._waiting.get(msg.subject[len(self._prefix) :])
+    def _on_reply(self, token: str, msg: Msg) -> None:
+        waiting = self._waiting.get(token)
         if waiting is not None:
             waiting.feed(msg)
 
@@ -176,12 +160,11 @@ class DirectGetClient:
         Cancellation: the request is abandoned; late replies are dropped.
         """
         try:
-            await self._ensure_subscription()
-            token = str(next(self._tokens))
+            token, reply_subject = await self._inbox.reply_subject()
             reply = _Reply(batch=batch)
             self._waiting[token] = reply
             try:
-                await self._nc.publish(subject, payload, reply=self._prefix + token)
+                await self._nc.publish(subject, payload, reply=reply_subject)
                 with anyio.move_on_after(self._timeout_s):
                     await reply.done.wait()
             finally:
@@ -272,11 +255,7 @@ class DirectGetClient:
 
     async def aclose(self) -> None:
         """Drop the reply subscription (if the connection is still open)."""
-        sub, self._sub = self._sub, None
-        if sub is not None and not self._nc.is_closed:
-            # The connection may have gone away meanwhile: then nothing is left to drop.
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+        await self._inbox.aclose()
 
 
 def _check_page(messages: list[DirectMessage], subject: str, start: int) -> None:

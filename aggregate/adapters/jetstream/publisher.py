@@ -20,8 +20,6 @@ translate them the same way: ``nats.js.errors.APIError`` (and its subclasses, th
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,10 +28,11 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import Header
 
+from aggregate.adapters.jetstream.inbox import ReplyInbox
+
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
-    from nats.aio.subscription import Subscription
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,28 +86,16 @@ class AckedPublisher:
 
     def __init__(self, nc: NATS) -> None:
         self._nc = nc
-        self._sub: Subscription | None = None
-        self._prefix = ""
-        self._tokens = itertools.count(1)
+        self._inbox = ReplyInbox(nc, self._on_reply)
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
-        # asyncio's lock binds to the running loop on first use.
-        self._sub_lock = asyncio.Lock()
 
     @property
     def waiting(self) -> int:
         """Publishes sent and not yet acknowledged, failed or abandoned."""
         return len(self._waiting)
 
-    async def _ensure_subscription(self) -> None:
-        async with self._sub_lock:
-            if self._sub is not None:
-                return
-            prefix = self._nc.new_inbox()
-            self._sub = await self._nc.subscribe(f"{prefix}.*", cb=self._on_reply)
-            self._prefix = prefix + "."
-
-    async def _on_reply(self, msg: Msg) -> None:
-        waiter = self._waiting.get(msg.subject[len(self._prefix) :])
+    def _on_reply(self, token: str, msg: Msg) -> None:
+        waiter = self._waiting.get(token)
         if waiter is not None and not waiter.done():
             waiter.set_result(msg)
 
@@ -128,15 +115,13 @@ class AckedPublisher:
         Cancellation: the publish may or may not have been stored; a late acknowledgement
         is dropped.
         """
-        if self._sub is None:
-            await self._ensure_subscription()
-        token = str(next(self._tokens))
+        token, reply = await self._inbox.reply_subject()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = waiter
         timer = loop.call_later(ack_wait_s, _expire, waiter)
         try:
-            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            await self._nc.publish(subject, payload, reply=reply, headers=headers)
             msg = await waiter
         finally:
             timer.cancel()
@@ -153,10 +138,7 @@ class AckedPublisher:
     async def aclose(self) -> None:
         """Drop the reply subscription (if the connection is still open); publishes still
         waiting fail with ``nats.errors.TimeoutError`` when their time is up."""
-        sub, self._sub = self._sub, None
-        if sub is not None and not self._nc.is_closed:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
+        await self._inbox.aclose()
 
 
 def _expire(waiter: asyncio.Future[Msg]) -> None:
