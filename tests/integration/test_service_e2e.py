@@ -183,6 +183,13 @@ def test_admin_requires_the_token_and_serves_health_ready_metrics(service: Servi
     assert malformed["error"]
 
 
+def test_startup_objects_are_frozen_out_of_the_cyclic_gc(service: ServiceProcess) -> None:
+    # Full collections over everything a started service holds paused commands 30-120 ms.
+    line = service.wait_for_log("startup objects out of the cyclic GC")
+    frozen = int(str(line["message"]).split()[1])
+    assert frozen > 50_000
+
+
 async def test_metrics_count_the_traffic(service: ServiceProcess) -> None:
     with open_client("grpclib", service.grpc) as client:
         agg = await open_account(client, "metrics")
