@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aggregate.adapters.nats_server import free_port
+from aggregate.adapters.nats_server import free_port, terminate
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -200,17 +200,11 @@ class ServiceProcess:
         if proc is None:
             return None
         children = self._children or child_pids(proc.pid)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        code = terminate(proc, timeout)
         for child in children:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(child, signal.SIGKILL)
-        return proc.returncode
+        return code
 
 
 # ---- workload clients ------------------------------------------------------------------

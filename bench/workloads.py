@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aggregate.adapters.nats_server import NatsServerProcess, free_port
+from aggregate.adapters.nats_server import NatsServerProcess, free_port, terminate
 from aggregate.domain.ids import uuid7
 from bench.procs import ROOT, CpuSample, ServiceProcess, cpu_seconds, rss_bytes, run_client
 
@@ -324,13 +324,8 @@ class BareGrpcServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            terminate(proc, 30)
         self.nats.stop()
 
 

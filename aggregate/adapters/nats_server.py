@@ -19,6 +19,7 @@ import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aggregate.domain.errors import BackendUnavailableError, ConfigError
 
@@ -50,6 +51,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float) -> int:
+    """SIGTERM ``proc`` (if it still runs), wait up to ``timeout`` seconds, then SIGKILL it;
+    its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def _wait_for_port(host: str, port: int, deadline: float, proc: subprocess.Popen[bytes]) -> None:
@@ -138,16 +152,7 @@ class NatsServerProcess:
     def stop(self, timeout: float = 10.0) -> int | None:
         """Stop gracefully (SIGTERM), killing it if it does not exit within ``timeout``."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return terminate(proc, timeout) if proc is not None else None
 
     def wait(self) -> int | None:
         """Block until the process exits; its exit code (None if it was never started)."""
