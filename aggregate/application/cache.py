@@ -97,7 +97,7 @@ class KeyedLocks:
             lock_, users = self._locks[key]
             if users == 1:
                 del self._locks[key]
-                if len(self._free) < self.FREE_LIST and not lock_.locked():
+                if len(self._free) < self.FREE_LIST:  # released above, nobody waiting
                     self._free.append(lock_)
             else:
                 self._locks[key] = (lock_, users - 1)

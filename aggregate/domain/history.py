@@ -27,11 +27,11 @@ Row = tuple[str, str]
 """One remembered command as the history keeps it: ``(the command id's canonical text, the
 entry as compact JSON: '["<id>",first version,last version,stream sequence]')``; the
 numbers are read from the JSON only when a repeated command looks its entry up. Two
-strings: the cyclic garbage collector stops tracking such tuples, so a full cache of long histories
-(up to ``AGGREGATE_CACHE_SIZE`` x ``AGGREGATE_COMMAND_HISTORY`` entries) adds nothing to
-its pauses. Objects per entry (a dataclass and a ``uuid.UUID`` each) made a full collection
-take ~350 ms with 1,024 aggregates of 1,000 remembered commands on the benchmark machine,
-which showed as p99 latency spikes."""
+strings: the cyclic garbage collector stops tracking such tuples, so a full cache of long
+histories (up to ``AGGREGATE_CACHE_SIZE`` x ``AGGREGATE_COMMAND_HISTORY`` entries) adds
+nothing to its pauses. Objects per entry (a dataclass and a ``uuid.UUID`` each) made a
+full collection take ~350 ms with 1,024 aggregates of 1,000 remembered commands on the
+benchmark machine, which showed as p99 latency spikes."""
 
 
 def _row(text: str, first: int, last: int, seq: int) -> Row:
@@ -78,11 +78,12 @@ class HistoryEntry:
         return cls.of_row(_row_from_json(value))
 
 
-_HEX = frozenset("0123456789abcdef")
+_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_CANONICAL_ID = re.compile(_ID)
+"""A UUID as ``str(uuid.UUID)`` writes it."""
 _TEXT_HEAD = re.compile(r'\{"horizon_ms":(0|[1-9][0-9]*),"entries":\[')
 _TEXT_ENTRY = re.compile(
-    r'(\["([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})",'
-    r"(?:0|[1-9][0-9]*),(?:0|[1-9][0-9]*),(?:0|[1-9][0-9]*)\])(?:,|\Z)"
+    rf'(\["({_ID})",(?:0|[1-9][0-9]*),(?:0|[1-9][0-9]*),(?:0|[1-9][0-9]*)\])(?:,|\Z)'
 )
 """The layout ``FrozenHistory.to_json_text`` writes, read back without ``json.loads``."""
 
@@ -94,12 +95,9 @@ def _row_from_json(value: Any) -> Row:
             raise TypeError("versions and sequence must be integers")
         if not isinstance(text, str):
             raise TypeError("the command id must be a string")
-        # The canonical form (what the service writes) parses without ``uuid.UUID``.
-        if len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
-            digits = text.replace("-", "")
-            if len(digits) == 32 and set(digits) <= _HEX:
-                return _row(text, first, last, seq)
-        return _row(str(uuid.UUID(text)), first, last, seq)
+        # The canonical form (what the service writes) is kept as it is.
+        canonical = text if _CANONICAL_ID.fullmatch(text) else str(uuid.UUID(text))
+        return _row(canonical, first, last, seq)
     except (TypeError, ValueError) as exc:
         raise CorruptDataError(f"malformed command history entry {value!r}: {exc}") from None
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import nats
 import pytest
 
+from aggregate.adapters.jetstream import StreamPolicy, ensure_stream
 from aggregate.adapters.nats_server import NatsCluster, NatsServerProcess
 
 if TYPE_CHECKING:
@@ -114,8 +115,6 @@ async def shared_nc(
 async def event_stream(shared_nc: NATS) -> AsyncIterator[str]:
     """A fresh event stream on the shared node (``StreamPolicy`` defaults, so it captures
     the service's subjects), deleted after the test."""
-    from aggregate.adapters.jetstream import StreamPolicy, ensure_stream
-
     name = f"STORE_{uuid.uuid4().hex[:12]}"
     js = shared_nc.jetstream(timeout=5)
     await ensure_stream(js, StreamPolicy(name=name))
