@@ -36,7 +36,7 @@ from aggregate.application.admin import parse_drain, parse_log_levels, parse_rel
 from aggregate.domain.context import RequestContext
 from aggregate.domain.errors import ConfigError, TenantUnavailableError
 from aggregate.domain.ids import validate_tenant_id
-from aggregate.domain.status import public_message, status_of
+from aggregate.domain.status import new_error_id, public_message, status_of
 from aggregate.logcontext import log_context
 
 if TYPE_CHECKING:
@@ -173,10 +173,18 @@ def build_app(
 
     @app.errorhandler(Exception)
     async def failure(exc: Exception) -> Response:
-        _, code = status_of(exc)
+        name, code = status_of(exc)
+        error_id = new_error_id() if name == "INTERNAL" else None
         if code >= 500:
-            log.error("admin request %s %s failed", request.method, request.path, exc_info=exc)
-        body: dict[str, object] = {"error": public_message(exc)}
+            log.error(
+                "admin request %s %s failed%s",
+                request.method,
+                request.path,
+                f" (error id {error_id})" if error_id else "",
+                exc_info=exc,
+                extra={"error_id": error_id} if error_id else None,
+            )
+        body: dict[str, object] = {"error": public_message(exc, error_id=error_id)}
         if isinstance(exc, TenantUnavailableError) and exc.owner:
             body["owner"] = exc.owner
         return _json(body, code)

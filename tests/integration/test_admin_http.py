@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -493,6 +494,28 @@ async def test_backend_errors_map_through_the_status_table(
     assert "secret" not in reply.body.decode()
     if isinstance(error, TenantUnavailableError):
         assert body["owner"] == "shard-b"  # type: ignore[index]
+
+
+@pytest.mark.trio
+async def test_internal_errors_answer_an_error_id_found_in_the_log(backend: FakeBackend) -> None:
+    backend.error = RuntimeError("secret internals")
+    out = io.StringIO()
+    configure_logging("info", stream=out)
+    try:
+        async with running(make_server(backend)) as port:
+            reply = await request(port, "GET", "/admin/tenant/acme/status", headers=AUTH)
+    finally:
+        reset_logging()
+    assert reply.status == 500
+    error = str(reply.json()["error"])  # type: ignore[index]
+    found = re.fullmatch(
+        r"internal error \(error id ([0-9a-f]{16})\); the service log has the details", error
+    )
+    assert found, error
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    [line] = [line for line in lines if line.get("error_id") == found.group(1)]
+    assert "secret internals" in line["exc"]
+    assert line["request_id"] == reply.headers["x-request-id"]
 
 
 # --- context, lifecycle -------------------------------------------------------------------
