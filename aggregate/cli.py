@@ -74,7 +74,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     settings.storage_path.mkdir(parents=True, exist_ok=True)
-    setup = configure_logging(settings.log_level, settings.logger_socket)
+    setup = configure_logging(
+        settings.log_level, settings.logger_socket, library_level=settings.library_log_level
+    )
     sink = setup.socket
     return run(settings, log_drops=(lambda: float(sink.dropped)) if sink else None)
 

@@ -31,11 +31,12 @@ from quart import Quart, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from aggregate.application.admin import parse_drain, parse_reload
+from aggregate.adapters.logging import log_levels, set_log_levels
+from aggregate.application.admin import parse_drain, parse_log_levels, parse_reload
 from aggregate.domain.context import RequestContext
 from aggregate.domain.errors import ConfigError, TenantUnavailableError
 from aggregate.domain.ids import validate_tenant_id
-from aggregate.domain.status import public_message, status_of
+from aggregate.domain.status import new_error_id, public_message, status_of
 from aggregate.logcontext import log_context
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ def _http_error_reason(exc: HTTPException) -> str:
     if isinstance(exc, NotFound):
         return (
             f"no endpoint at {request.path}; this server answers /health, /ready, /metrics, "
-            "/admin/tenants, /admin/drain, /admin/reload and "
+            "/admin/tenants, /admin/drain, /admin/reload, /admin/log-level and "
             "/admin/tenant/{id}/status, /ready, /drain"
         )
     if isinstance(exc, MethodNotAllowed):
@@ -172,10 +173,18 @@ def build_app(
 
     @app.errorhandler(Exception)
     async def failure(exc: Exception) -> Response:
-        _, code = status_of(exc)
+        name, code = status_of(exc)
+        error_id = new_error_id() if name == "INTERNAL" else None
         if code >= 500:
-            log.error("admin request %s %s failed", request.method, request.path, exc_info=exc)
-        body: dict[str, object] = {"error": public_message(exc)}
+            log.error(
+                "admin request %s %s failed%s",
+                request.method,
+                request.path,
+                f" (error id {error_id})" if error_id else "",
+                exc_info=exc,
+                extra={"error_id": error_id} if error_id else None,
+            )
+        body: dict[str, object] = {"error": public_message(exc, error_id=error_id)}
         if isinstance(exc, TenantUnavailableError) and exc.owner:
             body["owner"] = exc.owner
         return _json(body, code)
@@ -212,6 +221,18 @@ def build_app(
             extra={"hosted_tenants": wanted.hosted_tenants, "placement": wanted.placement},
         )
         return _json(await backend.reload(wanted.hosted_tenants, wanted.placement))
+
+    @app.get("/admin/log-level")
+    async def log_level() -> Response:
+        return _json(log_levels().as_dict())
+
+    @app.post("/admin/log-level")
+    async def set_log_level() -> Response:
+        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        wanted = parse_log_levels(body)
+        levels = set_log_levels(wanted.level, wanted.library_level)
+        log.info("log levels set: service %s, libraries %s", levels.level, levels.library_level)
+        return _json(levels.as_dict())
 
     @app.get("/admin/tenant/<tenant_id>/status")
     async def tenant_status(tenant_id: str) -> Response:

@@ -5,6 +5,11 @@ the request context bound with ``aggregate.logcontext.log_context`` (tenant_id,
 correlation_id, trace_id, command_id, request_id, ...), the record's ``extra=`` fields, and
 ``exc`` (the formatted traceback) when there is one.
 
+Two levels: the service's own loggers (``aggregate.*``, ``AGGREGATE_LOG_LEVEL``) and every
+other logger (``AGGREGATE_LIBRARY_LOG_LEVEL``, default warning): the libraries' debug lines
+(hpack's carry header values) only appear when asked for. Both can change at runtime
+(``set_log_levels``, behind ``POST /admin/log-level``).
+
 With ``AGGREGATE_LOGGER_SOCKET`` set the same lines also go to that Unix stream socket
 (newline-delimited JSON, for edge-logger-client). That path must never slow down or break
 the service: lines are queued (bounded) and written by a background thread; when the
@@ -32,6 +37,10 @@ from aggregate.logcontext import current_log_fields
 if TYPE_CHECKING:
     from pathlib import Path
     from typing import TextIO
+
+SERVICE_LOGGER = "aggregate"
+"""The service's own loggers are this one and its children; every other logger is a
+library's and follows the root logger's level."""
 
 _LINE_ATTR = "_aggregate_json_line"
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
@@ -242,11 +251,26 @@ class LogSocketSink(logging.Handler):
 
 @dataclass(frozen=True, slots=True)
 class LoggingSetup:
-    """What ``configure_logging`` installed on the root logger."""
+    """What ``configure_logging`` installed on the root logger, and the levels it replaced
+    (the root logger's and the service logger's)."""
 
     stderr: logging.Handler
     socket: LogSocketSink | None
     previous_level: int
+    previous_service_level: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogLevels:
+    """The two levels in force, as lower-case names."""
+
+    level: str
+    """The service's own loggers (``aggregate.*``)."""
+    library_level: str
+    """Every other logger (the root logger's level)."""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"level": self.level, "library_level": self.library_level}
 
 
 _installed: LoggingSetup | None = None
@@ -257,46 +281,77 @@ def configure_logging(
     level: str | int,
     socket_path: str | Path | None = None,
     *,
+    library_level: str | int = "warning",
     stream: TextIO | None = None,
 ) -> LoggingSetup:
     """Send every log record as a JSON line to stderr (or ``stream``), and to
-    ``socket_path`` when set. Replaces what an earlier call installed (idempotent: handlers
-    are never doubled).
+    ``socket_path`` when set; the service's loggers at ``level``, all others at
+    ``library_level``. Replaces what an earlier call installed (idempotent: handlers are
+    never doubled).
 
     Raises:
-        ValueError: ``level`` is not a logging level name or number.
+        ValueError: ``level`` or ``library_level`` is not a logging level name or number.
     """
     global _installed
     numeric = _level_number(level)
+    library = _level_number(library_level)
     formatter = JsonLineFormatter()
     with _install_lock:
         previous = _uninstall()
         root = logging.getLogger()
+        service = logging.getLogger(SERVICE_LOGGER)
         stderr = logging.StreamHandler(stream if stream is not None else sys.stderr)
         stderr.setFormatter(formatter)
         sink = LogSocketSink(socket_path) if socket_path is not None else None
         if sink is not None:
             sink.setFormatter(formatter)
-        setup = LoggingSetup(stderr, sink, previous if previous is not None else root.level)
+        before = previous or (root.level, service.level)
+        setup = LoggingSetup(stderr, sink, *before)
         root.addHandler(stderr)
         if sink is not None:
             root.addHandler(sink)
-        root.setLevel(numeric)
+        root.setLevel(library)
+        service.setLevel(numeric)
         _installed = setup
         return setup
 
 
 def reset_logging() -> None:
     """Remove what ``configure_logging`` installed, close the socket sink (flushing it for
-    up to a second) and restore the root logger's level."""
+    up to a second) and restore the root and service loggers' levels."""
     with _install_lock:
         previous = _uninstall()
         if previous is not None:
-            logging.getLogger().setLevel(previous)
+            logging.getLogger().setLevel(previous[0])
+            logging.getLogger(SERVICE_LOGGER).setLevel(previous[1])
 
 
-def _uninstall() -> int | None:
-    """Remove the installed handlers; the root level from before the first install."""
+def log_levels() -> LogLevels:
+    """The levels in force now."""
+    service = logging.getLogger(SERVICE_LOGGER).getEffectiveLevel()
+    return LogLevels(_level_name(service), _level_name(logging.getLogger().level))
+
+
+def set_log_levels(level: str | None = None, library_level: str | None = None) -> LogLevels:
+    """Change the service's level, the libraries' level, or both, at once and for the whole
+    process; returns the levels now in force. Safe to call from any thread.
+
+    Raises:
+        ValueError: a level name is unknown (then neither level changes).
+    """
+    numeric = _level_number(level) if level is not None else None
+    library = _level_number(library_level) if library_level is not None else None
+    with _install_lock:
+        if numeric is not None:
+            logging.getLogger(SERVICE_LOGGER).setLevel(numeric)
+        if library is not None:
+            logging.getLogger().setLevel(library)
+        return log_levels()
+
+
+def _uninstall() -> tuple[int, int] | None:
+    """Remove the installed handlers; the root and service levels from before the first
+    install."""
     global _installed
     setup, _installed = _installed, None
     if setup is None:
@@ -307,7 +362,12 @@ def _uninstall() -> int | None:
     if setup.socket is not None:
         root.removeHandler(setup.socket)
         setup.socket.close()
-    return setup.previous_level
+    return setup.previous_level, setup.previous_service_level
+
+
+def _level_name(number: int) -> str:
+    name = logging.getLevelName(number)
+    return name.lower() if isinstance(name, str) else str(number)
 
 
 def _level_number(level: str | int) -> int:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 MAX_DRAIN_TIMEOUT_MS = 3_600_000
 """Longest wait an admin drain may ask for (one hour); longer asks are refused."""
 
+LOG_LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")
+
 
 class HealthReport(TypedDict):
     """``GET /health``: liveness plus what an operator checks first."""
@@ -117,6 +119,15 @@ class ReloadRequest:
 
     hosted_tenants: list[str] | None
     placement: dict[str, str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogLevelRequest:
+    """A validated log-level change: a lower-case level name for the service's loggers,
+    the libraries' loggers, or both (None: unchanged)."""
+
+    level: str | None
+    library_level: str | None
 
 
 def parse_json_object(body: bytes, *, allow_empty: bool) -> dict[str, object]:
@@ -222,3 +233,33 @@ def parse_reload(body: bytes) -> ReloadRequest:
         return ReloadRequest(sorted(set(tenants)), None)
     raw = fields["placement"]
     return ReloadRequest(None, dict(validate_placement(raw).assignments))
+
+
+def parse_log_levels(body: bytes) -> LogLevelRequest:
+    """Validate ``{"level": "debug"}``, ``{"library_level": "info"}`` or both.
+
+    Raises:
+        InvalidArgumentError: neither field, an unknown field, or a value that is not one of
+            debug, info, warning (or warn), error, critical.
+    """
+    fields = parse_json_object(body, allow_empty=False)
+    _check_keys(fields, ("level", "library_level"))
+    if not fields:
+        raise InvalidArgumentError(
+            'give "level" (the service\'s loggers), "library_level" (every other logger) '
+            'or both, e.g. {"level": "debug"}'
+        )
+    wanted = {name: _level_name(fields[name], name) for name in fields}
+    return LogLevelRequest(wanted.get("level"), wanted.get("library_level"))
+
+
+def _level_name(value: object, where: str) -> str:
+    text = value.strip().lower() if isinstance(value, str) else None
+    text = "warning" if text == "warn" else text
+    if text not in LOG_LEVEL_NAMES:
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise InvalidArgumentError(
+            f"{where} must be one of {', '.join(LOG_LEVEL_NAMES)}, got {shown}"
+        )
+    return text

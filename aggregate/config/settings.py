@@ -125,6 +125,32 @@ class Settings:
             "Unix socket that also receives the JSON log lines (edge-logger-client)."
         ),
     )
+    library_log_level: str = field(
+        default="warning",
+        metadata=_meta(
+            v.parse_log_level,
+            "Level of the libraries' loggers (grpclib, h2, hpack, nats, hypercorn, asyncio, "
+            "...); log_level is the service's own.",
+            kind="string",
+        ),
+    )
+    access_log: v.AccessLogMode = field(
+        default=v.AccessLogMode.OFF,
+        metadata=_meta(
+            v.enum_parser(v.AccessLogMode),
+            "One info line per gRPC call (logger aggregate.access): off, on, or sampled "
+            "(every call not OK, one in access_log_sample_every of the OK ones).",
+            kind="enum",
+        ),
+    )
+    access_log_sample_every: int = field(
+        default=100,
+        metadata=_meta(
+            v.int_parser(1),
+            "access_log=sampled: log one in this many calls that end OK.",
+            kind="int",
+        ),
+    )
     # --- tenancy and placement ---
     multi_tenant: bool = field(
         default=True,

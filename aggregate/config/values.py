@@ -28,6 +28,16 @@ EMBEDDED = "embedded"
 NATS_SCHEMES = ("nats", "tls", "ws", "wss")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
+
+class AccessLogMode(StrEnum):
+    """Which gRPC calls get an access-log line: none, every one, or a sample (every call
+    that did not end OK, and one in ``access_log_sample_every`` of those that did)."""
+
+    OFF = "off"
+    ON = "on"
+    SAMPLED = "sampled"
+
+
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 _INT = re.compile(r"[+-]?[0-9]+")

@@ -97,4 +97,5 @@ class RequestContext:
         for name in NATS_CORRELATION_HEADERS:
             headers[name] = self.correlation_id
         headers[NATS_TRACE_ID_HEADER] = self.trace_id
+        headers[REQUEST_ID_HEADER] = self.request_id
         return headers

@@ -7,6 +7,8 @@ on their own.
 
 from __future__ import annotations
 
+import os
+
 from aggregate.domain import errors as e
 
 # Most specific first: the first matching class wins.
@@ -43,11 +45,27 @@ def outcome_of(exc: BaseException | None) -> str:
     return "ok" if exc is None else status_of(exc)[0].lower()
 
 
-def public_message(exc: BaseException) -> str:
-    """What a client may be told: the error's own message, except for INTERNAL errors,
-    whose details (stack, internals) stay in the logs."""
+def new_error_id() -> str:
+    """A fresh id for one INTERNAL error: 16 hex digits, sent to the client and logged with
+    the error's detail, so an operator finds the one line from what the client reports."""
+    return os.urandom(8).hex()
+
+
+def public_message(exc: BaseException, *, error_id: str | None = None) -> str:
+    """What a client may be told: the error's own message, except for INTERNAL errors.
+
+    An INTERNAL error's detail (a program's origin, which names a server path, its source
+    lines, a stack) stays in the log; the client gets a short message naming the program's
+    aggregate type when a program failed, and ``error_id``, the key of the log line that
+    holds the detail.
+    """
     name, _ = status_of(exc)
-    if name == "INTERNAL" and not isinstance(exc, e.ProgramError):
+    if name == "INTERNAL":
+        where = f" (error id {error_id})" if error_id else ""
+        if isinstance(exc, e.ProgramError) and exc.program:
+            return f"program of type {exc.program!r} failed{where}; the service log has the details"
+        if error_id:
+            return f"internal error{where}; the service log has the details"
         return "internal error; see the service log for this request's correlation id"
     if isinstance(exc, e.AggregateError):
         return exc.message

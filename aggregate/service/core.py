@@ -103,6 +103,7 @@ class IslandCore:
         self.registry: ProgramRegistry | None = None
         self.watcher: PlacementWatcher | None = None
         self._stop: anyio.Event | None = None
+        self._closing = False
 
     # ---- lifecycle --------------------------------------------------------------
     async def run(self, report: Callable[[CoreInfo], None]) -> None:
@@ -199,7 +200,10 @@ class IslandCore:
 
         async def disconnected() -> None:
             self.connected = False
-            log.warning("NATS disconnected")
+            if self._closing:  # our own drain at shutdown: expected, not a fault
+                log.info("NATS connection closed")
+            else:
+                log.warning("NATS disconnected")
 
         async def reconnected() -> None:
             self.connected = True
@@ -232,6 +236,7 @@ class IslandCore:
 
     async def _drain_nats(self, nc: Client) -> None:
         self.connected = False
+        self._closing = True
         with anyio.move_on_after(self.settings.nats_timeout_seconds):
             try:
                 await nc.drain()

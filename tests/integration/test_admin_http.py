@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import re
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -293,6 +295,42 @@ async def test_reload(backend: FakeBackend) -> None:
     ]
 
 
+@pytest.mark.trio
+async def test_log_levels_change_at_runtime(backend: FakeBackend) -> None:
+    out = io.StringIO()
+    configure_logging("info", stream=out)
+    ours = logging.getLogger("aggregate.test_admin_http")
+    library = logging.getLogger("hpack.hpack")
+
+    async def post(body: dict[str, str], headers: list[tuple[str, str]] = AUTH) -> Reply:
+        data = json.dumps(body).encode()
+        return await request(port, "POST", "/admin/log-level", headers=headers, body=data)
+
+    try:
+        async with running(make_server(backend)) as port:
+            ours.debug("ours before")
+            refused = await post({"level": "debug"}, headers=[])
+            ours.debug("ours after the refusal")
+            louder = await post({"level": "debug"})
+            ours.debug("ours after")
+            library.debug("library before")
+            both = await post({"level": "info", "library_level": "debug"})
+            library.debug("library after")
+            ours.debug("ours quiet again")
+            current = await request(port, "GET", "/admin/log-level", headers=AUTH)
+    finally:
+        reset_logging()
+    assert refused.status == 401
+    assert (louder.status, louder.json()) == (200, {"level": "debug", "library_level": "warning"})
+    assert (both.status, both.json()) == (200, {"level": "info", "library_level": "debug"})
+    assert current.json() == both.json()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    probes = [line["message"] for line in lines if line["logger"] in (ours.name, library.name)]
+    assert probes == ["ours after", "library after"]
+    changes = [line for line in lines if line["message"].startswith("log levels set")]
+    assert [(c["level"], c["correlation_id"] != "") for c in changes] == [("info", True)] * 2
+
+
 # --- auth ---------------------------------------------------------------------------
 
 
@@ -399,6 +437,12 @@ def test_with_a_token_loopback_is_not_enough() -> None:
         ("/admin/reload", b'{"hosted_tenants": ["ok", "not ok"]}', "hosted_tenants[1]"),
         ("/admin/reload", b'{"placement": ["acme"]}', "placement map must be"),
         ("/admin/reload", b'{"placement": {"acme": "bad shard"}}', "shard id"),
+        ("/admin/log-level", b"", "empty"),
+        ("/admin/log-level", b"{}", 'give "level"'),
+        ("/admin/log-level", b'{"level": "loud"}', "level must be one of debug, info"),
+        ("/admin/log-level", b'{"level": 10}', "level must be one of"),
+        ("/admin/log-level", b'{"level": "debug", "library_level": null}', "library_level"),
+        ("/admin/log-level", b'{"lvl": "debug"}', "unknown field(s) 'lvl'"),
     ],
 )
 async def test_malformed_requests_are_400_with_a_reason(
@@ -450,6 +494,28 @@ async def test_backend_errors_map_through_the_status_table(
     assert "secret" not in reply.body.decode()
     if isinstance(error, TenantUnavailableError):
         assert body["owner"] == "shard-b"  # type: ignore[index]
+
+
+@pytest.mark.trio
+async def test_internal_errors_answer_an_error_id_found_in_the_log(backend: FakeBackend) -> None:
+    backend.error = RuntimeError("secret internals")
+    out = io.StringIO()
+    configure_logging("info", stream=out)
+    try:
+        async with running(make_server(backend)) as port:
+            reply = await request(port, "GET", "/admin/tenant/acme/status", headers=AUTH)
+    finally:
+        reset_logging()
+    assert reply.status == 500
+    error = str(reply.json()["error"])  # type: ignore[index]
+    found = re.fullmatch(
+        r"internal error \(error id ([0-9a-f]{16})\); the service log has the details", error
+    )
+    assert found, error
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    [line] = [line for line in lines if line.get("error_id") == found.group(1)]
+    assert "secret internals" in line["exc"]
+    assert line["request_id"] == reply.headers["x-request-id"]
 
 
 # --- context, lifecycle -------------------------------------------------------------------

@@ -100,6 +100,7 @@ async def test_message_carries_the_design_headers(nc: NATS, stream: str) -> None
         "correlation-id": "corr-7",
         "traceparent": CTX.traceparent,
         "trace-id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "x-request-id": "req-1",
         "command-id": str(second.command_id),
         "aggregate-type": "account",
         "aggregate-id": str(key.aggregate_id),

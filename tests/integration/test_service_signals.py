@@ -89,3 +89,21 @@ def test_second_signal_exits_at_once_and_stops_the_embedded_nats(tmp_path: Path)
         socket.create_connection(("127.0.0.1", nats_port), timeout=2),
     ):
         pass  # the embedded nats-server was killed with the service
+
+
+def test_clean_shutdown_logs_the_nats_disconnect_as_expected_not_as_a_warning(
+    tmp_path: Path,
+) -> None:
+    service = start_service(tmp_path / "svc", env={"AGGREGATE_LOG_LEVEL": "info"})
+    code = service.stop(signal.SIGTERM, timeout=60)
+    assert code == 0, service.text()
+    service.wait_for_log("stopped (clean drain: True)", timeout=1)
+    loud = [
+        line
+        for line in service.lines
+        if line.get("level") in ("warning", "error", "critical")
+        and "nats" in str(line.get("message", "")).lower()
+    ]
+    assert not loud, loud
+    closed = service.wait_for_log("NATS connection closed", timeout=1)
+    assert closed["level"] == "info"

@@ -21,6 +21,7 @@ from aggregate.config import (
 )
 from aggregate.config.manifest import EXAMPLES_DIR
 from aggregate.config.settings import settable_fields
+from aggregate.config.values import AccessLogMode
 from aggregate.domain.errors import ConfigError
 from aggregate.domain.ids import DEFAULT_TENANT
 from aggregate.domain.manifest import Isolation, Language
@@ -72,11 +73,27 @@ def test_defaults_match_the_reference_readme_and_design() -> None:
     assert settings.command_history == 1000
     assert settings.metrics_tenant_labels is True
     assert settings.log_level == "info"
+    assert settings.library_log_level == "warning"
+    assert settings.access_log is AccessLogMode.OFF
+    assert settings.access_log_sample_every == 100
     assert settings.program_language is Language.STARLARK
     assert settings.program_isolation is Isolation.PROCESS
     assert settings.admin_token is None
     assert settings.config_path is None
     assert dict(settings.origins) == {}
+
+
+def test_logging_settings_from_the_environment() -> None:
+    settings = load_settings(
+        {
+            "AGGREGATE_LIBRARY_LOG_LEVEL": "DEBUG",
+            "AGGREGATE_ACCESS_LOG": "Sampled",
+            "AGGREGATE_ACCESS_LOG_SAMPLE_EVERY": "10",
+        }
+    )
+    assert settings.library_log_level == "debug"
+    assert settings.access_log is AccessLogMode.SAMPLED
+    assert settings.access_log_sample_every == 10
 
 
 def test_none_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -283,6 +300,9 @@ def test_valid_addresses(addr: str, bind: tuple[str, int]) -> None:
         ("PLACEMENT_KEY", ".key", "KV key"),
         ("AGGREGATE_TYPE", "bank account", "aggregate type"),
         ("LOG_LEVEL", "loud", "expected one of debug"),
+        ("LIBRARY_LOG_LEVEL", "chatty", "expected one of debug"),
+        ("ACCESS_LOG", "yes", "expected one of off, on, sampled"),
+        ("ACCESS_LOG_SAMPLE_EVERY", "0", "must be positive"),
         ("PROGRAM_LANGUAGE", "lua", "expected one of starlark, python"),
         ("PROGRAM_ISOLATION", "docker", "expected one of process, inline"),
         ("STORAGE_PATH", "", "must not be empty"),

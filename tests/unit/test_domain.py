@@ -93,6 +93,7 @@ def test_context_keeps_valid_values_and_generates_the_rest() -> None:
     assert headers["tenant-id"] == "acme"
     assert headers["x-correlation-id"] == headers["correlation-id"] == "corr-1"
     assert headers["trace-id"] == "ab" * 16
+    assert headers["x-request-id"] == ctx.request_id
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from aggregate.adapters.logging import (
+    LogLevels,
     LogSocketSink,
     configure_logging,
+    log_levels,
     reset_logging,
+    set_log_levels,
 )
 from aggregate.logcontext import log_context
 
@@ -101,6 +104,54 @@ def test_configuring_twice_does_not_double_lines(capsys: pytest.CaptureFixture[s
 def test_unknown_level_is_refused() -> None:
     with pytest.raises(ValueError, match="log level 'loud' is unknown"):
         configure_logging("loud")
+
+
+LIBRARIES = ("hpack.hpack", "h2.connection", "grpclib.server", "nats.aio.client", "asyncio")
+
+
+def test_library_loggers_stay_at_warning_when_the_service_logs_debug(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("debug")
+    for name in LIBRARIES:
+        logging.getLogger(name).debug("%s debug", name)
+        logging.getLogger(name).info("%s info", name)
+    logging.getLogger("hpack.hpack").warning("hpack warning")
+    log.debug("our debug")
+    logging.getLogger("aggregate").info("our root info")
+    assert [line["message"] for line in stderr_lines(capsys)] == [
+        "hpack warning",
+        "our debug",
+        "our root info",
+    ]
+
+
+def test_library_level_lets_their_lines_through(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", library_level="debug")
+    logging.getLogger("hpack.hpack").debug("hpack debug")
+    log.debug("our debug, below our level")
+    assert [line["message"] for line in stderr_lines(capsys)] == ["hpack debug"]
+
+
+def test_levels_change_at_runtime_and_reset_restores_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    service = logging.getLogger("aggregate")
+    before = (logging.getLogger().level, service.level)
+    configure_logging("info")
+    assert log_levels() == LogLevels("info", "warning")
+    log.debug("hidden")
+    assert set_log_levels(level="debug") == LogLevels("debug", "warning")
+    log.debug("shown")
+    logging.getLogger("nats.aio.client").info("hidden nats")
+    assert set_log_levels(library_level="info") == LogLevels("debug", "info")
+    logging.getLogger("nats.aio.client").info("shown nats")
+    with pytest.raises(ValueError, match="log level 'loud' is unknown"):
+        set_log_levels(level="warning", library_level="loud")
+    assert log_levels() == LogLevels("debug", "info")  # nothing changed by a refusal
+    assert [line["message"] for line in stderr_lines(capsys)] == ["shown", "shown nats"]
+    reset_logging()
+    assert (logging.getLogger().level, service.level) == before
 
 
 class LineServer:

@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
+from aggregate.adapters.access_log import AccessLog
 from aggregate.adapters.grpc import convert
 from aggregate.adapters.grpc.convert import Failure
 from aggregate.adapters.grpc.streaming import CommandStream
 from aggregate.application.observe import NoCommandObserver
+from aggregate.config.values import AccessLogMode
 from aggregate.domain.context import TENANT_HEADER, RequestContext
 from aggregate.domain.errors import (
     AggregateError,
@@ -35,7 +37,7 @@ from aggregate.domain.errors import (
     TenantUnavailableError,
 )
 from aggregate.domain.ids import DEFAULT_TENANT
-from aggregate.domain.status import outcome_of, public_message, status_of
+from aggregate.domain.status import new_error_id, outcome_of, public_message, status_of
 from aggregate.gateway.v1 import aggregate_grpc
 from aggregate.logcontext import log_context
 
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
     from aggregate.application.handler import CommandHandler
     from aggregate.application.observe import CommandObserver
     from aggregate.config import Settings
-    from aggregate.domain.envelopes import CommandResult
+    from aggregate.domain.envelopes import Command, CommandResult
     from aggregate.gateway.v1 import aggregate_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,8 @@ class GrpcOptions:
     ``stream_window`` bounds the commands outstanding (read but not yet answered) on one
     ``SubmitCommands`` stream; the server stops reading that stream until results go out.
     ``settle_timeout`` (seconds) bounds the drain's wait for each client to acknowledge
-    (HTTP/2 PING) the last responses before it gets GOAWAY.
+    (HTTP/2 PING) the last responses before it gets GOAWAY. ``access_log`` and
+    ``access_log_sample_every``: see ``aggregate.adapters.access_log``.
     """
 
     host: str = "127.0.0.1"
@@ -79,6 +82,8 @@ class GrpcOptions:
     default_tenant_id: str | None = None
     stream_window: int = 64
     settle_timeout: float = 1.0
+    access_log: AccessLogMode = AccessLogMode.OFF
+    access_log_sample_every: int = 100
 
     def __post_init__(self) -> None:
         if not self.multi_tenant and self.default_tenant_id is None:
@@ -98,6 +103,8 @@ class GrpcOptions:
             multi_tenant=settings.multi_tenant,
             default_tenant_id=settings.default_tenant_id,
             stream_window=stream_window,
+            access_log=settings.access_log,
+            access_log_sample_every=settings.access_log_sample_every,
         )
 
 
@@ -114,6 +121,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         self.handler = handler
         self.options = options
         self.observer: CommandObserver = observer or NoCommandObserver()
+        self.access_log = AccessLog(options.access_log, options.access_log_sample_every)
         self._in_flight = 0
         self._streams: set[CommandStream] = set()
         self._stopping = False
@@ -171,16 +179,35 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         request = await convert.receive(stream)
         if request is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "GetAggregate needs a request message")
-        with log_context(
-            tenant_id=tenant_id,
-            correlation_id=context.correlation_id,
-            trace_id=context.trace_id,
-        ):
-            try:
-                key = convert.key_from_get_request(request, tenant_id=tenant_id)
-                view = await self.handler.get(key)
-            except Exception as exc:
-                raise self.failure_of(exc, tenant_id, context).grpc_error() from None
+        started = time.perf_counter()
+        outcome = "cancelled"
+        key = None
+        try:
+            with log_context(
+                tenant_id=tenant_id,
+                correlation_id=context.correlation_id,
+                trace_id=context.trace_id,
+                request_id=context.request_id,
+            ):
+                try:
+                    key = convert.key_from_get_request(request, tenant_id=tenant_id)
+                    view = await self.handler.get(key)
+                except Exception as exc:
+                    outcome = outcome_of(exc)
+                    raise self.failure_of(exc, tenant_id, context).grpc_error() from None
+            outcome = "ok"
+        finally:
+            if self.access_log.enabled:
+                self.access_log.write(
+                    "GetAggregate",
+                    tenant_id=tenant_id,
+                    aggregate_type=self._type_label(request.aggregate_type),
+                    aggregate_id=str(key.aggregate_id) if key is not None else None,
+                    command_id=None,
+                    outcome=outcome,
+                    seconds=time.perf_counter() - started,
+                    context=context,
+                )
         await stream.send_message(convert.view_message(view))
 
     # --- shared by unary calls and stream items ---
@@ -191,8 +218,10 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         tenant_id: str,
         context: RequestContext,
         deadline: Deadline | None,
+        method: str = "SubmitCommand",
     ) -> CommandResult | Failure:
-        """Validate and handle one command; errors come back as a ``Failure``.
+        """Validate and handle one command; errors come back as a ``Failure``. ``method``
+        names the call in the access log.
 
         Cancellation propagates (the command may or may not have been appended).
         """
@@ -201,11 +230,13 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         self.observer.command_started(tenant_id, type_label)
         outcome = "cancelled"
         command_id: str | None = request.command_id or None
+        command: Command | None = None
         try:
             with log_context(
                 tenant_id=tenant_id,
                 correlation_id=context.correlation_id,
                 trace_id=context.trace_id,
+                request_id=context.request_id,
                 command_id=command_id,
             ):
                 try:
@@ -225,7 +256,13 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                         result = await self.handler.handle(command)
                 except Exception as exc:
                     outcome = outcome_of(exc)
-                    return self.failure_of(exc, tenant_id, context)
+                    made = (
+                        log_context(command_id=str(command.command_id))
+                        if command is not None and command_id is None
+                        else contextlib.nullcontext()
+                    )
+                    with made:
+                        return self.failure_of(exc, tenant_id, context)
                 outcome = "ok"
                 return result
         except BaseException:
@@ -233,29 +270,48 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                 outcome = "deadline_exceeded"
             raise
         finally:
-            self.observer.command_finished(
-                tenant_id, type_label, outcome, time.perf_counter() - started
-            )
+            seconds = time.perf_counter() - started
+            self.observer.command_finished(tenant_id, type_label, outcome, seconds)
+            if self.access_log.enabled:
+                self.access_log.write(
+                    method,
+                    tenant_id=tenant_id,
+                    aggregate_type=type_label,
+                    # Only ids that validated: what the client sent may be anything.
+                    aggregate_id=str(command.key.aggregate_id) if command is not None else None,
+                    command_id=str(command.command_id) if command is not None else None,
+                    outcome=outcome,
+                    seconds=seconds,
+                    context=context,
+                )
 
     def failure_of(self, exc: Exception, tenant_id: str, context: RequestContext) -> Failure:
-        """The status name and public message of an error; logs INTERNAL ones with their
-        stack and context, and reports tenant-level refusals to the observer."""
+        """The status name and public message of an error; reports tenant-level refusals to
+        the observer. An INTERNAL error gets a fresh error id: the client's message names
+        it, and the log line with the detail (message, stack, request context) carries it
+        as ``error_id``."""
         code, _ = status_of(exc)
-        message = public_message(exc)
+        error_id = new_error_id() if code == "INTERNAL" else None
+        message = public_message(exc, error_id=error_id)
         if isinstance(exc, TenantUnavailableError):
             if exc.owner and exc.owner not in message:
                 message = f"{message} (shard {exc.owner!r} owns the tenant)"
             self.observer.tenant_error(tenant_id, "unavailable")
         elif isinstance(exc, TenantAccessDeniedError):
             self.observer.tenant_error(tenant_id, "access_denied")
-        if code == "INTERNAL":
+        if error_id is not None:
             log.error(
-                "internal error (tenant %s, correlation id %s, trace id %s): %s",
-                tenant_id,
-                context.correlation_id,
-                context.trace_id,
+                "internal error %s: %s",
+                error_id,
                 exc,
                 exc_info=exc,
+                extra={
+                    "error_id": error_id,
+                    "tenant_id": tenant_id,
+                    "correlation_id": context.correlation_id,
+                    "trace_id": context.trace_id,
+                    "request_id": context.request_id,
+                },
             )
         return Failure(code, message)
 

@@ -129,7 +129,7 @@ class CommandStream:
         if previous is not None:
             await asyncio.wait({previous})
         outcome = await self._service.run_command(
-            request, self._tenant_id, self._context, self._stream.deadline
+            request, self._tenant_id, self._context, self._stream.deadline, "SubmitCommands"
         )
         if isinstance(outcome, Failure):
             return convert.error_result(outcome.code, outcome.message)
