@@ -25,7 +25,7 @@ from aggregate.adapters.metrics import Metrics
 from aggregate.adapters.snapshotter import Snapshotter
 from aggregate.adapters.sqlite_snapshots import SqliteSnapshotStore
 from aggregate.bridge import Island
-from aggregate.service.admin_backend import IslandAdminBackend
+from aggregate.service.admin_backend import VERSION, IslandAdminBackend
 from aggregate.service.core import CoreInfo, IslandCore
 from aggregate.service.embedded import EmbeddedNats
 
@@ -53,7 +53,9 @@ class Service:
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
-        self.metrics = Metrics(self.registry, tenant_labels=settings.metrics_tenant_labels)
+        self.metrics = Metrics(
+            self.registry, tenant_labels=settings.metrics_tenant_labels, version=VERSION
+        )
         self.state = "starting"
         self.started_at = time.monotonic()
         self.island = Island()
@@ -63,6 +65,9 @@ class Service:
         self._shutdown = trio.Event()
         self._core_done = trio.Event()
         self.metrics.set_ready_source(self.ready)
+        self.metrics.set_nats_connected_source(
+            lambda: self.core is not None and self.core.connected
+        )
 
     def ready(self) -> bool:
         """True only while serving and connected to NATS (read from any thread)."""

@@ -171,16 +171,29 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         request = await convert.receive(stream)
         if request is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "GetAggregate needs a request message")
-        with log_context(
-            tenant_id=tenant_id,
-            correlation_id=context.correlation_id,
-            trace_id=context.trace_id,
-        ):
-            try:
-                key = convert.key_from_get_request(request, tenant_id=tenant_id)
-                view = await self.handler.get(key)
-            except Exception as exc:
-                raise self.failure_of(exc, tenant_id, context).grpc_error() from None
+        started = time.perf_counter()
+        outcome = "cancelled"
+        try:
+            with log_context(
+                tenant_id=tenant_id,
+                correlation_id=context.correlation_id,
+                trace_id=context.trace_id,
+            ):
+                try:
+                    key = convert.key_from_get_request(request, tenant_id=tenant_id)
+                    view = await self.handler.get(key)
+                except Exception as exc:
+                    outcome = outcome_of(exc)
+                    raise self.failure_of(exc, tenant_id, context).grpc_error() from None
+            outcome = "ok"
+        except BaseException:
+            if outcome == "cancelled" and stream.deadline and not stream.deadline.time_remaining():
+                outcome = "deadline_exceeded"
+            raise
+        finally:
+            type_label = self._type_label(request.aggregate_type)
+            seconds = time.perf_counter() - started
+            self.observer.read_finished("GetAggregate", tenant_id, type_label, outcome, seconds)
         await stream.send_message(convert.view_message(view))
 
     # --- shared by unary calls and stream items ---
