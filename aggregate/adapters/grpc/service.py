@@ -25,6 +25,7 @@ from grpclib.exceptions import GRPCError
 from aggregate.adapters.grpc import convert
 from aggregate.adapters.grpc.convert import Failure
 from aggregate.adapters.grpc.streaming import CommandStream
+from aggregate.adapters.tracing import request_context
 from aggregate.application.observe import NoCommandObserver
 from aggregate.domain.context import TENANT_HEADER, RequestContext
 from aggregate.domain.errors import (
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
     from grpclib.metadata import Deadline
     from grpclib.server import Stream
+    from opentelemetry.trace import Tracer
 
     from aggregate.application.handler import CommandHandler
     from aggregate.application.observe import CommandObserver
@@ -110,10 +112,14 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         options: GrpcOptions,
         *,
         observer: CommandObserver | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.handler = handler
         self.options = options
         self.observer: CommandObserver = observer or NoCommandObserver()
+        self.tracer = tracer
+        """Tracing on: the server wraps each method in a server span, and a call's context
+        takes its trace from that span (``aggregate.adapters.tracing``)."""
         self._in_flight = 0
         self._streams: set[CommandStream] = set()
         self._stopping = False
@@ -284,6 +290,8 @@ class CommandService(aggregate_grpc.CommandServiceBase):
             stream.metadata.items() if stream.metadata is not None else None
         )
         context = RequestContext.from_headers(headers)
+        if self.tracer is not None:
+            context = request_context(context)
         await stream.send_initial_metadata(metadata=context.response_headers())
         try:
             tenant_id = convert.resolve_tenant(
