@@ -45,6 +45,7 @@ TRACESTATE = "vendor=abc,other=x1"
 SUBMIT = "aggregate.gateway.v1.CommandService/SubmitCommand"
 STREAM = "aggregate.gateway.v1.CommandService/SubmitCommands"
 GET = "aggregate.gateway.v1.CommandService/GetAggregate"
+ACME_TP = {"x-tenant-id": "acme", "traceparent": TRACEPARENT}
 
 
 @pytest.fixture
@@ -219,3 +220,20 @@ async def test_server_spans_are_errors_only_for_server_failures(
     get = spans.one(GET)
     assert dict(get.attributes or {})["rpc.grpc.status_code"] == 5
     assert get.status.status_code is StatusCode.UNSET
+
+
+async def test_a_read_has_its_server_span_with_the_aggregate_ids(
+    server: CommandServer, spans: Spans
+) -> None:
+    with anyio.fail_after(20), open_client("grpclib", server.address) as client:
+        opened = await client.submit(command({"type": "OpenAccount", "owner": "cy"}), ACME_TP)
+        aggregate_id = opened.response.aggregate_id
+        request = pb.GetAggregateRequest(aggregate_type=TYPE, aggregate_id=aggregate_id)
+        assert (await client.get(request, ACME_TP)).status == "OK"
+    get = spans.one(GET)
+    assert get.parent is not None
+    assert f"{get.parent.span_id:016x}" == CALLER_SPAN
+    attributes = dict(get.attributes or {})
+    assert attributes["aggregate.id"] == aggregate_id
+    assert attributes["rpc.grpc.status_code"] == 0
+    assert "aggregate.command_id" not in attributes
