@@ -6,8 +6,8 @@ serialized by a per-key lock; the conditional append makes a stale cache harmles
 conflict reloads the aggregate's new records and decides again).
 
 With a tracer (tracing on), the steps are spans under the span current when ``handle`` or
-``get`` is called (the command's): ``load`` on a cache miss, ``decide``, ``apply`` when
-stored events are replayed, ``append``; the command's ids go on that current span.
+``get`` is called (the command's or the read's): ``load`` on a cache miss, ``decide``,
+``apply`` when stored events are replayed, ``append``; the ids go on that current span.
 """
 
 from __future__ import annotations
@@ -67,6 +67,18 @@ class HandlerSettings:
     cache_size: int = 10_000
     retry_backoff_s: float = 0.005
     retry_backoff_max_s: float = 0.2
+
+
+def _describe_span(key: AggregateKey, command_id: uuid.UUID | None = None) -> None:
+    """Put the aggregate (and command) ids on the current span: the command's or read's."""
+    attributes = {
+        "aggregate.tenant_id": key.tenant_id,
+        "aggregate.type": key.aggregate_type,
+        "aggregate.id": str(key.aggregate_id),
+    }
+    if command_id is not None:
+        attributes["aggregate.command_id"] = str(command_id)
+    trace.get_current_span().set_attributes(attributes)
 
 
 class HandlerObserver(Protocol):
@@ -152,14 +164,7 @@ class CommandHandler:
         """
         key = command.key
         if self._tracer is not None:
-            trace.get_current_span().set_attributes(
-                {
-                    "aggregate.tenant_id": key.tenant_id,
-                    "aggregate.type": key.aggregate_type,
-                    "aggregate.id": str(key.aggregate_id),
-                    "aggregate.command_id": str(command.command_id),
-                }
-            )
+            _describe_span(key, command.command_id)
         spec = self.types.get(key.aggregate_type)
         with self.gate.admit(key.tenant_id):
             async with self.locks.hold(key):
@@ -245,6 +250,8 @@ class CommandHandler:
             AggregateNotFoundError: the aggregate has no events.
             TenantUnavailableError, TenantAccessDeniedError: as ``handle``.
         """
+        if self._tracer is not None:
+            _describe_span(key)
         spec = self.types.get(key.aggregate_type)
         with self.gate.admit(key.tenant_id):
             async with self.locks.hold(key):
