@@ -5,6 +5,7 @@ with an in-memory exporter (DESIGN §8)."""
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from aggregate.adapters.jetstream import JetStreamEventStore
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.gateway.v1 import aggregate_pb2 as pb
+from aggregate.logcontext import current_log_fields
 from aggregate.programs.base import AggregateTypeSpec
 from aggregate.testing.programs import FunctionProgram, StaticTypes
 from specs import bank
@@ -237,3 +239,35 @@ async def test_a_read_has_its_server_span_with_the_aggregate_ids(
     assert attributes["aggregate.id"] == aggregate_id
     assert attributes["rpc.grpc.status_code"] == 0
     assert "aggregate.command_id" not in attributes
+
+
+class _FieldsHandler(logging.Handler):
+    """Keeps the log-context fields bound when each record was emitted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fields: list[dict[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.fields.append(dict(current_log_fields()))
+
+
+async def test_log_lines_carry_the_spans_trace_id_when_the_caller_sent_none(
+    spans: Spans,
+) -> None:
+    handler = _FieldsHandler()
+    service_log = logging.getLogger("aggregate.adapters.grpc.service")
+    service_log.addHandler(handler)
+    try:
+        async with open_server(bank_handler(raising=True), tracer=spans.tracer) as srv:
+            with anyio.fail_after(20), open_client("grpclib", srv.address) as client:
+                reply = await client.submit(
+                    command({"type": "Explode"}, aggregate_id=str(uuid.uuid4())),
+                    {"x-tenant-id": "acme"},
+                )
+    finally:
+        service_log.removeHandler(handler)
+    assert reply.status == "INTERNAL"
+    trace_id = hex_trace(spans.one(SUBMIT))
+    assert handler.fields, "the internal error was not logged"
+    assert {fields["trace_id"] for fields in handler.fields} == {trace_id}
