@@ -7,6 +7,10 @@ already keeps (cache size, snapshot backlog, readiness) are read at scrape time 
 callbacks instead of being pushed. prometheus-client is thread-safe; the hooks may be
 called from the asyncio island while ``/metrics`` renders on the Trio thread.
 
+Beside the service's own metrics the registry holds the standard ``process_*`` (CPU, memory,
+file descriptors), ``python_info`` and ``python_gc_*`` collectors, and
+``aggregate_build_info{version}``.
+
 Label values that come from clients are bounded: a tenant id or aggregate type that is not
 a valid token becomes ``_invalid``, and with a known set of aggregate types any other type
 becomes ``_unknown``. ``tenant_labels=False`` drops the ``tenant_id`` label from every
@@ -19,7 +23,17 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -99,7 +113,8 @@ class Metrics:
 
     Implements ``CommandObserver`` and ``HandlerObserver``. ``aggregate_types``, when
     given, is the configured set of types: other names are counted as ``_unknown`` so that
-    clients cannot grow the label space.
+    clients cannot grow the label space. ``version`` is the service's, for
+    ``aggregate_build_info``.
 
     Raises:
         ValueError: (from prometheus-client) the registry already holds these metrics.
@@ -111,6 +126,7 @@ class Metrics:
         *,
         tenant_labels: bool = True,
         aggregate_types: Collection[str] | None = None,
+        version: str = "0+unknown",
     ) -> None:
         self._registry = registry
         self._tenant_labels = tenant_labels
@@ -181,11 +197,36 @@ class Metrics:
             "Log lines not delivered to the logger socket (absent, slow or queue full).",
         )
         registry.register(self._log_drops)
+        self._reads = Counter(
+            "aggregate_reads_total",
+            "Reads of aggregates (GetAggregate), by outcome (ok or the lower-case status name).",
+            ("method", *by_type, "outcome"),
+            registry=registry,
+        )
+        self._read_duration = Histogram(
+            "aggregate_read_duration_seconds",
+            "Time to answer a read (GetAggregate), from the request to the answer.",
+            ("method", *by_type),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._nats_connected = Gauge(
+            "aggregate_nats_connected",
+            "1 while the NATS connection is up, else 0.",
+            registry=registry,
+        )
+        Info("aggregate_build", "The running service's version.", registry=registry).info(
+            {"version": version}
+        )
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
         # Label children by the raw values the hooks receive; only valid values are cached,
         # so invalid ones cannot grow these dicts.
         self._command_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         self._type_children: dict[tuple[str, str], tuple[Counter, Histogram, Counter]] = {}
         self._tenant_error_children: dict[tuple[str, str], Counter] = {}
+        self._read_children: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
 
     # --- label values ---
 
@@ -226,6 +267,24 @@ class Metrics:
             )
             if exact and outcome_label == outcome:
                 self._command_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def read_finished(
+        self, method: str, tenant_id: str, aggregate_type: str, outcome: str, seconds: float
+    ) -> None:
+        key = (method, tenant_id, aggregate_type, outcome)
+        children = self._read_children.get(key)
+        if children is None:
+            labels, exact = self._by_type(tenant_id, aggregate_type)
+            method_label = method if TOKEN_PATTERN.fullmatch(method) else INVALID_LABEL
+            outcome_label = outcome if TOKEN_PATTERN.fullmatch(outcome) else INVALID_LABEL
+            children = (
+                self._reads.labels(method_label, *labels, outcome_label),
+                self._read_duration.labels(method_label, *labels),
+            )
+            if exact and outcome_label == outcome and method_label == method:
+                self._read_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
 
@@ -286,6 +345,12 @@ class Metrics:
     def set_log_drops_source(self, source: Callable[[], float]) -> None:
         """Read ``aggregate_log_lines_dropped_total`` (e.g. ``LogSocketSink.dropped``)."""
         self._log_drops.set_source(source)
+
+    def set_nats_connected_source(self, source: Callable[[], bool]) -> None:
+        """Read ``aggregate_nats_connected`` from ``source`` (True → 1) at each scrape."""
+        self._nats_connected.set_function(
+            _safe(lambda: 1.0 if source() else 0.0, "aggregate_nats_connected")
+        )
 
     def set_ready(self, ready: bool) -> None:
         """Set ``aggregate_ready``; ignored once ``set_ready_source`` was called."""

@@ -7,10 +7,15 @@ task writes them through the ``SnapshotStore``. Snapshots are only an optimisati
 pending set is bounded (the oldest is dropped when full) and a failed write is logged and
 counted, never fatal. When ``serve`` is cancelled it flushes what is pending under a
 shielded scope with its own deadline, then reports how many were written and left.
+
+With a tracer (tracing on), ``offer`` keeps the caller's trace context (the command's, on
+the island thread) with the snapshot, and each write is a ``snapshot write`` span under it:
+context variables do not cross threads, so the parent travels with the offer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -19,11 +24,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
+from opentelemetry import context as otel_context
 
 from aggregate.domain.errors import AggregateError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from contextlib import AbstractContextManager
+
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Tracer
 
     # trio-typing's stubs (a dev dependency) shadow trio's own types and lack
     # trio.TaskStatus; with them gone this becomes ``trio.TaskStatus``.
@@ -34,6 +44,9 @@ if TYPE_CHECKING:
     from aggregate.domain.ids import AggregateKey
 
 logger = logging.getLogger(__name__)
+
+_Pending = tuple["Snapshot", float, "Context | None"]
+"""A snapshot waiting, when it was first offered, and the trace context of its offer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +81,7 @@ class Snapshotter:
             oldest waiting one (counted in ``dropped``).
         flush_timeout: seconds the shutdown flush may take.
         clock: monotonic seconds, for ``lag_seconds``.
+        tracer: when given, every write is a span (see the module docstring).
     """
 
     def __init__(
@@ -77,6 +91,7 @@ class Snapshotter:
         max_pending: int = 10_000,
         flush_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        tracer: Tracer | None = None,
     ) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, not {max_pending}")
@@ -84,9 +99,11 @@ class Snapshotter:
         self._max_pending = max_pending
         self.flush_timeout = flush_timeout
         self._clock = clock
+        self._tracer = tracer
         self._lock = threading.Lock()
-        # key -> (snapshot, when first offered); insertion order is waiting order
-        self._pending: OrderedDict[AggregateKey, tuple[Snapshot, float]] = OrderedDict()
+        # key -> (snapshot, when first offered, trace context of the offer); insertion order
+        # is waiting order
+        self._pending: OrderedDict[AggregateKey, _Pending] = OrderedDict()
         self._in_flight: dict[AggregateKey, float] = {}
         self._token: trio.lowlevel.TrioToken | None = None
         self._wakeup = trio.Event()
@@ -100,9 +117,10 @@ class Snapshotter:
         an equal or newer version is kept instead. Never blocks; callable from any thread,
         including the Trio thread, and before ``serve`` starts (it is then written once
         ``serve`` runs)."""
+        parent = otel_context.get_current() if self._tracer is not None else None
         with self._lock:
             self._offered += 1
-            self._merge(snapshot, self._clock())
+            self._merge(snapshot, self._clock(), parent)
             if self._wake_scheduled or self._token is None:
                 return
             self._wake_scheduled = True
@@ -113,14 +131,14 @@ class Snapshotter:
             with self._lock:
                 self._wake_scheduled = False
 
-    def _merge(self, snapshot: Snapshot, offered_at: float) -> None:
+    def _merge(self, snapshot: Snapshot, offered_at: float, parent: Context | None) -> None:
         """Add under the lock, newer version wins; keeps the first offer's waiting time."""
         current = self._pending.get(snapshot.key)
         if current is not None:
             if current[0].version < snapshot.version:
-                self._pending[snapshot.key] = (snapshot, current[1])
+                self._pending[snapshot.key] = (snapshot, current[1], parent)
             return
-        self._pending[snapshot.key] = (snapshot, offered_at)
+        self._pending[snapshot.key] = (snapshot, offered_at, parent)
         while len(self._pending) > self._max_pending:
             dropped, _ = self._pending.popitem(last=False)
             self._dropped += 1
@@ -136,7 +154,7 @@ class Snapshotter:
     def stats(self) -> SnapshotterStats:
         """A consistent copy of the counters; safe from any thread."""
         with self._lock:
-            waiting = [at for _, at in self._pending.values()] + list(self._in_flight.values())
+            waiting = [item[1] for item in self._pending.values()] + list(self._in_flight.values())
             lag = max(0.0, self._clock() - min(waiting)) if waiting else 0.0
             return SnapshotterStats(
                 pending=len(self._pending),
@@ -202,7 +220,7 @@ class Snapshotter:
             left = len(self._pending)
         return FlushResult(self._written - before, left, scope.cancelled_caught)
 
-    def _take(self) -> tuple[Snapshot, float] | None:
+    def _take(self) -> _Pending | None:
         with self._lock:
             if not self._pending:
                 return None
@@ -210,12 +228,27 @@ class Snapshotter:
             self._in_flight[key] = item[1]
             return item
 
+    def _span(self, snapshot: Snapshot, parent: Context | None) -> AbstractContextManager[object]:
+        if self._tracer is None:
+            return contextlib.nullcontext()
+        return self._tracer.start_as_current_span(
+            "snapshot write",
+            context=parent,
+            attributes={
+                "aggregate.tenant_id": snapshot.key.tenant_id,
+                "aggregate.type": snapshot.key.aggregate_type,
+                "aggregate.id": str(snapshot.key.aggregate_id),
+                "aggregate.version": snapshot.version,
+            },
+        )
+
     async def _write_pending(self) -> None:
         """Write pending snapshots one at a time, oldest offer first, until none is left."""
         while (item := self._take()) is not None:
-            snapshot, offered_at = item
+            snapshot, offered_at, parent = item
             try:
-                written = await self._store.save(snapshot)
+                with self._span(snapshot, parent):
+                    written = await self._store.save(snapshot)
             except Exception as exc:
                 with self._lock:
                     self._failed += 1
@@ -228,7 +261,7 @@ class Snapshotter:
                 )
             except BaseException:
                 with self._lock:
-                    self._merge(snapshot, offered_at)
+                    self._merge(snapshot, offered_at, parent)
                 raise
             else:
                 with self._lock:

@@ -4,6 +4,10 @@ Written with anyio against the ports in ``aggregate.application.ports``: it runs
 asyncio island in the service and under Trio in tests. Commands for one aggregate are
 serialized by a per-key lock; the conditional append makes a stale cache harmless (a
 conflict reloads the aggregate's new records and decides again).
+
+With a tracer (tracing on), the steps are spans under the span current when ``handle`` or
+``get`` is called (the command's or the read's): ``load`` on a cache miss, ``decide``,
+``apply`` when stored events are replayed, ``append``; the ids go on that current span.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
+from opentelemetry import trace
 
 from aggregate.application.cache import AggregateCache, KeyedLocks
 from aggregate.domain.aggregate import AggregateInstance, program_events
@@ -37,6 +42,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from contextlib import AbstractContextManager
 
+    from opentelemetry.trace import Tracer
+
     from aggregate.application.ports import EventStore, SnapshotSink, SnapshotStore, TenantGate
     from aggregate.domain.envelopes import Command, StoredRecord
     from aggregate.domain.history import HistoryEntry
@@ -47,6 +54,7 @@ log = logging.getLogger(__name__)
 
 # Business outcomes: the cached aggregate is still exactly what the store holds.
 _KEEPS_CACHE = (CommandRejectedError, ExpectedVersionMismatchError, CommandIdTooOldError)
+_NO_SPAN = contextlib.nullcontext()
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +67,18 @@ class HandlerSettings:
     cache_size: int = 10_000
     retry_backoff_s: float = 0.005
     retry_backoff_max_s: float = 0.2
+
+
+def _describe_span(key: AggregateKey, command_id: uuid.UUID | None = None) -> None:
+    """Put the aggregate (and command) ids on the current span: the command's or read's."""
+    attributes = {
+        "aggregate.tenant_id": key.tenant_id,
+        "aggregate.type": key.aggregate_type,
+        "aggregate.id": str(key.aggregate_id),
+    }
+    if command_id is not None:
+        attributes["aggregate.command_id"] = str(command_id)
+    trace.get_current_span().set_attributes(attributes)
 
 
 class HandlerObserver(Protocol):
@@ -103,6 +123,7 @@ class CommandHandler:
         observer: HandlerObserver | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
         self.types = types
@@ -115,6 +136,13 @@ class CommandHandler:
         self.locks = KeyedLocks()
         self._rng = rng or random.Random()
         self._clock = clock
+        self._tracer = tracer
+
+    def _span(self, name: str) -> AbstractContextManager[object]:
+        """A child span of the current one (tracing on), else nothing."""
+        if self._tracer is None:
+            return _NO_SPAN
+        return self._tracer.start_as_current_span(name)
 
     async def handle(self, command: Command) -> CommandResult:
         """Run one command to completion.
@@ -135,6 +163,8 @@ class CommandHandler:
         is dropped so the next command reloads it.
         """
         key = command.key
+        if self._tracer is not None:
+            _describe_span(key, command.command_id)
         spec = self.types.get(key.aggregate_type)
         with self.gate.admit(key.tenant_id):
             async with self.locks.hold(key):
@@ -162,7 +192,8 @@ class CommandHandler:
                     expected=expected,
                     actual=instance.version,
                 )
-            decision = await spec.program.decide(instance.state, command.payload)
+            with self._span("decide"):
+                decision = await spec.program.decide(instance.state, command.payload)
             if isinstance(decision, Rejected):
                 raise CommandRejectedError(decision.reason)
             if not decision.events:
@@ -175,9 +206,10 @@ class CommandHandler:
             )
             attempted = record.events[0]
             try:
-                seq = await self.store.append(
-                    record, expected_last_seq=instance.last_seq, context=command.context
-                )
+                with self._span("append"):
+                    seq = await self.store.append(
+                        record, expected_last_seq=instance.last_seq, context=command.context
+                    )
             except DuplicateAppendError as duplicate:
                 stored = await self._stored_command(key, command.command_id, duplicate.seq)
                 if stored.record.events[0].event_id == record.events[0].event_id:
@@ -218,6 +250,8 @@ class CommandHandler:
             AggregateNotFoundError: the aggregate has no events.
             TenantUnavailableError, TenantAccessDeniedError: as ``handle``.
         """
+        if self._tracer is not None:
+            _describe_span(key)
         spec = self.types.get(key.aggregate_type)
         with self.gate.admit(key.tenant_id):
             async with self.locks.hold(key):
@@ -257,6 +291,12 @@ class CommandHandler:
         return instance
 
     async def _rehydrate(self, key: AggregateKey, spec: AggregateTypeSpec) -> AggregateInstance:
+        with self._span("load"):
+            instance = await self._rebuild(key, spec)
+        self._maybe_snapshot(instance)
+        return instance
+
+    async def _rebuild(self, key: AggregateKey, spec: AggregateTypeSpec) -> AggregateInstance:
         started = self._clock()
         limit = self.settings.history_limit
         instance: AggregateInstance | None = None
@@ -276,7 +316,6 @@ class CommandHandler:
             instance = AggregateInstance.new(key, spec.initial_state, history_limit=limit)
             events = await self._catch_up(instance, spec)
         self.observer.rehydrated(key, self._clock() - started, events)
-        self._maybe_snapshot(instance)
         return instance
 
     async def _catch_up(self, instance: AggregateInstance, spec: AggregateTypeSpec) -> int:
@@ -287,7 +326,8 @@ class CommandHandler:
         if not stored:
             return 0
         events = [e for item in stored for e in program_events(item.record.events)]
-        state = await spec.program.apply(instance.state, events)
+        with self._span("apply"):
+            state = await spec.program.apply(instance.state, events)
         instance.advance(stored, state)
         return len(events)
 

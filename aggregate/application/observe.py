@@ -20,6 +20,12 @@ class CommandObserver(Protocol):
         """``outcome`` is ``aggregate.domain.status.outcome_of(error)``."""
         ...
 
+    def read_finished(
+        self, method: str, tenant_id: str, aggregate_type: str, outcome: str, seconds: float
+    ) -> None:
+        """A read (``method``: ``GetAggregate``) answered; ``outcome`` as for commands."""
+        ...
+
     def tenant_error(self, tenant_id: str, reason: str) -> None:
         """A tenant-level refusal: invalid tenant id, not hosted, draining, access denied."""
         ...
@@ -31,6 +37,11 @@ class NoCommandObserver:
 
     def command_finished(
         self, tenant_id: str, aggregate_type: str, outcome: str, seconds: float
+    ) -> None:
+        pass
+
+    def read_finished(
+        self, method: str, tenant_id: str, aggregate_type: str, outcome: str, seconds: float
     ) -> None:
         pass
 

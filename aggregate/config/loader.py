@@ -80,7 +80,8 @@ def load_settings(
     ``overrides`` are ``AGGREGATE_*`` values given on the command line; they win over the
     environment and errors name them as command-line options.
     Precedence: built-in defaults, then the config file named by ``AGGREGATE_CONFIG_PATH``,
-    then ``AGGREGATE_*`` variables. Relative paths in the config file resolve against the
+    then ``AGGREGATE_*`` variables (and the standard ``OTEL_*`` names of the tracing
+    settings). Relative paths in the config file resolve against the
     file's directory; those in the environment against the working directory. Program
     files of ``decide_program_path`` etc. and ``manifest_path`` are read later, by
     ``manifest_from_settings``; an inline ``aggregate_types`` section is read here.

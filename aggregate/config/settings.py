@@ -34,8 +34,14 @@ def _meta(
     kind: str,
     scope: Scope = "any",
     secret: bool = False,
+    env: str | None = None,
 ) -> dict[str, Any]:
-    return {"parse": parse, "doc": doc, "kind": kind, "scope": scope, "secret": secret}
+    """``env``: the environment variable when it is not ``AGGREGATE_`` + the upper-case
+    field name (the OpenTelemetry variables keep their standard names)."""
+    meta = {"parse": parse, "doc": doc, "kind": kind, "scope": scope, "secret": secret}
+    if env is not None:
+        meta["env"] = env
+    return meta
 
 
 def _ms(doc: str, minimum: int = 1) -> dict[str, Any]:
@@ -335,6 +341,48 @@ class Settings:
             v.parse_bool, "Label metrics by tenant_id (off: bounded cardinality).", kind="bool"
         ),
     )
+    # --- tracing (OpenTelemetry's standard variables, plus one of the service's) ---
+    otel_exporter_otlp_endpoint: str | None = field(
+        default=None,
+        metadata=_meta(
+            v.optional(v.parse_http_url),
+            "OTLP/HTTP collector base URL; traces go to <url>/v1/traces. Unset (and no "
+            "traces endpoint): no tracing at all.",
+            kind="url",
+            env="OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = field(
+        default=None,
+        metadata=_meta(
+            v.optional(v.parse_http_url),
+            "Full OTLP/HTTP URL for traces, used as given; wins over the base URL.",
+            kind="url",
+            env="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ),
+    )
+    otel_exporter_otlp_protocol: str = field(
+        default="http/protobuf",
+        metadata=_meta(
+            v.parse_otlp_protocol,
+            "OTLP transport; only http/protobuf is supported.",
+            kind="string",
+            env="OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
+    )
+    otel_service_name: str = field(
+        default="aggregate",
+        metadata=_meta(
+            v.parse_str,
+            "service.name of the exported spans.",
+            kind="string",
+            env="OTEL_SERVICE_NAME",
+        ),
+    )
+    trace_export_timeout_ms: int = field(
+        default=10_000,
+        metadata=_ms("Deadline of one span export request, and of the final export on shutdown."),
+    )
     # --- not variables ---
     aggregate_types: Manifest | None = field(
         default=None,
@@ -398,6 +446,20 @@ class Settings:
         return v.split_host_port(self.grpc_addr)
 
     @property
+    def otlp_traces_url(self) -> str | None:
+        """Where spans are exported (OTLP/HTTP), or None: tracing is off."""
+        if self.otel_exporter_otlp_traces_endpoint is not None:
+            return self.otel_exporter_otlp_traces_endpoint
+        if self.otel_exporter_otlp_endpoint is not None:
+            return self.otel_exporter_otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None
+
+    @property
+    def trace_export_timeout_seconds(self) -> float:
+        """``trace_export_timeout_ms`` in seconds."""
+        return self.trace_export_timeout_ms / 1000
+
+    @property
     def program_max_memory_bytes(self) -> int:
         """``program_max_memory_mb`` in bytes (for ``RLIMIT_AS``)."""
         return self.program_max_memory_mb * 1024 * 1024
@@ -453,9 +515,15 @@ class Settings:
         return self.snapshot_flush_timeout_ms / 1000
 
 
+_ENV_NAMES = {
+    f.name: f.metadata["env"] for f in dataclasses.fields(Settings) if "env" in f.metadata
+}
+
+
 def env_name(field_name: str) -> str:
-    """The environment variable of a settings field: ``AGGREGATE_`` + upper-case name."""
-    return ENV_PREFIX + field_name.upper()
+    """The environment variable of a settings field: ``AGGREGATE_`` + upper-case name, or
+    the standard name of an OpenTelemetry variable (``OTEL_...``)."""
+    return _ENV_NAMES.get(field_name) or ENV_PREFIX + field_name.upper()
 
 
 def settable_fields(scope: Literal["env", "file"]) -> dict[str, dataclasses.Field[Any]]:

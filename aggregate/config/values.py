@@ -155,6 +155,45 @@ def parse_nats_url(value: object) -> str:
     return ",".join(urls)
 
 
+MAX_URL_CHARS = 2048
+OTLP_PROTOCOLS = ("http/protobuf",)
+
+
+def parse_http_url(value: object) -> str:
+    """An ``http://`` or ``https://`` URL with a host, an optional port and path, and no
+    user, query or fragment (at most 2048 characters)."""
+    text = parse_str(value).strip()
+    if len(text) > MAX_URL_CHARS:
+        raise ValueError(f"URL is {len(text)} characters long; at most {MAX_URL_CHARS}")
+    shown = repr(redact_url_credentials(text)[:100])
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{shown} is not an http:// or https:// URL")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError(
+            f"{shown} must not hold credentials, a query or a fragment "
+            "(OTLP headers go in OTEL_EXPORTER_OTLP_HEADERS)"
+        )
+    if not parts.hostname:
+        raise ValueError(f"{shown} has no host")
+    try:
+        parts.port  # noqa: B018 - property access validates the port
+    except ValueError:
+        raise ValueError(f"{shown} has an invalid port") from None
+    return text
+
+
+def parse_otlp_protocol(value: object) -> str:
+    """The OTLP transport: only ``http/protobuf`` is installed."""
+    text = parse_str(value).strip().lower()
+    if text not in OTLP_PROTOCOLS:
+        raise ValueError(
+            f"{text[:40]!r} is not supported: the service exports OTLP over http/protobuf "
+            "only (point the endpoint at the collector's HTTP port, usually 4318)"
+        )
+    return text
+
+
 def redact_url_credentials(urls: str) -> str:
     """``urls`` with any user/password/token part replaced by ``***`` (for repr and logs)."""
     redacted = []

@@ -8,6 +8,7 @@ not for authorisation.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import uuid
@@ -22,11 +23,15 @@ NATS_TENANT_HEADER = "tenant-id"
 CORRELATION_HEADER = "x-correlation-id"
 NATS_CORRELATION_HEADERS = ("x-correlation-id", "correlation-id")
 TRACEPARENT_HEADER = "traceparent"
+TRACESTATE_HEADER = "tracestate"
+MAX_TRACESTATE_CHARS = 512
 NATS_TRACE_ID_HEADER = "trace-id"
 REQUEST_ID_HEADER = "x-request-id"
 
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
+# W3C tracestate: list members of printable ASCII; the tracer (when on) parses the members.
+_TRACESTATE = re.compile(rf"[\x20-\x7e]{{1,{MAX_TRACESTATE_CHARS}}}")
 
 
 def new_traceparent() -> str:
@@ -49,6 +54,8 @@ class RequestContext:
     correlation_id: str
     traceparent: str
     request_id: str
+    tracestate: str = ""
+    """The caller's W3C ``tracestate``, kept only beside a valid ``traceparent``."""
 
     @property
     def trace_id(self) -> str:
@@ -62,16 +69,24 @@ class RequestContext:
 
     @classmethod
     def from_values(
-        cls, correlation_id: str | None, traceparent: str | None, request_id: str | None
+        cls,
+        correlation_id: str | None,
+        traceparent: str | None,
+        request_id: str | None,
+        tracestate: str | None = None,
     ) -> RequestContext:
-        """Keep the given ids that are valid; generate the rest."""
+        """Keep the given ids that are valid; generate the rest. A ``tracestate`` goes
+        with its ``traceparent``: dropped when that is generated, too long or not ASCII."""
         if not correlation_id or not _SAFE_ID.fullmatch(correlation_id):
             correlation_id = str(uuid.uuid4())
         if not valid_traceparent(traceparent):
             traceparent = new_traceparent()
+            tracestate = None
         if not request_id or not _SAFE_ID.fullmatch(request_id):
             request_id = str(uuid.uuid4())
-        return cls(correlation_id, traceparent, request_id)  # type: ignore[arg-type]
+        if not tracestate or not _TRACESTATE.fullmatch(tracestate):
+            tracestate = ""
+        return cls(correlation_id, traceparent, request_id, tracestate)  # type: ignore[arg-type]
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, str]) -> RequestContext:
@@ -81,7 +96,12 @@ class RequestContext:
             lowered.get(CORRELATION_HEADER) or lowered.get("correlation-id"),
             lowered.get(TRACEPARENT_HEADER),
             lowered.get(REQUEST_ID_HEADER),
+            lowered.get(TRACESTATE_HEADER),
         )
+
+    def with_trace(self, traceparent: str, tracestate: str) -> RequestContext:
+        """This context in the trace of another span (the command's, when tracing is on)."""
+        return dataclasses.replace(self, traceparent=traceparent, tracestate=tracestate)
 
     def response_headers(self) -> dict[str, str]:
         """Headers echoed back in gRPC response metadata and HTTP responses."""
@@ -98,4 +118,6 @@ class RequestContext:
             headers[name] = self.correlation_id
         headers[NATS_TRACE_ID_HEADER] = self.trace_id
         headers[REQUEST_ID_HEADER] = self.request_id
+        if self.tracestate:
+            headers[TRACESTATE_HEADER] = self.tracestate
         return headers

@@ -24,8 +24,9 @@ from aggregate.adapters.admin_http import AdminServer
 from aggregate.adapters.metrics import Metrics
 from aggregate.adapters.snapshotter import Snapshotter
 from aggregate.adapters.sqlite_snapshots import SqliteSnapshotStore
+from aggregate.adapters.tracing import open_tracing
 from aggregate.bridge import Island
-from aggregate.service.admin_backend import IslandAdminBackend
+from aggregate.service.admin_backend import VERSION, IslandAdminBackend
 from aggregate.service.core import CoreInfo, IslandCore
 from aggregate.service.embedded import EmbeddedNats
 
@@ -53,7 +54,11 @@ class Service:
     def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
-        self.metrics = Metrics(self.registry, tenant_labels=settings.metrics_tenant_labels)
+        self.metrics = Metrics(
+            self.registry, tenant_labels=settings.metrics_tenant_labels, version=VERSION
+        )
+        self.tracing = open_tracing(settings, version=VERSION)
+        self.tracer = self.tracing.tracer if self.tracing is not None else None
         self.state = "starting"
         self.started_at = time.monotonic()
         self.island = Island()
@@ -63,6 +68,9 @@ class Service:
         self._shutdown = trio.Event()
         self._core_done = trio.Event()
         self.metrics.set_ready_source(self.ready)
+        self.metrics.set_nats_connected_source(
+            lambda: self.core is not None and self.core.connected
+        )
 
     def ready(self) -> bool:
         """True only while serving and connected to NATS (read from any thread)."""
@@ -98,9 +106,20 @@ class Service:
             finally:
                 with trio.CancelScope(shield=True):
                     await snapshots.aclose()
+                    await self._stop_tracing()
                 outer.cancel_scope.cancel()
         self.state = "stopped"
         log.info("stopped (clean drain: %s)", self.clean_drain)
+
+    async def _stop_tracing(self) -> None:
+        """Export the last spans, within the export deadline (plus a second of slack)."""
+        tracing = self.tracing
+        if tracing is None:
+            return
+        with trio.move_on_after(tracing.timeout_s + 1) as scope:
+            await trio.to_thread.run_sync(tracing.shutdown, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            log.warning("tracing: the last spans were not exported in time")
 
     async def _run_on_island(
         self,
@@ -109,7 +128,9 @@ class Service:
         task_status: trio.TaskStatus[ServiceInfo],
     ) -> None:
         settings = self.settings
-        snapshotter = Snapshotter(snapshots, flush_timeout=settings.snapshot_flush_timeout_seconds)
+        snapshotter = Snapshotter(
+            snapshots, flush_timeout=settings.snapshot_flush_timeout_seconds, tracer=self.tracer
+        )
         self.metrics.set_snapshot_lag_source(lambda: snapshotter.stats.lag_seconds)
         self.metrics.set_snapshots_pending_source(lambda: snapshotter.stats.pending)
         core = IslandCore(
@@ -118,6 +139,7 @@ class Service:
             snapshots=snapshots,
             snapshot_sink=snapshotter,
             metrics=self.metrics,
+            tracer=self.tracer,
         )
         async with trio.open_nursery() as island_nursery:
             island = await island_nursery.start(self.island.serve)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from nats.aio.client import Client
+    from opentelemetry.trace import Tracer
 
     from aggregate.adapters.metrics import Metrics
     from aggregate.application.placement import PlacementChange
@@ -88,8 +89,10 @@ class IslandCore:
         snapshots: SnapshotStore,
         snapshot_sink: SnapshotSink,
         metrics: Metrics,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
+        self.tracer = tracer
         self.nats_url = nats_url
         self.snapshots = snapshots
         self.snapshot_sink = snapshot_sink
@@ -163,11 +166,15 @@ class IslandCore:
                 gate=self.gate,
                 settings=handler_settings(settings),
                 observer=self.metrics,
+                tracer=self.tracer,
             )
             handler = self.handler
             self.metrics.set_cache_size_source(lambda: len(handler.cache))
             self.server = CommandServer(
-                self.handler, GrpcOptions.from_settings(settings), observer=self.metrics
+                self.handler,
+                GrpcOptions.from_settings(settings),
+                observer=self.metrics,
+                tracer=self.tracer,
             )
             async with anyio.create_task_group() as tg:
                 await tg.start(self.controller.run, self.watcher.updates())

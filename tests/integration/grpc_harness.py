@@ -126,6 +126,12 @@ class RecordingObserver:
         assert seconds >= 0
         self._record(("finished", tenant_id, aggregate_type, outcome))
 
+    def read_finished(
+        self, method: str, tenant_id: str, aggregate_type: str, outcome: str, seconds: float
+    ) -> None:
+        assert seconds >= 0
+        self._record(("read", method, tenant_id, aggregate_type, outcome))
+
     def tenant_error(self, tenant_id: str, reason: str) -> None:
         self._record(("tenant_error", tenant_id, reason))
 

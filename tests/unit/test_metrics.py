@@ -165,3 +165,60 @@ def test_openmetrics_when_the_scraper_asks_for_it() -> None:
     body, content_type = metrics.render("application/openmetrics-text; version=1.0.0")
     assert content_type.startswith("application/openmetrics-text")
     assert body.rstrip().endswith(b"# EOF")
+
+
+def test_process_and_python_collectors_are_on_the_injected_registry() -> None:
+    s = scrape(Metrics(CollectorRegistry()))  # a fresh registry has none of its own
+    names = {name for name, _ in s}
+    for name in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "python_gc_collections_total",
+    ):
+        assert name in names, name
+    (info,) = [dict(labels) for name, labels in s if name == "python_info"]
+    assert info["implementation"] == "CPython"
+
+
+def test_build_info_carries_the_version() -> None:
+    s = scrape(Metrics(CollectorRegistry(), version="1.2.3"))
+    assert value(s, "aggregate_build_info", version="1.2.3") == 1
+    assert len([name for name, _ in s if name == "aggregate_build_info"]) == 1
+
+
+def test_nats_connected_is_read_at_each_scrape() -> None:
+    metrics = Metrics(CollectorRegistry())
+    connected = [True]
+    metrics.set_nats_connected_source(lambda: connected[0])
+    assert value(scrape(metrics), "aggregate_nats_connected") == 1
+    connected[0] = False
+    assert value(scrape(metrics), "aggregate_nats_connected") == 0
+
+
+def test_reads_are_counted_and_timed_by_method_type_tenant_and_outcome() -> None:
+    metrics = Metrics(CollectorRegistry(), aggregate_types={"account"})
+    metrics.read_finished("GetAggregate", "acme", "account", "ok", 0.002)
+    metrics.read_finished("GetAggregate", "acme", "account", "ok", 0.2)
+    metrics.read_finished("GetAggregate", "acme", "account", "not_found", 0.001)
+    metrics.read_finished("GetAggregate", "bad tenant", "nope", "invalid_argument", 0.001)
+    s = scrape(metrics)
+    labels = {"method": "GetAggregate", "aggregate_type": "account", "tenant_id": "acme"}
+    assert value(s, "aggregate_reads_total", **labels, outcome="ok") == 2
+    assert value(s, "aggregate_reads_total", **labels, outcome="not_found") == 1
+    assert value(s, "aggregate_read_duration_seconds_count", **labels) == 3
+    assert value(s, "aggregate_read_duration_seconds_bucket", **labels, le="0.005") == 2
+    bounded = {"method": "GetAggregate", "aggregate_type": "_unknown", "tenant_id": "_invalid"}
+    assert value(s, "aggregate_reads_total", **bounded, outcome="invalid_argument") == 1
+    untenanted = Metrics(CollectorRegistry(), tenant_labels=False)
+    untenanted.read_finished("GetAggregate", "acme", "account", "ok", 0.002)
+    assert (
+        value(
+            scrape(untenanted),
+            "aggregate_reads_total",
+            method="GetAggregate",
+            aggregate_type="account",
+            outcome="ok",
+        )
+        == 1
+    )

@@ -52,6 +52,7 @@ from h2.errors import ErrorCodes
 from h2.events import PingAckReceived
 
 from aggregate.adapters.grpc.service import CommandService, GrpcOptions
+from aggregate.adapters.grpc.tracing import traced
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection
@@ -63,6 +64,7 @@ if TYPE_CHECKING:
     from grpclib.protocol import AbstractHandler
     from grpclib.server import Stream
     from h2.config import H2Configuration
+    from opentelemetry.trace import Tracer
 
     from aggregate.application.handler import CommandHandler
     from aggregate.application.observe import CommandObserver
@@ -254,10 +256,14 @@ class _TrackedService:
         self._calls = calls
 
     def __mapping__(self) -> dict[str, Handler]:
-        return {
-            path: handler._replace(func=self._calls.tracked(handler.func))
-            for path, handler in self._service.__mapping__().items()
-        }
+        tracer = self._service.tracer
+        mapping = {}
+        for path, handler in self._service.__mapping__().items():
+            func = self._calls.tracked(handler.func)
+            if tracer is not None:  # outermost: refused and cut-off calls get spans too
+                func = traced(tracer, path, func)
+            mapping[path] = handler._replace(func=func)
+        return mapping
 
 
 class CommandServer:
@@ -274,9 +280,10 @@ class CommandServer:
         options: GrpcOptions | None = None,
         *,
         observer: CommandObserver | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.options = options or GrpcOptions()
-        self.service = CommandService(handler, self.options, observer=observer)
+        self.service = CommandService(handler, self.options, observer=observer, tracer=tracer)
         self.service.settle = self._settle_all
         self.readiness = ServiceStatus()
         self._calls = _CallTracker()

@@ -26,6 +26,7 @@ from aggregate.adapters.access_log import AccessLog
 from aggregate.adapters.grpc import convert
 from aggregate.adapters.grpc.convert import Failure
 from aggregate.adapters.grpc.streaming import CommandStream
+from aggregate.adapters.tracing import request_context
 from aggregate.application.observe import NoCommandObserver
 from aggregate.config.values import AccessLogMode
 from aggregate.domain.context import TENANT_HEADER, RequestContext
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
     from grpclib.metadata import Deadline
     from grpclib.server import Stream
+    from opentelemetry.trace import Tracer
 
     from aggregate.application.handler import CommandHandler
     from aggregate.application.observe import CommandObserver
@@ -117,11 +119,15 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         options: GrpcOptions,
         *,
         observer: CommandObserver | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.handler = handler
         self.options = options
         self.observer: CommandObserver = observer or NoCommandObserver()
         self.access_log = AccessLog(options.access_log, options.access_log_sample_every)
+        self.tracer = tracer
+        """Tracing on: the server wraps each method in a server span, and a call's context
+        takes its trace from that span (``aggregate.adapters.tracing``)."""
         self._in_flight = 0
         self._streams: set[CommandStream] = set()
         self._stopping = False
@@ -196,16 +202,23 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                     outcome = outcome_of(exc)
                     raise self.failure_of(exc, tenant_id, context).grpc_error() from None
             outcome = "ok"
+        except BaseException:
+            if outcome == "cancelled" and stream.deadline and not stream.deadline.time_remaining():
+                outcome = "deadline_exceeded"
+            raise
         finally:
+            type_label = self._type_label(request.aggregate_type)
+            seconds = time.perf_counter() - started
+            self.observer.read_finished("GetAggregate", tenant_id, type_label, outcome, seconds)
             if self.access_log.enabled:
                 self.access_log.write(
                     "GetAggregate",
                     tenant_id=tenant_id,
-                    aggregate_type=self._type_label(request.aggregate_type),
+                    aggregate_type=type_label,
                     aggregate_id=str(key.aggregate_id) if key is not None else None,
                     command_id=None,
                     outcome=outcome,
-                    seconds=time.perf_counter() - started,
+                    seconds=seconds,
                     context=context,
                 )
         await stream.send_message(convert.view_message(view))
@@ -327,6 +340,8 @@ class CommandService(aggregate_grpc.CommandServiceBase):
             stream.metadata.items() if stream.metadata is not None else None
         )
         context = RequestContext.from_headers(headers)
+        if self.tracer is not None:
+            context = request_context(context)
         await stream.send_initial_metadata(metadata=context.response_headers())
         try:
             tenant_id = convert.resolve_tenant(

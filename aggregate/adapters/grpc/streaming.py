@@ -26,6 +26,8 @@ from grpclib.exceptions import GRPCError
 
 from aggregate.adapters.grpc import convert
 from aggregate.adapters.grpc.convert import Failure
+from aggregate.adapters.grpc.tracing import command_span, record_outcome
+from aggregate.adapters.tracing import request_context
 
 if TYPE_CHECKING:
     from grpclib.server import Stream
@@ -128,9 +130,21 @@ class CommandStream:
     ) -> pb.SubmitCommandResult:
         if previous is not None:
             await asyncio.wait({previous})
-        outcome = await self._service.run_command(
-            request, self._tenant_id, self._context, self._stream.deadline, "SubmitCommands"
-        )
+        tracer = self._service.tracer
+        if tracer is None:
+            outcome = await self._service.run_command(
+                request, self._tenant_id, self._context, self._stream.deadline, "SubmitCommands"
+            )
+        else:
+            with command_span(tracer) as span:
+                outcome = await self._service.run_command(
+                    request,
+                    self._tenant_id,
+                    request_context(self._context),
+                    self._stream.deadline,
+                    "SubmitCommands",
+                )
+                record_outcome(span, outcome.code if isinstance(outcome, Failure) else "OK")
         if isinstance(outcome, Failure):
             return convert.error_result(outcome.code, outcome.message)
         return convert.ok_result(outcome)
