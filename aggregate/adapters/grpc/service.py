@@ -68,7 +68,9 @@ class GrpcOptions:
     ``stream_window`` bounds the commands outstanding (read but not yet answered) on one
     ``SubmitCommands`` stream; the server stops reading that stream until results go out.
     ``settle_timeout`` (seconds) bounds the drain's wait for each client to acknowledge
-    (HTTP/2 PING) the last responses before it gets GOAWAY.
+    (HTTP/2 PING) the last responses before it gets GOAWAY. ``max_message_bytes``,
+    ``max_header_list_bytes`` and ``max_concurrent_streams`` are the transport's limits
+    (``aggregate.adapters.grpc.transport``).
     """
 
     host: str = "127.0.0.1"
@@ -79,12 +81,26 @@ class GrpcOptions:
     default_tenant_id: str | None = None
     stream_window: int = 64
     settle_timeout: float = 1.0
+    max_message_bytes: int = 4_194_304
+    max_header_list_bytes: int = 16_384
+    max_concurrent_streams: int = 100
 
     def __post_init__(self) -> None:
         if not self.multi_tenant and self.default_tenant_id is None:
             object.__setattr__(self, "default_tenant_id", DEFAULT_TENANT)
-        if self.stream_window < 1 or self.max_in_flight < 1 or self.max_payload_bytes < 1:
-            raise ValueError("stream_window, max_in_flight and max_payload_bytes must be >= 1")
+        counts = (
+            self.stream_window,
+            self.max_in_flight,
+            self.max_payload_bytes,
+            self.max_message_bytes,
+            self.max_header_list_bytes,
+            self.max_concurrent_streams,
+        )
+        if min(counts) < 1:
+            raise ValueError(
+                "stream_window, max_in_flight and the max_*_bytes and max_concurrent_streams "
+                "limits must be >= 1"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings, *, stream_window: int = 64) -> GrpcOptions:
@@ -98,6 +114,9 @@ class GrpcOptions:
             multi_tenant=settings.multi_tenant,
             default_tenant_id=settings.default_tenant_id,
             stream_window=stream_window,
+            max_message_bytes=settings.max_message_bytes,
+            max_header_list_bytes=settings.grpc_max_header_list_bytes,
+            max_concurrent_streams=settings.grpc_max_concurrent_streams,
         )
 
 
