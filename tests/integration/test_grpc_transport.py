@@ -7,16 +7,22 @@ calls multiplexed on its connection go on; the server holds no more than its lim
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import grpc
+import h2.events
 import pytest
+from h2.config import H2Configuration
+from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
@@ -441,3 +447,69 @@ async def test_a_huge_announced_message_is_refused_before_it_is_buffered(
     growth = {name: (after[name] - before[name]) // 1024 for name in after}
     assert growth["VmRSS"] < 100, growth
     assert growth["VmHWM"] < 100, growth
+
+
+async def test_a_client_that_sends_pings_without_reading_is_not_read(
+    server: CommandServer,
+) -> None:
+    """h2 answers every PING by itself: a client that never reads must not make the server
+    buffer the answers without bound; once it reads again, its connection works."""
+    cap = 24 * MiB
+    for listening in server.server._server.sockets:  # type: ignore[union-attr]
+        # small kernel buffers on both ends keep what TCP itself holds (and the test) short
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock.connect(server.address)
+    client = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    sock.sendall(client.data_to_send())
+    sock.setblocking(False)
+    pings = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingpong"  # a PING frame
+    pending, sent, stopped_reading = memoryview(pings * 4096), 0, False
+    try:
+        with anyio.fail_after(120):
+            while sent < cap and not stopped_reading:
+                try:
+                    count = sock.send(pending)
+                except BlockingIOError:
+                    transports = [p.connection._transport for p in server._connections]
+                    stopped_reading = bool(transports) and not transports[0].is_reading()
+                else:
+                    sent, pending = sent + count, pending[count:] or memoryview(pings * 4096)
+                await anyio.lowlevel.checkpoint()  # the server runs on this loop
+            buffered = [
+                p.connection._transport.get_write_buffer_size() for p in server._connections
+            ]
+
+            # reading again: the rest of the PINGs are answered, then a call on the connection
+            ended = False
+            stream_id = client.get_next_available_stream_id()
+            client.send_headers(stream_id, grpc_headers(SUBMIT, [ACME]))
+            client.send_data(stream_id, frame(MESSAGE), end_stream=True)
+            out = bytes(pending) + client.data_to_send()
+            answer = RawResponse()
+            while not ended:
+                with contextlib.suppress(BlockingIOError):
+                    out = out[sock.send(out) :] if out else out
+                with contextlib.suppress(BlockingIOError):
+                    data = sock.recv(1 << 20)
+                    assert data, "the server closed the connection"
+                    for event in client.receive_data(data):
+                        if isinstance(event, h2.events.ResponseReceived):
+                            answer.headers = list(event.headers or ())
+                        elif isinstance(event, h2.events.TrailersReceived):
+                            answer.trailers = list(event.headers or ())
+                        elif isinstance(event, h2.events.DataReceived):
+                            answer.data += event.data or b""
+                        ended = ended or isinstance(event, h2.events.StreamEnded)
+                    out += client.data_to_send()
+                await anyio.lowlevel.checkpoint()
+    finally:
+        sock.close()
+    assert stopped_reading, f"the server read all {sent} bytes"
+    assert sent < cap
+    assert max(buffered) < MiB, buffered
+    assert opened(answer).version == 1

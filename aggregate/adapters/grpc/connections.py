@@ -5,7 +5,9 @@ connection. Each one is registered while open, can wait for a PING round trip (`
 and send GOAWAY (``goaway``) for ``CommandServer.drain``; it gives h2 the
 ``ResponseHeaderEncoder`` and installs the transport's handling of hostile input (limits,
 framing, bad headers: ``aggregate.adapters.grpc.transport``); its ``data_received`` sends
-h2's GOAWAY before an HTTP/2 connection error closes the connection.
+h2's GOAWAY before an HTTP/2 connection error closes the connection; it stops reading a
+client while what it sends that client is not being read (asyncio's write buffer is over
+its high-water mark).
 
 grpclib internals used here: the ``Server._protocol_factory`` override (to see
 connections), ``Connection._connection`` (the h2 state machine) and
@@ -68,6 +70,7 @@ class TrackedProtocol(H2Protocol):
         self._limits = limits
         self._pings: dict[bytes, asyncio.Future[None]] = {}
         self.socket: socket.socket | None = None
+        self._transport: asyncio.Transport | None = None
         self._hears_pings = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,6 +81,7 @@ class TrackedProtocol(H2Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.socket = sock
+        self._transport = cast("asyncio.Transport", transport)
         super().connection_made(transport)
         h2_connection = getattr(self.connection, "_connection", None)
         if isinstance(h2_connection, H2Connection):
@@ -115,6 +119,19 @@ class TrackedProtocol(H2Protocol):
         for event in events:
             self.processor.process(event)
         self.connection.flush()
+
+    def pause_writing(self) -> None:
+        # Stop reading a client that does not read what it is sent: h2 answers PING and
+        # SETTINGS frames by itself, so a client sending them without reading grew the write
+        # buffer without bound (40 MB of PINGs: 37 MB buffered). Reading resumes with writing.
+        super().pause_writing()
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._transport is not None:
+            self._transport.resume_reading()
 
     def _h2(self) -> H2Connection | None:
         """The connection's h2 state machine, unless it is closing (or grpclib changed)."""
