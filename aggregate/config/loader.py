@@ -156,6 +156,7 @@ def _check_relations(settings: Settings) -> None:
     pairs = (
         ("program_timeout_ms", "program_hard_timeout_ms"),
         ("retry_backoff_ms", "retry_backoff_max_ms"),
+        ("max_payload_bytes", "max_message_bytes"),
     )
     for low, high in pairs:
         low_value, high_value = getattr(settings, low), getattr(settings, high)

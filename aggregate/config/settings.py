@@ -324,6 +324,33 @@ class Settings:
             kind="int",
         ),
     )
+    # --- gRPC transport ---
+    max_message_bytes: int = field(
+        default=4_194_304,
+        metadata=_meta(
+            v.int_parser(1024, 2**32 - 1),
+            "Largest gRPC request message, bytes; refused from its length prefix, before it "
+            "is read: RESOURCE_EXHAUSTED. At least max_payload_bytes.",
+            kind="int",
+        ),
+    )
+    grpc_max_header_list_bytes: int = field(
+        default=16_384,
+        metadata=_meta(
+            v.int_parser(1024, 1_048_576),
+            "Largest request header list of a gRPC call, bytes (HTTP/2 accounting); larger: "
+            "RESOURCE_EXHAUSTED for that call.",
+            kind="int",
+        ),
+    )
+    grpc_max_concurrent_streams: int = field(
+        default=100,
+        metadata=_meta(
+            v.int_parser(1, 2**31 - 1),
+            "Calls open at once on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS).",
+            kind="int",
+        ),
+    )
     # --- lifecycle ---
     shutdown_timeout_ms: int = field(
         default=30_000, metadata=_ms("Grace for in-flight commands on shutdown.")

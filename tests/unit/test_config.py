@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from aggregate.adapters.grpc import GrpcOptions
 from aggregate.config import (
     EMBEDDED,
     Settings,
@@ -281,6 +282,9 @@ def test_valid_addresses(addr: str, bind: tuple[str, int]) -> None:
         ("SHUTDOWN_TIMEOUT_MS", "0", "must be positive"),
         ("SHUTDOWN_TIMEOUT_MS", "1.5", "expected an integer"),
         ("PROGRAM_MAX_MEMORY_MB", "10", "at least 64"),
+        ("MAX_MESSAGE_BYTES", "100", "at least 1024"),
+        ("GRPC_MAX_HEADER_LIST_BYTES", "2000000", "at most 1048576"),
+        ("GRPC_MAX_CONCURRENT_STREAMS", "0", "must be positive"),
         ("MULTI_TENANT", "maybe", "expected a boolean"),
         ("NATS_URL", "http://h:80", "scheme http://"),
         ("NATS_URL", "localhost:4222", "write e.g. nats://localhost:4222"),
@@ -430,6 +434,28 @@ def test_hard_timeout_below_soft_timeout(tmp_path: Path) -> None:
 def test_backoff_max_below_base() -> None:
     message = config_error({"AGGREGATE_RETRY_BACKOFF_MS": "900"})
     assert "retry_backoff_max_ms = 500 (default) is less than retry_backoff_ms = 900" in message
+
+
+def test_message_limit_below_payload_limit() -> None:
+    message = config_error({"AGGREGATE_MAX_MESSAGE_BYTES": "65536"})
+    assert "max_message_bytes = 65536 (environment variable" in message
+    assert "is less than max_payload_bytes = 1048576 (default)" in message
+
+
+def test_grpc_transport_limits_reach_the_grpc_options() -> None:
+    settings = load_settings(
+        {
+            "AGGREGATE_MAX_MESSAGE_BYTES": "2097152",
+            "AGGREGATE_GRPC_MAX_HEADER_LIST_BYTES": "8192",
+            "AGGREGATE_GRPC_MAX_CONCURRENT_STREAMS": "16",
+        }
+    )
+    options = GrpcOptions.from_settings(settings)
+    assert (options.max_message_bytes, options.max_header_list_bytes) == (2_097_152, 8192)
+    assert options.max_concurrent_streams == 16
+    defaults = GrpcOptions.from_settings(load_settings({}))
+    assert (defaults.max_message_bytes, defaults.max_header_list_bytes) == (4 * 1024 * 1024, 16_384)
+    assert defaults.max_concurrent_streams == 100
 
 
 # --- manifest files -------------------------------------------------------------------------

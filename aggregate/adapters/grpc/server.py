@@ -17,15 +17,19 @@ d. each accepted connection gets an HTTP/2 PING and, once the client acknowledge
    has processed the last responses), a GOAWAY; then it is closed, so clients reconnect
    elsewhere.
 
-grpclib internals this relies on (grpclib 0.4.x), all in ``_TrackedProtocol`` and
-``_DrainableServer``: the ``Server._protocol_factory`` override (to see connections),
-``Connection._connection`` (the h2 state machine, to send PING and GOAWAY, and to give it
-the ``_ResponseHeaderEncoder``) and ``EventsProcessor.processors`` (to hear PING
+grpclib internals this relies on (grpclib 0.4.x), all in ``TrackedProtocol`` and
+``DrainableServer`` (``aggregate.adapters.grpc.connections``): the
+``Server._protocol_factory`` override (to see connections), ``Connection._connection``
+(the h2 state machine, to send PING and GOAWAY, and to give it the
+``ResponseHeaderEncoder``) and ``EventsProcessor.processors`` (to hear PING
 acknowledgements). If they change, the drain degrades to closing connections without
 PING/GOAWAY and responses keep hpack's default encoder, rather than breaking the server;
 ``tests/integration/test_grpc_drain.py`` and ``test_grpc_api.py`` fail. The drain test's
 strict xfail runs the same scenario on plain ``Server.close()``: when grpclib is fixed, that
 test says so.
+
+The same connections carry the transport's handling of hostile input (limits, framing, bad
+headers: ``aggregate.adapters.grpc.transport``).
 """
 
 from __future__ import annotations
@@ -33,37 +37,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import h2.exceptions
-import hpack
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
-from grpclib.protocol import H2Protocol
 from grpclib.reflection.service import ServerReflection
-from grpclib.server import Server
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import PingAckReceived
 
+from aggregate.adapters.grpc.connections import SHUTTING_DOWN, DrainableServer, TrackedProtocol
 from aggregate.adapters.grpc.service import CommandService, GrpcOptions
 from aggregate.adapters.grpc.tracing import traced
+from aggregate.adapters.grpc.transport import TransportLimits
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection
-
     from anyio.abc import TaskStatus
-    from grpclib._typing import IServable, IServerMethodFunc
-    from grpclib.config import Configuration
+    from grpclib._typing import IServerMethodFunc
     from grpclib.const import Handler
-    from grpclib.protocol import AbstractHandler
-    from grpclib.server import Stream
-    from h2.config import H2Configuration
+    from grpclib.server import Server, Stream
     from opentelemetry.trace import Tracer
 
     from aggregate.application.handler import CommandHandler
@@ -71,140 +64,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SHUTTING_DOWN = "server is shutting down; retry on another node"
 CUT_OFF = (
     "server shut down before this call finished; its command may or may not have been "
     "applied: retry it with the same command_id on another node"
 )
-
-
-class _ResponseHeaderEncoder(hpack.Encoder):
-    """HPACK for the header blocks this server sends: no dynamic table, no Huffman coding.
-
-    Every response echoes a correlation id, a traceparent and a request id (DESIGN §8) that
-    are new on every call: indexing them only churns the table (a linear search and an
-    eviction per header) and Huffman-coding them costs more CPU than the quarter of their
-    bytes it saves. On the benchmark machine one response's headers and trailers take 36 µs
-    to encode this way against 113 µs with hpack's defaults, for ~50 more bytes. The size 0
-    is announced at the start of the first header block (RFC 7541 §6.3), so the client's
-    decoder agrees; a later ``SETTINGS_HEADER_TABLE_SIZE`` from the client only bounds the
-    table this side may use, and it keeps using none.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        hpack.Encoder.header_table_size.fset(self, 0)  # type: ignore[attr-defined]
-
-    @property
-    def header_table_size(self) -> int:
-        return self.header_table.maxsize
-
-    @header_table_size.setter
-    def header_table_size(self, value: int) -> None:
-        pass  # the client's SETTINGS: the table stays empty
-
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        return super().encode(headers, huffman=False)
-
-
-class _TrackedProtocol(H2Protocol):
-    """grpclib's server connection protocol, registered in a set while it is open, that
-    can wait for a PING round trip (``settle``) and send GOAWAY (``goaway``)."""
-
-    def __init__(
-        self,
-        handler: AbstractHandler,
-        config: Configuration,
-        h2_config: H2Configuration,
-        registry: set[_TrackedProtocol],
-    ) -> None:
-        super().__init__(handler, config, h2_config)
-        self._registry = registry
-        self._pings: dict[bytes, asyncio.Future[None]] = {}
-        self.socket: socket.socket | None = None
-        self._hears_pings = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # asyncio only turns Nagle off for sockets created with proto=IPPROTO_TCP, and the
-        # listening socket from socket.create_server has proto=0: without this every
-        # response waits for the client's delayed ACK (~40 ms on Linux loopback).
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.socket = sock
-        super().connection_made(transport)
-        h2_connection = getattr(self.connection, "_connection", None)
-        if isinstance(h2_connection, H2Connection):
-            h2_connection.encoder = _ResponseHeaderEncoder()
-        processors = getattr(self.processor, "processors", None)
-        if isinstance(processors, dict) and PingAckReceived in processors:
-            on_ack = cast("Callable[[PingAckReceived], None]", processors[PingAckReceived])
-
-            def on_ping_ack(event: PingAckReceived) -> None:
-                on_ack(event)
-                waiter = self._pings.pop(event.ping_data, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
-
-            processors[PingAckReceived] = on_ping_ack
-            self._hears_pings = True
-        self._registry.add(self)
-
-    def _h2(self) -> H2Connection | None:
-        """The connection's h2 state machine, unless it is closing (or grpclib changed)."""
-        if self.connection.is_closing():
-            return None
-        h2_connection = getattr(self.connection, "_connection", None)
-        return h2_connection if isinstance(h2_connection, H2Connection) else None
-
-    async def settle(self) -> None:
-        """Wait for a PING round trip. Once the client acknowledges it, it has processed
-        every frame sent before: the GOAWAY that follows cannot overtake the last responses
-        in the client (grpclib's client fails every stream of a connection on GOAWAY, even
-        streams whose response it has received but not yet handed to the caller)."""
-        h2_connection = self._h2()
-        if h2_connection is None or not self._hears_pings:
-            return
-        data = os.urandom(8)
-        waiter = self._pings[data] = asyncio.get_running_loop().create_future()
-        h2_connection.ping(data)
-        self.connection.flush()
-        try:
-            await waiter
-        finally:
-            self._pings.pop(data, None)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._registry.discard(self)
-        for waiter in self._pings.values():
-            if not waiter.done():
-                waiter.set_result(None)
-        super().connection_lost(exc)
-
-    def goaway(self) -> None:
-        """Send GOAWAY (no error; last stream = the last one the client opened), then close
-        the connection: its remaining streams end, the client reconnects elsewhere."""
-        h2_connection = self._h2()
-        if h2_connection is not None:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                h2_connection.close_connection(
-                    error_code=ErrorCodes.NO_ERROR, additional_data=SHUTTING_DOWN.encode()
-                )
-            self.connection.flush()
-        self.processor.close(SHUTTING_DOWN)
-        self._registry.discard(self)
-
-
-class _DrainableServer(Server):
-    """grpclib's ``Server``, remembering its open connections for the drain's GOAWAY."""
-
-    def __init__(self, handlers: Collection[IServable], connections: set[_TrackedProtocol]):
-        super().__init__(handlers)
-        self.connections = connections
-
-    def _protocol_factory(self) -> H2Protocol:
-        plain = super()._protocol_factory()
-        return _TrackedProtocol(plain.handler, plain.config, plain.h2_config, self.connections)
 
 
 class _CallTracker:
@@ -287,8 +150,8 @@ class CommandServer:
         self.service.settle = self._settle_all
         self.readiness = ServiceStatus()
         self._calls = _CallTracker()
-        self._connections: set[_TrackedProtocol] = set()
-        self._server: _DrainableServer | None = None
+        self._connections: set[TrackedProtocol] = set()
+        self._server: DrainableServer | None = None
         self._address: tuple[str, int] | None = None
         self._drain: asyncio.Task[bool] | None = None
         self._stopped = asyncio.Event()
@@ -326,9 +189,14 @@ class CommandServer:
         if self._server is not None:
             raise RuntimeError("the gRPC server is already started")
         health = Health({self.service: [self.readiness]})
-        server = _DrainableServer(
+        server = DrainableServer(
             ServerReflection.extend([_TrackedService(self.service, self._calls), health]),
             self._connections,
+            TransportLimits(
+                max_message_bytes=self.options.max_message_bytes,
+                max_header_list_bytes=self.options.max_header_list_bytes,
+                max_concurrent_streams=self.options.max_concurrent_streams,
+            ),
         )
         sock = await _listening_socket(self.options.host, self.options.port)
         try:

@@ -73,7 +73,9 @@ class GrpcOptions:
     ``SubmitCommands`` stream; the server stops reading that stream until results go out.
     ``settle_timeout`` (seconds) bounds the drain's wait for each client to acknowledge
     (HTTP/2 PING) the last responses before it gets GOAWAY. ``access_log`` and
-    ``access_log_sample_every``: see ``aggregate.adapters.access_log``.
+    ``access_log_sample_every``: see ``aggregate.adapters.access_log``. ``max_message_bytes``,
+    ``max_header_list_bytes`` and ``max_concurrent_streams`` are the transport's limits
+    (``aggregate.adapters.grpc.transport``).
     """
 
     host: str = "127.0.0.1"
@@ -86,12 +88,26 @@ class GrpcOptions:
     settle_timeout: float = 1.0
     access_log: AccessLogMode = AccessLogMode.OFF
     access_log_sample_every: int = 100
+    max_message_bytes: int = 4_194_304
+    max_header_list_bytes: int = 16_384
+    max_concurrent_streams: int = 100
 
     def __post_init__(self) -> None:
         if not self.multi_tenant and self.default_tenant_id is None:
             object.__setattr__(self, "default_tenant_id", DEFAULT_TENANT)
-        if self.stream_window < 1 or self.max_in_flight < 1 or self.max_payload_bytes < 1:
-            raise ValueError("stream_window, max_in_flight and max_payload_bytes must be >= 1")
+        counts = (
+            self.stream_window,
+            self.max_in_flight,
+            self.max_payload_bytes,
+            self.max_message_bytes,
+            self.max_header_list_bytes,
+            self.max_concurrent_streams,
+        )
+        if min(counts) < 1:
+            raise ValueError(
+                "stream_window, max_in_flight and the max_*_bytes and max_concurrent_streams "
+                "limits must be >= 1"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings, *, stream_window: int = 64) -> GrpcOptions:
@@ -107,6 +123,9 @@ class GrpcOptions:
             stream_window=stream_window,
             access_log=settings.access_log,
             access_log_sample_every=settings.access_log_sample_every,
+            max_message_bytes=settings.max_message_bytes,
+            max_header_list_bytes=settings.grpc_max_header_list_bytes,
+            max_concurrent_streams=settings.grpc_max_concurrent_streams,
         )
 
 
