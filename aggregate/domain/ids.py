@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from aggregate.domain.errors import InvalidArgumentError
+from aggregate.domain.errors import InvalidArgumentError, quote
 
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DEFAULT_TENANT = "_default"
@@ -30,7 +30,7 @@ def validate_tenant_id(value: str) -> str:
     """
     if not isinstance(value, str) or not TOKEN_PATTERN.fullmatch(value):
         raise InvalidArgumentError(
-            f"tenant id {value!r} is invalid: use 1-64 characters of A-Z a-z 0-9 _ -"
+            f"tenant id {quote(value)} is invalid: use 1-64 characters of A-Z a-z 0-9 _ -"
         )
     return value
 
@@ -43,7 +43,7 @@ def validate_aggregate_type(value: str) -> str:
     """
     if not isinstance(value, str) or not TOKEN_PATTERN.fullmatch(value):
         raise InvalidArgumentError(
-            f"aggregate type {value!r} is invalid: use 1-64 characters of A-Z a-z 0-9 _ -"
+            f"aggregate type {quote(value)} is invalid: use 1-64 characters of A-Z a-z 0-9 _ -"
         )
     return value
 
@@ -57,7 +57,7 @@ def parse_uuid(value: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except (ValueError, TypeError, AttributeError):
-        raise InvalidArgumentError(f"{what} {value!r} is not a UUID") from None
+        raise InvalidArgumentError(f"{what} {quote(value)} is not a UUID") from None
 
 
 _v7_lock = threading.Lock()

@@ -43,12 +43,22 @@ def outcome_of(exc: BaseException | None) -> str:
     return "ok" if exc is None else status_of(exc)[0].lower()
 
 
+_SEE_LOG = "see the service log for this request's correlation id"
+
+
 def public_message(exc: BaseException) -> str:
-    """What a client may be told: the error's own message, except for INTERNAL errors,
-    whose details (stack, internals) stay in the logs."""
+    """What a client may be told, at most ``MAX_MESSAGE_BYTES``: the error's own message
+    (whose client input is quoted, STYLE 23), except for INTERNAL errors, whose details
+    stay in the logs. A program error names the program and the line and column it failed
+    at, not its message: that holds program source, file paths and values the program was
+    handed, some of them the client's."""
     name, _ = status_of(exc)
-    if name == "INTERNAL" and not isinstance(exc, e.ProgramError):
-        return "internal error; see the service log for this request's correlation id"
+    if isinstance(exc, e.ProgramError):
+        where = f" at line {exc.line}, column {exc.column}" if exc.line is not None else ""
+        which = f"the program of aggregate type {exc.program}" if exc.program else "a program"
+        return e.bound_message(f"{which} failed{where}; {_SEE_LOG}")
+    if name == "INTERNAL":
+        return f"internal error; {_SEE_LOG}"
     if isinstance(exc, e.AggregateError):
-        return exc.message
-    return str(exc) or type(exc).__name__
+        return e.bound_message(exc.message)
+    return e.bound_message(str(exc) or type(exc).__name__)
