@@ -34,7 +34,7 @@ from aggregate.domain.errors import (
     TenantAccessDeniedError,
     TenantUnavailableError,
 )
-from aggregate.domain.ids import DEFAULT_TENANT
+from aggregate.domain.ids import DEFAULT_TENANT, canonical_uuid_text
 from aggregate.domain.status import outcome_of, public_message, status_of
 from aggregate.gateway.v1 import aggregate_grpc
 from aggregate.logcontext import log_context
@@ -200,7 +200,8 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         type_label = self._type_label(request.aggregate_type)
         self.observer.command_started(tenant_id, type_label)
         outcome = "cancelled"
-        command_id: str | None = request.command_id or None
+        # Logged only in its canonical form: a malformed id is the client's text, unbounded.
+        command_id = canonical_uuid_text(request.command_id)
         try:
             with log_context(
                 tenant_id=tenant_id,
