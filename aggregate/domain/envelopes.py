@@ -20,6 +20,7 @@ from aggregate.domain.errors import (
     quote,
 )
 from aggregate.domain.ids import AggregateKey, canonical_uuid, uuid7
+from aggregate.domain.json_input import DEFAULT_MAX_DEPTH, DEFAULT_MAX_INT_DIGITS, loads_json
 
 if TYPE_CHECKING:
     import uuid
@@ -70,16 +71,21 @@ class Command:
         return str(self.payload["type"])
 
 
-def parse_command_payload(payload_json: str | bytes) -> JsonObject:
-    """Decode a command payload: a JSON object with a non-empty string ``type``.
+def parse_command_payload(
+    payload_json: str | bytes,
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_int_digits: int = DEFAULT_MAX_INT_DIGITS,
+) -> JsonObject:
+    """Decode a command payload: a JSON object with a non-empty string ``type``, within the
+    bounds of ``loads_json``.
 
     Raises:
-        InvalidArgumentError: not JSON, not an object, or no string ``type``.
+        InvalidArgumentError: not JSON, out of bounds, not an object, or no string ``type``.
     """
-    try:
-        value = json.loads(payload_json)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError(f"payload_json is not valid JSON: {exc}") from None
+    value = loads_json(
+        payload_json, what="payload_json", max_depth=max_depth, max_int_digits=max_int_digits
+    )
     if not isinstance(value, dict):
         raise InvalidArgumentError("payload_json must be a JSON object")
     kind = value.get("type")

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
@@ -68,7 +68,8 @@ class GrpcOptions:
     ``stream_window`` bounds the commands outstanding (read but not yet answered) on one
     ``SubmitCommands`` stream; the server stops reading that stream until results go out.
     ``settle_timeout`` (seconds) bounds the drain's wait for each client to acknowledge
-    (HTTP/2 PING) the last responses before it gets GOAWAY.
+    (HTTP/2 PING) the last responses before it gets GOAWAY. ``request_limits`` bound the
+    payload's JSON and the metadata map of every command.
     """
 
     host: str = "127.0.0.1"
@@ -79,6 +80,7 @@ class GrpcOptions:
     default_tenant_id: str | None = None
     stream_window: int = 64
     settle_timeout: float = 1.0
+    request_limits: convert.RequestLimits = field(default_factory=convert.RequestLimits)
 
     def __post_init__(self) -> None:
         if not self.multi_tenant and self.default_tenant_id is None:
@@ -98,6 +100,14 @@ class GrpcOptions:
             multi_tenant=settings.multi_tenant,
             default_tenant_id=settings.default_tenant_id,
             stream_window=stream_window,
+            request_limits=convert.RequestLimits(
+                max_json_depth=settings.max_json_depth,
+                max_json_int_digits=settings.max_json_int_digits,
+                max_metadata_entries=settings.max_metadata_entries,
+                max_metadata_key_bytes=settings.max_metadata_key_bytes,
+                max_metadata_value_bytes=settings.max_metadata_value_bytes,
+                max_metadata_bytes=settings.max_metadata_bytes,
+            ),
         )
 
 
@@ -215,6 +225,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                         tenant_id=tenant_id,
                         context=context,
                         max_payload_bytes=self.options.max_payload_bytes,
+                        limits=self.options.request_limits,
                     )
                     # Bind the id only when the server made it: a client's is bound above.
                     generated = (
