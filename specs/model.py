@@ -21,9 +21,11 @@ from aggregate.domain.errors import (
     CommandIdTooOldError,
     CommandRejectedError,
     ExpectedVersionMismatchError,
+    InvalidArgumentError,
     UnknownAggregateTypeError,
 )
 from aggregate.domain.ids import uuid7_timestamp_ms
+from specs import boundary
 from specs.bank import Rejection
 
 Decide = Callable[[dict[str, Any], dict[str, Any]], "list[dict[str, Any]] | Rejection"]
@@ -130,6 +132,17 @@ class Model:
         result = ModelResult(agg.version, tuple(events), duplicate=False)
         agg.results[command_id] = result
         return result
+
+    def submit_request(
+        self, tenant: str, kind: str, aggregate_id: str, command_id: str, payload_json: str
+    ) -> ModelResult | type[AggregateError]:
+        """``submit`` for the text fields of a request: refused as a whole (nothing
+        changes, no program runs) unless ``specs.boundary`` takes every field."""
+        parsed = boundary.request(aggregate_id, command_id, payload_json)
+        if parsed is None:
+            return InvalidArgumentError
+        aggregate, command, payload = parsed
+        return self.submit((tenant, kind, aggregate), command, payload)
 
     def view(self, key: Key) -> tuple[int, dict[str, Any]] | None:
         """(version, state) of an aggregate with events, or None."""

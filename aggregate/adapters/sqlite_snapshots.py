@@ -20,7 +20,6 @@ import logging
 import os
 import sqlite3
 import threading
-import uuid
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from aggregate.domain.errors import (
     InvalidArgumentError,
 )
 from aggregate.domain.history import FrozenHistory
-from aggregate.domain.ids import AggregateKey
+from aggregate.domain.ids import AggregateKey, canonical_uuid
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -115,7 +114,10 @@ def decode_row(row: tuple[Any, ...]) -> Snapshot:
             raise ValueError("negative version or stream sequence")
         if not all(isinstance(v, str) for v in (tenant_id, aggregate_type, state, history)):
             raise TypeError("text columns hold non-text values")
-        key = AggregateKey(tenant_id, aggregate_type, uuid.UUID(aggregate_id))
+        parsed_id = canonical_uuid(aggregate_id)
+        if parsed_id is None:
+            raise ValueError("aggregate_id is not a UUID in the canonical form")
+        key = AggregateKey(tenant_id, aggregate_type, parsed_id)
         state_value = json.loads(state)
         if not isinstance(state_value, dict):
             raise TypeError("state is not a JSON object")

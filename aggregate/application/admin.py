@@ -8,12 +8,12 @@ request or raise ``InvalidArgumentError`` with a message an operator can act on.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
-from aggregate.domain.errors import InvalidArgumentError
+from aggregate.domain.errors import InvalidArgumentError, quote, quote_list
 from aggregate.domain.ids import validate_tenant_id
+from aggregate.domain.json_input import loads_json
 from aggregate.domain.placement import validate_placement
 
 if TYPE_CHECKING:
@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 MAX_DRAIN_TIMEOUT_MS = 3_600_000
 """Longest wait an admin drain may ask for (one hour); longer asks are refused."""
+MAX_BODY_DEPTH = 8
+"""Deepest nesting of an admin request body (the deepest valid one nests 2 levels)."""
+MAX_BODY_INT_DIGITS = 20
+"""Most digits of an integer in an admin request body (a timeout in milliseconds)."""
 
 LOG_LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")
 
@@ -134,16 +138,16 @@ def parse_json_object(body: bytes, *, allow_empty: bool) -> dict[str, object]:
     """Decode a request body that must be a JSON object (``{}`` when empty and allowed).
 
     Raises:
-        InvalidArgumentError: not UTF-8 JSON, or not an object.
+        InvalidArgumentError: not UTF-8 JSON, nested deeper than ``MAX_BODY_DEPTH``, an
+            integer longer than ``MAX_BODY_INT_DIGITS``, or not an object.
     """
     if not body.strip():
         if allow_empty:
             return {}
         raise InvalidArgumentError("request body is empty: send a JSON object")
-    try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgumentError(f"request body is not valid JSON: {exc}") from None
+    value = loads_json(
+        body, what="request body", max_depth=MAX_BODY_DEPTH, max_int_digits=MAX_BODY_INT_DIGITS
+    )
     if not isinstance(value, dict):
         raise InvalidArgumentError(
             f"request body must be a JSON object, got {type(value).__name__}"
@@ -155,8 +159,7 @@ def _check_keys(body: Mapping[str, object], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(body) - set(allowed))
     if unknown:
         raise InvalidArgumentError(
-            f"unknown field(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(allowed) or 'none'}"
+            f"unknown field(s) {quote_list(unknown)}; allowed: {', '.join(allowed) or 'none'}"
         )
 
 
@@ -166,7 +169,7 @@ def _timeout_s(body: Mapping[str, object], default_s: float) -> float:
         return default_s
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
         raise InvalidArgumentError(
-            f"timeout_ms must be a non-negative integer of milliseconds, got {raw!r}"
+            f"timeout_ms must be a non-negative integer of milliseconds, got {quote(raw)}"
         )
     if raw > MAX_DRAIN_TIMEOUT_MS:
         raise InvalidArgumentError(f"timeout_ms must be at most {MAX_DRAIN_TIMEOUT_MS}, got {raw}")
@@ -175,7 +178,7 @@ def _timeout_s(body: Mapping[str, object], default_s: float) -> float:
 
 def _tenant(value: object, where: str) -> str:
     if not isinstance(value, str):
-        raise InvalidArgumentError(f"{where} must be a string tenant id, got {value!r}")
+        raise InvalidArgumentError(f"{where} must be a string tenant id, got {quote(value)}")
     try:
         return validate_tenant_id(value)
     except InvalidArgumentError as exc:
@@ -227,7 +230,8 @@ def parse_reload(body: bytes) -> ReloadRequest:
             return ReloadRequest(None, None)
         if not isinstance(raw, list):
             raise InvalidArgumentError(
-                f"hosted_tenants must be a list of tenant ids (or null to allow all), got {raw!r}"
+                "hosted_tenants must be a list of tenant ids (or null to allow all), "
+                f"got {quote(raw)}"
             )
         tenants = [_tenant(item, f"hosted_tenants[{i}]") for i, item in enumerate(raw)]
         return ReloadRequest(sorted(set(tenants)), None)

@@ -15,6 +15,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aggregate.config import values as v
 from aggregate.domain.ids import DEFAULT_TENANT
+from aggregate.domain.json_input import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_INT_DIGITS,
+    MAX_DEPTH_LIMIT,
+    MAX_INT_DIGITS_LIMIT,
+)
 from aggregate.domain.manifest import Isolation, Language, Manifest
 
 if TYPE_CHECKING:
@@ -315,6 +321,40 @@ class Settings:
     max_payload_bytes: int = field(
         default=1_048_576,
         metadata=_meta(v.int_parser(1), "Largest accepted command payload, bytes.", kind="int"),
+    )
+    max_json_depth: int = field(
+        default=DEFAULT_MAX_DEPTH,
+        metadata=_meta(
+            v.int_parser(1, MAX_DEPTH_LIMIT),
+            "Deepest nesting of arrays and objects in a payload; deeper: INVALID_ARGUMENT.",
+            kind="int",
+        ),
+    )
+    max_json_int_digits: int = field(
+        default=DEFAULT_MAX_INT_DIGITS,
+        metadata=_meta(
+            v.int_parser(1, MAX_INT_DIGITS_LIMIT),
+            "Most digits of one integer in a payload; more: INVALID_ARGUMENT.",
+            kind="int",
+        ),
+    )
+    max_metadata_entries: int = field(
+        default=64,
+        metadata=_meta(v.int_parser(0), "Most entries of a command's metadata map.", kind="int"),
+    )
+    max_metadata_key_bytes: int = field(
+        default=128,
+        metadata=_meta(v.int_parser(1), "Longest metadata key, UTF-8 bytes.", kind="int"),
+    )
+    max_metadata_value_bytes: int = field(
+        default=1024,
+        metadata=_meta(v.int_parser(0), "Longest metadata value, UTF-8 bytes.", kind="int"),
+    )
+    max_metadata_bytes: int = field(
+        default=16_384,
+        metadata=_meta(
+            v.int_parser(0), "Most bytes of all metadata keys and values together.", kind="int"
+        ),
     )
     max_in_flight: int = field(
         default=1024,

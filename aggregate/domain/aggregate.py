@@ -20,7 +20,7 @@ from aggregate.domain.envelopes import (
     events_from_decision,
     utc_now_rfc3339,
 )
-from aggregate.domain.errors import CorruptDataError, TenantAccessDeniedError
+from aggregate.domain.errors import CorruptDataError, TenantAccessDeniedError, quote
 from aggregate.domain.history import CommandHistory, FrozenHistory, HistoryEntry
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class AggregateInstance:
         if snapshot.key.tenant_id != key.tenant_id:
             raise TenantAccessDeniedError(
                 f"snapshot read under tenant {key.tenant_id!r} belongs to tenant "
-                f"{snapshot.key.tenant_id!r}"
+                f"{quote(snapshot.key.tenant_id)}"
             )
         if snapshot.key != key:
             raise CorruptDataError(f"snapshot of {snapshot.key} was read under {key}")
@@ -160,7 +160,7 @@ class AggregateInstance:
         """
         if record.key.tenant_id != self.key.tenant_id:
             raise TenantAccessDeniedError(
-                f"record of tenant {record.key.tenant_id!r} offered to {self.key}"
+                f"record of tenant {quote(record.key.tenant_id)} offered to {self.key}"
             )
         if record.key != self.key:
             raise CorruptDataError(f"record of {record.key} offered to {self.key}")

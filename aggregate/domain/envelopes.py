@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +17,13 @@ from aggregate.domain.errors import (
     CorruptDataError,
     InvalidArgumentError,
     TenantAccessDeniedError,
+    quote,
 )
-from aggregate.domain.ids import AggregateKey, uuid7
+from aggregate.domain.ids import AggregateKey, canonical_uuid, uuid7
+from aggregate.domain.json_input import DEFAULT_MAX_DEPTH, DEFAULT_MAX_INT_DIGITS, loads_json
 
 if TYPE_CHECKING:
+    import uuid
     from collections.abc import Mapping, Sequence
 
 JsonObject = dict[str, Any]
@@ -41,6 +43,18 @@ def dumps(value: Any) -> bytes:
     return _ENCODER.encode(value).encode()
 
 
+def _stored_uuid(value: object) -> uuid.UUID:
+    """An id read back from stored data: the service writes only the canonical form.
+
+    Raises:
+        ValueError: anything else (callers turn it into ``CorruptDataError``).
+    """
+    parsed = canonical_uuid(value)
+    if parsed is None:
+        raise ValueError(f"{quote(value)} is not a UUID in the canonical form")
+    return parsed
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
     """A command for one aggregate; ``payload`` is a JSON object with a string ``type``."""
@@ -57,16 +71,21 @@ class Command:
         return str(self.payload["type"])
 
 
-def parse_command_payload(payload_json: str | bytes) -> JsonObject:
-    """Decode a command payload: a JSON object with a non-empty string ``type``.
+def parse_command_payload(
+    payload_json: str | bytes,
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    max_int_digits: int = DEFAULT_MAX_INT_DIGITS,
+) -> JsonObject:
+    """Decode a command payload: a JSON object with a non-empty string ``type``, within the
+    bounds of ``loads_json``.
 
     Raises:
-        InvalidArgumentError: not JSON, not an object, or no string ``type``.
+        InvalidArgumentError: not JSON, out of bounds, not an object, or no string ``type``.
     """
-    try:
-        value = json.loads(payload_json)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError(f"payload_json is not valid JSON: {exc}") from None
+    value = loads_json(
+        payload_json, what="payload_json", max_depth=max_depth, max_int_digits=max_int_digits
+    )
     if not isinstance(value, dict):
         raise InvalidArgumentError("payload_json must be a JSON object")
     kind = value.get("type")
@@ -111,14 +130,14 @@ class Event:
             if not isinstance(payload, dict):
                 raise TypeError
             return cls(
-                event_id=uuid.UUID(value["event_id"]),
+                event_id=_stored_uuid(value["event_id"]),
                 event_type=event_type,
                 version=version,
                 payload=payload,
                 timestamp=str(value.get("timestamp", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptDataError(f"malformed event: {exc!r}") from None
+            raise CorruptDataError(f"malformed event: {exc}") from None
 
 
 def events_from_decision(
@@ -138,7 +157,7 @@ def events_from_decision(
             or not value["type"]
         ):
             raise InvalidArgumentError(
-                f"decide returned event #{offset} {value!r}: each event must be an object "
+                f"decide returned event #{offset} {quote(value)}: each event must be an object "
                 'with a non-empty string "type"'
             )
         payload = {k: v for k, v in value.items() if k != "type"}
@@ -211,18 +230,18 @@ class CommandRecord:
         """
         try:
             value = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise CorruptDataError(f"message of {expected_key} is not JSON: {exc}") from None
         if not isinstance(value, dict):
             raise CorruptDataError(f"message of {expected_key} is not a JSON object")
         if value.get("tenant_id") != expected_key.tenant_id:
             raise TenantAccessDeniedError(
                 f"message read under tenant {expected_key.tenant_id!r} belongs to tenant "
-                f"{value.get('tenant_id')!r}"
+                f"{quote(value.get('tenant_id'))}"
             )
         try:
             key = AggregateKey(
-                value["tenant_id"], value["aggregate_type"], uuid.UUID(value["aggregate_id"])
+                value["tenant_id"], value["aggregate_type"], _stored_uuid(value["aggregate_id"])
             )
             events_json = value["events"]
             first_version = value["first_version"]
@@ -232,14 +251,14 @@ class CommandRecord:
                 raise TypeError("first_version must be a positive integer")
             record = cls(
                 key=key,
-                command_id=uuid.UUID(value["command_id"]),
+                command_id=_stored_uuid(value["command_id"]),
                 correlation_id=str(value.get("correlation_id", "")),
                 trace_id=str(value.get("trace_id", "")),
                 first_version=first_version,
                 events=tuple(Event.from_json(e) for e in events_json),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CorruptDataError(f"malformed message of {expected_key}: {exc!r}") from None
+            raise CorruptDataError(f"malformed message of {expected_key}: {exc}") from None
         if key != expected_key:
             raise CorruptDataError(f"message of {key} was read under {expected_key}")
         for offset, event in enumerate(record.events):

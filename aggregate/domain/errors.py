@@ -3,9 +3,92 @@
 Each subclass names a condition; adapters translate library exceptions into these at the
 boundary (STYLE 9), and one table (``aggregate.domain.status``) maps them to gRPC status and
 HTTP codes.
+
+Messages quote, never echo (STYLE 23): whatever a client sent is shown through ``quote``
+(a short prefix), and no message a client sees is longer than ``MAX_MESSAGE_BYTES``.
 """
 
 from __future__ import annotations
+
+import re
+import reprlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+QUOTE_CHARS = 64
+"""How much of a client's value an error message shows (``quote``): a whole tenant id, type
+name or UUID, never more."""
+
+MAX_MESSAGE_BYTES = 1024
+"""The longest message (UTF-8 bytes) a client is sent with an error status, rejection reasons
+included. gRPC percent-encodes ``grpc-message`` (up to 3 bytes per byte): 1 KiB stays well
+inside the 8 KiB metadata limit clients such as grpcio apply by default, so the status the
+client sees is the one the service chose."""
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _ShortRepr(reprlib.Repr):
+    """``reprlib`` with small limits, and no ``repr`` of huge integers (which fails past
+    Python's 4,300-digit conversion limit, and costs quadratic time before that)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 2
+        self.maxdict = self.maxlist = self.maxtuple = self.maxset = 4
+        self.maxstring = self.maxother = self.maxlong = QUOTE_CHARS
+
+    def repr_int(self, x: int, level: int) -> str:
+        bits = x.bit_length()
+        return f"<int of {bits} bits>" if bits > 1024 else super().repr_int(x, level)
+
+
+_SHORT_REPR = _ShortRepr()
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """How an error message shows a value the client sent: its ``repr`` when it has at most
+    ``limit`` characters, else the ``repr`` of its first ``limit`` characters followed by
+    ``…(N chars)``. Non-strings get a shortened ``repr`` (a few items, short leaves).
+
+    ``repr`` escapes control characters and lone surrogates, so the result is always
+    printable text that encodes to UTF-8.
+    """
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}…({len(value)} chars)"
+    text = _SHORT_REPR.repr(value)
+    return text if len(text) <= 4 * limit else f"{text[: 4 * limit]}…"
+
+
+def quote_list(values: Iterable[object], *, limit: int = 10) -> str:
+    """At most ``limit`` values through ``quote``, comma-separated, then ``and N more``."""
+    items = list(values)
+    shown = ", ".join(quote(v) for v in items[:limit])
+    return f"{shown} and {len(items) - limit} more" if len(items) > limit else shown
+
+
+def bound_message(text: str, max_bytes: int = MAX_MESSAGE_BYTES) -> str:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes (at a character boundary), ending
+    with ``…(N chars)`` when cut; lone surrogates (which cannot be sent) become U+FFFD."""
+    if text.isascii():
+        if len(text) <= max_bytes:
+            return text
+    else:
+        try:
+            size = len(text.encode())
+        except UnicodeEncodeError:
+            text = _SURROGATE.sub("\ufffd", text)
+            size = len(text.encode())
+        if size <= max_bytes:
+            return text
+    marker = f"…({len(text)} chars)"
+    room = max_bytes - len(marker.encode())
+    return text[:room].encode()[:room].decode("utf-8", "ignore") + marker
 
 
 class AggregateError(Exception):
@@ -26,6 +109,15 @@ class ConfigError(AggregateError):
 
 class UnknownAggregateTypeError(InvalidArgumentError):
     """Raised when a command names an aggregate type that is not configured."""
+
+    @classmethod
+    def of(cls, name: str, configured: Iterable[str]) -> UnknownAggregateTypeError:
+        """The error for ``name``, listing the configured types (the first ten)."""
+        names = sorted(configured)
+        known = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        return cls(
+            f"aggregate type {quote(name)} is not configured; configured types: {known or 'none'}"
+        )
 
 
 class AggregateNotFoundError(AggregateError):

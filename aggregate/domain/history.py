@@ -16,8 +16,8 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aggregate.domain.errors import CommandIdTooOldError, CorruptDataError
-from aggregate.domain.ids import uuid7_timestamp_ms
+from aggregate.domain.errors import CommandIdTooOldError, CorruptDataError, quote
+from aggregate.domain.ids import UUID_TEXT, canonical_uuid_text, uuid7_timestamp_ms
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -78,12 +78,9 @@ class HistoryEntry:
         return cls.of_row(_row_from_json(value))
 
 
-_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-_CANONICAL_ID = re.compile(_ID)
-"""A UUID as ``str(uuid.UUID)`` writes it."""
 _TEXT_HEAD = re.compile(r'\{"horizon_ms":(0|[1-9][0-9]*),"entries":\[')
 _TEXT_ENTRY = re.compile(
-    rf'(\["({_ID})",(?:0|[1-9][0-9]*),(?:0|[1-9][0-9]*),(?:0|[1-9][0-9]*)\])(?:,|\Z)'
+    rf'(\["({UUID_TEXT})",(?:0|[1-9][0-9]*),(?:0|[1-9][0-9]*),(?:0|[1-9][0-9]*)\])(?:,|\Z)'
 )
 """The layout ``FrozenHistory.to_json_text`` writes, read back without ``json.loads``."""
 
@@ -93,13 +90,12 @@ def _row_from_json(value: Any) -> Row:
         text, first, last, seq = value
         if not all(type(n) is int for n in (first, last, seq)):
             raise TypeError("versions and sequence must be integers")
-        if not isinstance(text, str):
-            raise TypeError("the command id must be a string")
-        # The canonical form (what the service writes) is kept as it is.
-        canonical = text if _CANONICAL_ID.fullmatch(text) else str(uuid.UUID(text))
+        canonical = canonical_uuid_text(text)
+        if canonical is None:
+            raise TypeError("the command id must be a UUID in the canonical form")
         return _row(canonical, first, last, seq)
     except (TypeError, ValueError) as exc:
-        raise CorruptDataError(f"malformed command history entry {value!r}: {exc}") from None
+        raise CorruptDataError(f"malformed command history entry {quote(value)}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

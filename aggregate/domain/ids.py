@@ -4,6 +4,11 @@ Tenant and type tokens become NATS subject tokens and SQLite keys, so they are v
 once here and carried as plain ``str`` afterwards. Aggregate and command ids are UUIDs;
 ids the service makes are UUIDv7 (time-ordered), which also lets the idempotency window
 refuse a command id older than anything it can still de-duplicate (DESIGN §4.4).
+
+An id is accepted only in the canonical form, 8-4-4-4-12 hex digits (either case):
+``uuid.UUID`` alone also takes braces, ``urn:uuid:``, missing dashes, and (through ``int``)
+signs, ``0x``, spaces, underscores and non-ASCII digits, so two different texts from a
+client could otherwise name one aggregate.
 """
 
 from __future__ import annotations
@@ -15,9 +20,15 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from aggregate.domain.errors import InvalidArgumentError
+from aggregate.domain.errors import InvalidArgumentError, quote
 
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+UUID_TEXT = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+"""A UUID as ``str(uuid.UUID)`` writes it: 8-4-4-4-12 lower-case hex digits."""
+_UUID = re.compile(UUID_TEXT, re.ASCII | re.IGNORECASE)
+MAX_VERSION = 2**63 - 1
+"""The largest version an aggregate can reach: snapshots keep versions in SQLite's signed
+64-bit integers (and JetStream sequences, which bound the count of events, fit too)."""
 DEFAULT_TENANT = "_default"
 """The reserved tenant token of single-tenant mode (an empty subject token is invalid)."""
 
@@ -30,7 +41,7 @@ def validate_tenant_id(value: str) -> str:
     """
     if not isinstance(value, str) or not TOKEN_PATTERN.fullmatch(value):
         raise InvalidArgumentError(
-            f"tenant id {value!r} is invalid: use 1-64 characters of A-Z a-z 0-9 _ -"
+            f"tenant id {quote(value)} is invalid: use 1-64 characters of A-Z a-z 0-9 _ -"
         )
     return value
 
@@ -43,21 +54,40 @@ def validate_aggregate_type(value: str) -> str:
     """
     if not isinstance(value, str) or not TOKEN_PATTERN.fullmatch(value):
         raise InvalidArgumentError(
-            f"aggregate type {value!r} is invalid: use 1-64 characters of A-Z a-z 0-9 _ -"
+            f"aggregate type {quote(value)} is invalid: use 1-64 characters of A-Z a-z 0-9 _ -"
         )
     return value
 
 
+def canonical_uuid_text(value: object) -> str | None:
+    """``value`` as ``str(uuid.UUID)`` writes it (lower case) when it is a UUID in the
+    canonical 8-4-4-4-12 hex form, either case; else None."""
+    if isinstance(value, str) and _UUID.fullmatch(value):
+        return value.lower()
+    return None
+
+
+def canonical_uuid(value: object) -> uuid.UUID | None:
+    """The UUID ``value`` spells in the canonical 8-4-4-4-12 hex form (either case), or
+    None for anything else (see the module's docstring)."""
+    if isinstance(value, str) and _UUID.fullmatch(value):
+        return uuid.UUID(value)
+    return None
+
+
 def parse_uuid(value: str, what: str) -> uuid.UUID:
-    """Parse a UUID given as text, naming ``what`` in the error.
+    """Parse a UUID a client gave as text, naming ``what`` in the error.
 
     Raises:
-        InvalidArgumentError: ``value`` is not a UUID.
+        InvalidArgumentError: ``value`` is not a UUID in the canonical form.
     """
-    try:
-        return uuid.UUID(value)
-    except (ValueError, TypeError, AttributeError):
-        raise InvalidArgumentError(f"{what} {value!r} is not a UUID") from None
+    parsed = canonical_uuid(value)
+    if parsed is None:
+        raise InvalidArgumentError(
+            f"{what} {quote(value)} is not a UUID: use the canonical form of 32 hex digits "
+            "in groups 8-4-4-4-12, e.g. 0190f3c2-7a4b-7c3d-8e5f-1a2b3c4d5e6f"
+        )
+    return parsed
 
 
 _v7_lock = threading.Lock()

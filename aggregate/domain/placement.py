@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from aggregate.domain.errors import InvalidArgumentError
+from aggregate.domain.errors import InvalidArgumentError, quote
 from aggregate.domain.ids import TOKEN_PATTERN
 
 VNODES_PER_SHARD = 256
@@ -39,7 +39,7 @@ def validate_shard_id(value: object) -> str:
     """
     if not isinstance(value, str) or not TOKEN_PATTERN.fullmatch(value):
         raise InvalidArgumentError(
-            f"shard id {value!r} is invalid: use 1-64 characters of A-Z a-z 0-9 _ -"
+            f"shard id {quote(value)} is invalid: use 1-64 characters of A-Z a-z 0-9 _ -"
         )
     return value
 
@@ -136,12 +136,12 @@ def validate_placement(value: object) -> PlacementMap:
     for tenant, shard in value.items():
         if not isinstance(tenant, str) or not TOKEN_PATTERN.fullmatch(tenant):
             raise InvalidArgumentError(
-                f"placement map entry {tenant!r}: tenant id is invalid: "
+                f"placement map entry {quote(tenant)}: tenant id is invalid: "
                 "use 1-64 characters of A-Z a-z 0-9 _ -"
             )
         if not isinstance(shard, str) or not TOKEN_PATTERN.fullmatch(shard):
             raise InvalidArgumentError(
-                f"placement map entry {tenant!r}: shard id {shard!r} is invalid: "
+                f"placement map entry {quote(tenant)}: shard id {quote(shard)} is invalid: "
                 "use 1-64 characters of A-Z a-z 0-9 _ -"
             )
         entries[tenant] = shard
@@ -152,7 +152,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     result: dict[str, object] = {}
     for key, value in pairs:
         if key in result:
-            raise InvalidArgumentError(f"placement map entry {key!r} appears more than once")
+            raise InvalidArgumentError(f"placement map entry {quote(key)} appears more than once")
         result[key] = value
     return result
 
@@ -241,7 +241,8 @@ class PlacementDecision:
         for tenant in tenants:
             if not isinstance(tenant, str) or not TOKEN_PATTERN.fullmatch(tenant):
                 raise InvalidArgumentError(
-                    f"hosted tenant {tenant!r} is invalid: use 1-64 characters of A-Z a-z 0-9 _ -"
+                    f"hosted tenant {quote(tenant)} is invalid: "
+                    "use 1-64 characters of A-Z a-z 0-9 _ -"
                 )
             allowed.add(tenant)
         return PlacementDecision(self.shard_id, self.placement, frozenset(allowed))

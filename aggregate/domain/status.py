@@ -45,6 +45,9 @@ def outcome_of(exc: BaseException | None) -> str:
     return "ok" if exc is None else status_of(exc)[0].lower()
 
 
+_SEE_LOG = "; see the service log for this request's correlation id"
+
+
 def new_error_id() -> str:
     """A fresh id for one INTERNAL error: 16 hex digits, sent to the client and logged with
     the error's detail, so an operator finds the one line from what the client reports."""
@@ -52,21 +55,22 @@ def new_error_id() -> str:
 
 
 def public_message(exc: BaseException, *, error_id: str | None = None) -> str:
-    """What a client may be told: the error's own message, except for INTERNAL errors.
+    """What a client may be told, at most ``MAX_MESSAGE_BYTES``: the error's own message
+    (whose client input is quoted, STYLE 23), except for INTERNAL errors.
 
     An INTERNAL error's detail (a program's origin, which names a server path, its source
-    lines, a stack) stays in the log; the client gets a short message naming the program's
-    aggregate type when a program failed, and ``error_id``, the key of the log line that
-    holds the detail.
+    lines, values it was handed, a stack) stays in the log; the client gets a short message
+    naming the program's aggregate type, line and column when a program failed, and
+    ``error_id``, the key of the log line that holds the detail.
     """
     name, _ = status_of(exc)
+    see_log = f" (error id {error_id}); the service log has the details" if error_id else _SEE_LOG
+    if isinstance(exc, e.ProgramError):
+        where = f" at line {exc.line}, column {exc.column}" if exc.line is not None else ""
+        which = f"the program of aggregate type {exc.program}" if exc.program else "a program"
+        return e.bound_message(f"{which} failed{where}{see_log}")
     if name == "INTERNAL":
-        where = f" (error id {error_id})" if error_id else ""
-        if isinstance(exc, e.ProgramError) and exc.program:
-            return f"program of type {exc.program!r} failed{where}; the service log has the details"
-        if error_id:
-            return f"internal error{where}; the service log has the details"
-        return "internal error; see the service log for this request's correlation id"
+        return f"internal error{see_log}"
     if isinstance(exc, e.AggregateError):
-        return exc.message
-    return str(exc) or type(exc).__name__
+        return e.bound_message(exc.message)
+    return e.bound_message(str(exc) or type(exc).__name__)

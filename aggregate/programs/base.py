@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aggregate.domain.errors import ConfigError
+from aggregate.domain.errors import MAX_MESSAGE_BYTES, ConfigError, bound_message
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -29,15 +29,27 @@ class Accepted:
     state: JsonObject
 
 
+MAX_REJECTION_REASON_BYTES = MAX_MESSAGE_BYTES
+"""Longest rejection reason a client is sent (UTF-8 bytes, 1 KiB); a longer one is cut and
+ends with ``…(N chars)``, N its full length."""
+
+
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """``decide`` rejected the command; ``reason`` is the program's text.
+    """``decide`` rejected the command; ``reason`` is the program's text, cut to
+    ``MAX_REJECTION_REASON_BYTES``.
 
     Trusted Python ``decide`` functions return one (``return Rejected("insufficient
     funds")``); Starlark programs call their ``reject("...")`` global instead.
     """
 
     reason: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.reason, str):
+            object.__setattr__(
+                self, "reason", bound_message(self.reason, MAX_REJECTION_REASON_BYTES)
+            )
 
 
 Decision = Accepted | Rejected

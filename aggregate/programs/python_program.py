@@ -21,6 +21,7 @@ from aggregate.domain.errors import (
     ProgramCompileError,
     ProgramError,
     ProgramLimitError,
+    quote,
 )
 from aggregate.programs.base import Accepted, ProgramLimits, Rejected
 from aggregate.programs.starlark_runtime import check_events, describe
@@ -143,7 +144,7 @@ class PythonProgram:
             if not isinstance(state, dict):
                 raise ProgramError(
                     f"{self._name}: apply ({self._apply_origin}) returned {describe(state)} "
-                    f"for a {event.get('type')!r} event; expected the new state (a dict)",
+                    f"for a {quote(event.get('type'))} event; expected the new state (a dict)",
                     program=self._name,
                     origin=self._apply_origin,
                 )

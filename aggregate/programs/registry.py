@@ -129,10 +129,7 @@ class ProgramRegistry:
         try:
             return self._specs[name]
         except KeyError:
-            known = ", ".join(sorted(self._specs)) or "none"
-            raise UnknownAggregateTypeError(
-                f"aggregate type {name!r} is not configured; configured types: {known}"
-            ) from None
+            raise UnknownAggregateTypeError.of(name, self._specs) from None
 
     def names(self) -> list[str]:
         """The configured type names, sorted."""

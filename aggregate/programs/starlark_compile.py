@@ -27,6 +27,7 @@ from aggregate.domain.errors import (
     ProgramCompileError,
     ProgramError,
     ProgramLimitError,
+    quote,
 )
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class Rejection:
 
 def _reject(reason: object) -> object:
     if not isinstance(reason, str) or not reason:
-        raise ValueError(f"reject(reason) needs a non-empty string, got {reason!r}")
+        raise ValueError(f"reject(reason) needs a non-empty string, got {quote(reason)}")
     return sl.OpaquePythonObject(Rejection(reason))
 
 

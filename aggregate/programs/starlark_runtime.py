@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import starlark as sl
 
-from aggregate.domain.errors import InvalidArgumentError, ProgramError
+from aggregate.domain.errors import InvalidArgumentError, ProgramError, quote
 from aggregate.programs.base import Accepted, Rejected
 from aggregate.programs.starlark_compile import FOLD, Rejection, is_panic, runtime_error
 from aggregate.programs.values import json_copy, json_problem
@@ -153,7 +153,7 @@ class StarlarkPair:
     def _not_a_state(self, value: object, event: JsonObject) -> ProgramError:
         return ProgramError(
             f"{self.program}: apply ({self.apply_origin}) returned {describe(value)} for a "
-            f"{event.get('type')!r} event; expected the new state (a dict)",
+            f"{quote(event.get('type'))} event; expected the new state (a dict)",
             program=self.program,
             origin=self.apply_origin,
         )

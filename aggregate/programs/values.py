@@ -12,6 +12,8 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
+from aggregate.domain.errors import quote
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -19,7 +21,7 @@ _SCALARS = (str, int, bool, type(None))
 
 
 def _key_text(key: object) -> str:
-    return f"[{key!r}]"
+    return f"[{quote(key, 20)}]"
 
 
 def _problem(value: Any, depth_left: int, max_depth: int, strict: bool) -> str | None:
@@ -28,7 +30,7 @@ def _problem(value: Any, depth_left: int, max_depth: int, strict: bool) -> str |
             return f": nested deeper than {max_depth} levels"
         for key, item in value.items():
             if not isinstance(key, str):
-                return f": has a non-string key {key!r}"
+                return f": has a non-string key {quote(key)}"
             if isinstance(item, dict | list) or strict:
                 found = _problem(item, depth_left - 1, max_depth, strict)
                 if found is not None:

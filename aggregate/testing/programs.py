@@ -57,7 +57,4 @@ class StaticTypes:
         try:
             return self.specs[name]
         except KeyError:
-            known = ", ".join(sorted(self.specs)) or "none"
-            raise UnknownAggregateTypeError(
-                f"aggregate type {name!r} is not configured (configured: {known})"
-            ) from None
+            raise UnknownAggregateTypeError.of(name, self.specs) from None

@@ -137,7 +137,8 @@ async def test_crashing_program_sends_an_error_id_and_logs_the_detail_under_it(
     for leak in (str(tmp_path), "obs.yaml", "decide_source", "//", "zero", "division", "4:"):
         assert leak not in message, message
     found = re.fullmatch(
-        r"program of type 'crash' failed \(error id ([0-9a-f]{16})\); "
+        r"the program of aggregate type crash failed at line \d+, column \d+ "
+        r"\(error id ([0-9a-f]{16})\); "
         r"the service log has the details",
         message,
     )

@@ -89,7 +89,7 @@ async def test_mixed_stream_answers_in_order_with_errors_in_place(client: Client
         ("OK", 1),
         (
             "INVALID_ARGUMENT",
-            "aggregate type 'ledger' is not configured (configured: bank-account)",
+            "aggregate type 'ledger' is not configured; configured types: bank-account",
         ),
         ("ABORTED", f"acme/{TYPE}/{account} is at version 3, not the expected version 1"),
         ("OK", 4),

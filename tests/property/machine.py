@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -27,6 +28,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from aggregate.adapters.grpc import convert
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.domain.context import RequestContext
 from aggregate.domain.envelopes import Command, CommandResult
@@ -36,6 +38,7 @@ from aggregate.domain.errors import (
     BackendUnavailableError,
 )
 from aggregate.domain.ids import AggregateKey, uuid7_at
+from aggregate.gateway.v1 import aggregate_pb2 as pb
 from aggregate.programs.base import AggregateTypeSpec
 from aggregate.testing.memory_snapshots import InMemorySnapshotStore
 from aggregate.testing.programs import FunctionProgram, StaticTypes
@@ -94,6 +97,48 @@ commands = st.one_of(
     st.builds(lambda n: {"type": "Withdraw", "amount": n}, st.integers(1, 150)),
     st.just({"type": "Deposit", "amount": "10"}),
     st.just({"type": "Freeze"}),
+)
+
+
+def _nested(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+# Values of an extra payload field ``x`` (the bank rules ignore it), as JSON text: some
+# within the boundary's bounds, some just past one (the payload object is one level).
+extra_fields = st.sampled_from(
+    [
+        "1",
+        _nested(63),
+        _nested(64),
+        "9" * 100,
+        "-" + "9" * 101,
+        '"\\ud83d\\ude00"',
+        '"\\ud800"',
+        "NaN",
+        "-Infinity",
+        "1e999",
+        "1.5e308",
+    ]
+)
+
+
+def spell(value: uuid.UUID, spelling: str) -> str:
+    """An id as a client may write it; only ``lower`` and ``upper`` are canonical."""
+    text = str(value)
+    return {
+        "lower": text,
+        "upper": text.upper(),
+        "braces": "{" + text + "}",
+        "urn": "urn:uuid:" + text,
+        "undashed": value.hex,
+        "space": " " + text[1:],
+        "plus": "+" + text[1:],
+    }[spelling]
+
+
+spellings = st.sampled_from(
+    ["lower", "lower", "upper", "upper", "braces", "urn", "undashed", "space", "plus"]
 )
 
 
@@ -224,6 +269,70 @@ class HandlerMachine(RuleBasedStateMachine):
         """A v7 id from the past: refused if the aggregate may have forgotten it."""
         old = uuid7_at(self.clock_ms - back, 10**6 + next(self.counter))
         self.submit(node, tenant, agg, old, {"type": "Deposit", "amount": 5})
+
+    def submit_text(
+        self, node: int, tenant: str, aggregate_id: str, command_id: str, payload_json: str
+    ) -> None:
+        """A request as text, through the real boundary (``command_from_request``) then
+        the handler; the model decides from the same text."""
+        want = self.model.submit_request(tenant, TYPE, aggregate_id, command_id, payload_json)
+        request = pb.SubmitCommandRequest(
+            command_id=command_id,
+            aggregate_type=TYPE,
+            aggregate_id=aggregate_id,
+            payload_json=payload_json,
+        )
+        note(f"node {node}: text {payload_json[:80]!r} id={command_id!r} on {aggregate_id!r}")
+        try:
+            command = convert.command_from_request(
+                request,
+                tenant_id=self.world.tenant_prefix + tenant,
+                context=RequestContext.new(),
+                max_payload_bytes=1 << 20,
+            )
+        except AggregateError as exc:
+            self.check(exc, want)
+            return
+        self.check(self.run(node, command), want)
+
+    @rule(
+        target=sent,
+        node=st.integers(0, 1),
+        tenant=tenants,
+        agg=aggregate_ids,
+        payload=commands,
+        extra=extra_fields,
+        id_spelling=spellings,
+        command_spelling=spellings,
+    )
+    def submit_through_the_boundary(
+        self,
+        node: int,
+        tenant: str,
+        agg: uuid.UUID,
+        payload: dict[str, Any],
+        extra: str,
+        id_spelling: str,
+        command_spelling: str,
+    ) -> tuple[str, uuid.UUID, uuid.UUID, dict[str, Any]]:
+        """Ids in canonical form of either case name the same aggregate and command;
+        every other spelling, and a payload past a bound, is refused and changes nothing."""
+        command_id = self.fresh_id()
+        text = json.dumps(payload)[:-1] + ', "x": ' + extra + "}"
+        self.submit_text(
+            node, tenant, spell(agg, id_spelling), spell(command_id, command_spelling), text
+        )
+        return (tenant, agg, command_id, payload)
+
+    @rule(node=st.integers(0, 1), previous=sent)
+    def repeat_in_upper_case(
+        self, node: int, previous: tuple[str, uuid.UUID, uuid.UUID, dict[str, Any]]
+    ) -> None:
+        """A repeat whose ids are written in upper case is the same command."""
+        tenant, agg, command_id, payload = previous
+        self.submit_text(
+            node, tenant, str(agg).upper(), str(command_id).upper(), json.dumps(payload)
+        )
 
     @rule(node=st.integers(0, 1), tenant=tenants, agg=aggregate_ids)
     def submit_unknown_type(self, node: int, tenant: str, agg: uuid.UUID) -> None:

@@ -97,6 +97,29 @@ def test_logging_settings_from_the_environment() -> None:
     assert settings.access_log_sample_every == 10
 
 
+def test_request_bounds_have_defaults_and_reach_the_grpc_options() -> None:
+    from aggregate.adapters.grpc import GrpcOptions
+
+    defaults = load_settings({})
+    assert (defaults.max_json_depth, defaults.max_json_int_digits) == (64, 100)
+    assert (defaults.max_metadata_entries, defaults.max_metadata_bytes) == (64, 16_384)
+    assert (defaults.max_metadata_key_bytes, defaults.max_metadata_value_bytes) == (128, 1024)
+    settings = load_settings(
+        {
+            "AGGREGATE_MAX_JSON_DEPTH": "10",
+            "AGGREGATE_MAX_JSON_INT_DIGITS": "20",
+            "AGGREGATE_MAX_METADATA_ENTRIES": "3",
+            "AGGREGATE_MAX_METADATA_KEY_BYTES": "4",
+            "AGGREGATE_MAX_METADATA_VALUE_BYTES": "5",
+            "AGGREGATE_MAX_METADATA_BYTES": "6",
+        }
+    )
+    limits = GrpcOptions.from_settings(settings).request_limits
+    assert (limits.max_json_depth, limits.max_json_int_digits) == (10, 20)
+    assert (limits.max_metadata_entries, limits.max_metadata_key_bytes) == (3, 4)
+    assert (limits.max_metadata_value_bytes, limits.max_metadata_bytes) == (5, 6)
+
+
 def test_none_reads_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
@@ -310,6 +333,11 @@ def test_valid_addresses(addr: str, bind: tuple[str, int]) -> None:
         ("PROGRAM_LANGUAGE", "lua", "expected one of starlark, python"),
         ("PROGRAM_ISOLATION", "docker", "expected one of process, inline"),
         ("STORAGE_PATH", "", "must not be empty"),
+        ("MAX_JSON_DEPTH", "513", "at most 512"),
+        ("MAX_JSON_DEPTH", "0", "must be positive"),
+        ("MAX_JSON_INT_DIGITS", "4301", "at most 4300"),
+        ("MAX_METADATA_ENTRIES", "-1", "must not be negative"),
+        ("MAX_METADATA_KEY_BYTES", "0", "must be positive"),
     ],
 )
 def test_bad_environment_values_name_the_variable(var: str, raw: str, problem: str) -> None:

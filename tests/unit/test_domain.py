@@ -212,14 +212,15 @@ def test_history_horizon_follows_forgotten_v7_ids_only() -> None:
     assert history.horizon_ms == 7_000
 
 
-def test_history_accepts_non_canonical_ids_in_stored_json() -> None:
+def test_history_reads_canonical_ids_of_either_case_only() -> None:
     cid = uuid.uuid4()
-    stored = {"horizon_ms": 5, "entries": [[str(cid).upper(), 1, 2, 3], [f"{{{cid}}}", 3, 3, 4]]}
+    stored = {"horizon_ms": 5, "entries": [[str(cid).upper(), 1, 2, 3]]}
     frozen = FrozenHistory.from_json(stored)
-    assert [e.command_id for e in frozen.entries] == [cid, cid]
+    assert [e.command_id for e in frozen.entries] == [cid]
     assert json.loads(frozen.to_json_text())["entries"][0] == [str(cid), 1, 2, 3]
-    with pytest.raises(CorruptDataError, match="malformed command history entry"):
-        FrozenHistory.from_json({"entries": [["0" * 8 + "-" + "g" * 27, 1, 1, 1]]})
+    for text in ("0" * 8 + "-" + "g" * 27, f"{{{cid}}}", cid.hex, f"urn:uuid:{cid}", f" {cid}"):
+        with pytest.raises(CorruptDataError, match="malformed command history entry"):
+            FrozenHistory.from_json({"entries": [[text, 1, 1, 1]]})
 
 
 def test_history_text_in_another_layout_reads_the_same() -> None:

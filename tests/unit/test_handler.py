@@ -69,7 +69,7 @@ async def test_get_of_unknown_aggregate_is_not_found_and_type_must_exist() -> No
     h = handler()
     with pytest.raises(AggregateNotFoundError):
         await h.get(new_key())
-    with pytest.raises(UnknownAggregateTypeError, match="configured: bank-account"):
+    with pytest.raises(UnknownAggregateTypeError, match="configured types: bank-account"):
         await h.get(AggregateKey("acme", "nope", uuid7()))
 
 

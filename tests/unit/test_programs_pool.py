@@ -15,7 +15,12 @@ from aggregate.domain.errors import (
     ProgramLimitError,
 )
 from aggregate.domain.manifest import ProgramSource
-from aggregate.programs.base import Accepted, ProgramLimits, Rejected
+from aggregate.programs.base import (
+    MAX_REJECTION_REASON_BYTES,
+    Accepted,
+    ProgramLimits,
+    Rejected,
+)
 from aggregate.programs.pool import WorkerPool, open_worker_pool
 from aggregate.programs.starlark_program import StarlarkProcessProgram
 
@@ -45,6 +50,8 @@ def decide(state, command):
         return state["missing"]
     if kind == "Refuse":
         return reject("no")
+    if kind == "Shout":
+        return reject("r" * 1000000)
     return [{"type": "Counted", "by": command.get("by", 1)}]
 
 def apply(state, event):
@@ -81,6 +88,9 @@ async def test_decide_and_apply_run_in_a_worker(pool: WorkerPool) -> None:
     program = runaway(pool)
     await assert_serves(program)
     assert await program.decide({}, {"type": "Refuse"}) == Rejected("no")
+    shout = await program.decide({}, {"type": "Shout"})
+    assert isinstance(shout, Rejected)
+    assert shout.reason == "r" * (MAX_REJECTION_REASON_BYTES - 18) + "…(1000000 chars)"
     events = [{"type": "Counted", "by": 1}] * 10_000
     with anyio.fail_after(30):
         assert await program.apply({"count": 0}, events) == {"count": 10_000}

@@ -14,7 +14,12 @@ from aggregate.domain.errors import (
     ProgramLimitError,
 )
 from aggregate.domain.manifest import ProgramSource
-from aggregate.programs.base import Accepted, ProgramLimits, Rejected
+from aggregate.programs.base import (
+    MAX_REJECTION_REASON_BYTES,
+    Accepted,
+    ProgramLimits,
+    Rejected,
+)
 from aggregate.programs.python_program import PythonProgram
 
 pytestmark = pytest.mark.anyio
@@ -42,6 +47,8 @@ def decide(state: dict[str, Any], command: dict[str, Any]) -> Any:
         return [{"type": "Touched", "items": {1, 2}}]
     if kind == "Recurse":
         return decide(state, command)
+    if kind == "Shout":
+        return Rejected("é" * 1_000_000)
     return [{"type": "Touched", "items": []}]
 
 
@@ -82,6 +89,13 @@ async def test_callables_get_private_copies_and_results_are_detached() -> None:
 
 async def test_rejection_and_fold() -> None:
     assert await program().decide({}, {"type": "Refuse"}) == Rejected("not today")
+
+
+async def test_a_huge_rejection_reason_is_cut() -> None:
+    decision = await program().decide({}, {"type": "Shout"})
+    assert isinstance(decision, Rejected)
+    assert len(decision.reason.encode()) <= MAX_REJECTION_REASON_BYTES
+    assert decision.reason == "é" * 503 + "…(1000000 chars)"
     events = [{"type": "Touched"}] * 3
     assert (await program().apply({}, events))["touched"] == 3
     assert events == [{"type": "Touched"}] * 3

@@ -14,7 +14,12 @@ from aggregate.domain.errors import (
     ProgramLimitError,
 )
 from aggregate.domain.manifest import ProgramSource
-from aggregate.programs.base import Accepted, ProgramLimits, Rejected
+from aggregate.programs.base import (
+    MAX_REJECTION_REASON_BYTES,
+    Accepted,
+    ProgramLimits,
+    Rejected,
+)
 from aggregate.programs.starlark_compile import CompileCache, source_key
 from aggregate.programs.starlark_program import StarlarkInlineProgram
 
@@ -155,6 +160,14 @@ async def test_fail_is_a_crash_with_its_line() -> None:
         await program().decide({}, {"type": "Fail"})
     assert caught.value.line == 11
     assert "deliberate failure" in caught.value.message
+
+
+async def test_a_huge_rejection_reason_is_cut() -> None:
+    decision = await program().decide({}, {"type": "Refuse", "why": "r" * 1_000_000})
+    assert isinstance(decision, Rejected)
+    assert len(decision.reason.encode()) <= MAX_REJECTION_REASON_BYTES
+    assert decision.reason.startswith("refused: rrrrrrrr")
+    assert decision.reason.endswith("…(1000009 chars)")
 
 
 async def test_reject_needs_a_string_reason() -> None:

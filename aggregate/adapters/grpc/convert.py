@@ -8,6 +8,7 @@ a message body: only from the ``x-tenant-id`` metadata entry (DESIGN §6).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from google.protobuf.message import DecodeError
@@ -16,14 +17,16 @@ from grpclib.exceptions import GRPCError
 
 from aggregate.domain.context import TENANT_HEADER
 from aggregate.domain.envelopes import Command, dumps, parse_command_payload
-from aggregate.domain.errors import InvalidArgumentError, ResourceExhaustedError
+from aggregate.domain.errors import InvalidArgumentError, ResourceExhaustedError, quote
 from aggregate.domain.ids import (
+    MAX_VERSION,
     AggregateKey,
     parse_uuid,
     uuid7,
     validate_aggregate_type,
     validate_tenant_id,
 )
+from aggregate.domain.json_input import DEFAULT_MAX_DEPTH, DEFAULT_MAX_INT_DIGITS
 from aggregate.gateway.v1 import aggregate_pb2 as pb
 
 if TYPE_CHECKING:
@@ -35,6 +38,19 @@ if TYPE_CHECKING:
     from aggregate.domain.envelopes import AggregateView, CommandResult, Event
 
 _Request = TypeVar("_Request")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Bounds on the fields of a ``SubmitCommandRequest`` besides the payload's size (the
+    ``max_json_*`` and ``max_metadata_*`` settings)."""
+
+    max_json_depth: int = DEFAULT_MAX_DEPTH
+    max_json_int_digits: int = DEFAULT_MAX_INT_DIGITS
+    max_metadata_entries: int = 64
+    max_metadata_key_bytes: int = 128
+    max_metadata_value_bytes: int = 1024
+    max_metadata_bytes: int = 16_384
 
 
 class Failure(NamedTuple):
@@ -109,41 +125,91 @@ def payload_size(payload_json: str) -> int:
     return len(payload_json) if payload_json.isascii() else len(payload_json.encode())
 
 
+def checked_metadata(metadata: Mapping[str, str], limits: RequestLimits) -> dict[str, str]:
+    """A request's ``metadata`` map, within ``limits``.
+
+    Raises:
+        ResourceExhaustedError: too many entries, a key or value too long, or too many bytes
+            in all (keys and values, UTF-8), naming the limit.
+    """
+    if not metadata:
+        return {}
+    count = len(metadata)
+    if count > limits.max_metadata_entries:
+        raise ResourceExhaustedError(
+            f"metadata has {count} entries, more than the server's limit of "
+            f"{limits.max_metadata_entries} (max_metadata_entries)"
+        )
+    total = 0
+    for key, value in metadata.items():
+        key_bytes, value_bytes = payload_size(key), payload_size(value)
+        if key_bytes > limits.max_metadata_key_bytes:
+            raise ResourceExhaustedError(
+                f"metadata key {quote(key)} is {key_bytes} bytes, more than the server's limit "
+                f"of {limits.max_metadata_key_bytes} (max_metadata_key_bytes)"
+            )
+        if value_bytes > limits.max_metadata_value_bytes:
+            raise ResourceExhaustedError(
+                f"metadata value of {quote(key)} is {value_bytes} bytes, more than the server's "
+                f"limit of {limits.max_metadata_value_bytes} (max_metadata_value_bytes)"
+            )
+        total += key_bytes + value_bytes
+    if total > limits.max_metadata_bytes:
+        raise ResourceExhaustedError(
+            f"metadata holds {total} bytes, more than the server's limit of "
+            f"{limits.max_metadata_bytes} (max_metadata_bytes)"
+        )
+    return dict(metadata)
+
+
 def command_from_request(
     request: pb.SubmitCommandRequest,
     *,
     tenant_id: str,
     context: RequestContext,
     max_payload_bytes: int,
+    limits: RequestLimits = RequestLimits(),
 ) -> Command:
-    """Validate a ``SubmitCommandRequest`` and build the domain command.
+    """Validate a ``SubmitCommandRequest`` and build the domain command; the payload is
+    decoded last, once every cheaper check has passed.
 
     An empty ``command_id`` gets a server-made UUIDv7 (a retry of such a request is a new
     command: no retry safety); an empty ``aggregate_id`` gets a new UUIDv7 (a new aggregate).
 
     Raises:
-        InvalidArgumentError: a malformed id, type token or payload.
-        ResourceExhaustedError: the payload is larger than ``max_payload_bytes``.
+        InvalidArgumentError: a malformed id, type token, ``expected_version`` or payload.
+        ResourceExhaustedError: the payload is larger than ``max_payload_bytes``, or the
+            metadata is over one of its ``limits``.
     """
     aggregate_type = validate_aggregate_type(request.aggregate_type)
     command_id = parse_uuid(request.command_id, "command_id") if request.command_id else uuid7()
     aggregate_id = (
         parse_uuid(request.aggregate_id, "aggregate_id") if request.aggregate_id else uuid7()
     )
+    expected = request.expected_version if request.HasField("expected_version") else None
+    if expected is not None and expected > MAX_VERSION:
+        raise InvalidArgumentError(
+            f"expected_version {expected} is beyond the largest version an aggregate can "
+            f"reach ({MAX_VERSION})"
+        )
     size = payload_size(request.payload_json)
     if size > max_payload_bytes:
         raise ResourceExhaustedError(
             f"payload_json is {size} bytes, more than the server's limit of {max_payload_bytes} "
             "bytes (max_payload_bytes); send a smaller command"
         )
-    payload = parse_command_payload(request.payload_json)
-    expected = request.expected_version if request.HasField("expected_version") else None
+    metadata = checked_metadata(request.metadata, limits)
+    payload = parse_command_payload(
+        request.payload_json,
+        max_depth=limits.max_json_depth,
+        max_int_digits=limits.max_json_int_digits,
+    )
     return Command(
         key=AggregateKey(tenant_id, aggregate_type, aggregate_id),
         command_id=command_id,
         payload=payload,
         context=context,
-        metadata=dict(request.metadata),
+        metadata=metadata,
         expected_version=expected,
     )
 

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
@@ -37,7 +37,7 @@ from aggregate.domain.errors import (
     TenantAccessDeniedError,
     TenantUnavailableError,
 )
-from aggregate.domain.ids import DEFAULT_TENANT
+from aggregate.domain.ids import DEFAULT_TENANT, canonical_uuid_text
 from aggregate.domain.status import new_error_id, outcome_of, public_message, status_of
 from aggregate.gateway.v1 import aggregate_grpc
 from aggregate.logcontext import log_context
@@ -75,7 +75,8 @@ class GrpcOptions:
     (HTTP/2 PING) the last responses before it gets GOAWAY. ``access_log`` and
     ``access_log_sample_every``: see ``aggregate.adapters.access_log``. ``max_message_bytes``,
     ``max_header_list_bytes`` and ``max_concurrent_streams`` are the transport's limits
-    (``aggregate.adapters.grpc.transport``).
+    (``aggregate.adapters.grpc.transport``). ``request_limits`` bound the payload's JSON and
+    the metadata map of every command.
     """
 
     host: str = "127.0.0.1"
@@ -91,6 +92,7 @@ class GrpcOptions:
     max_message_bytes: int = 4_194_304
     max_header_list_bytes: int = 16_384
     max_concurrent_streams: int = 100
+    request_limits: convert.RequestLimits = field(default_factory=convert.RequestLimits)
 
     def __post_init__(self) -> None:
         if not self.multi_tenant and self.default_tenant_id is None:
@@ -126,6 +128,14 @@ class GrpcOptions:
             max_message_bytes=settings.max_message_bytes,
             max_header_list_bytes=settings.grpc_max_header_list_bytes,
             max_concurrent_streams=settings.grpc_max_concurrent_streams,
+            request_limits=convert.RequestLimits(
+                max_json_depth=settings.max_json_depth,
+                max_json_int_digits=settings.max_json_int_digits,
+                max_metadata_entries=settings.max_metadata_entries,
+                max_metadata_key_bytes=settings.max_metadata_key_bytes,
+                max_metadata_value_bytes=settings.max_metadata_value_bytes,
+                max_metadata_bytes=settings.max_metadata_bytes,
+            ),
         )
 
 
@@ -261,7 +271,8 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         type_label = self._type_label(request.aggregate_type)
         self.observer.command_started(tenant_id, type_label)
         outcome = "cancelled"
-        command_id: str | None = request.command_id or None
+        # Logged only in its canonical form: a malformed id is the client's text, unbounded.
+        command_id = canonical_uuid_text(request.command_id)
         command: Command | None = None
         try:
             with log_context(
@@ -277,6 +288,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                         tenant_id=tenant_id,
                         context=context,
                         max_payload_bytes=self.options.max_payload_bytes,
+                        limits=self.options.request_limits,
                     )
                     # Bind the id only when the server made it: a client's is bound above.
                     generated = (

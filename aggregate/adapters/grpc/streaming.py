@@ -111,7 +111,9 @@ class CommandStream:
             self._results.put_nowait(None)
 
     def _start(self, request: pb.SubmitCommandRequest) -> ResultTask:
-        chain = (request.aggregate_type, request.aggregate_id) if request.aggregate_id else None
+        # Ids are accepted in either case: both spellings name one aggregate, one chain.
+        aggregate_id = request.aggregate_id.lower()
+        chain = (request.aggregate_type, aggregate_id) if aggregate_id else None
         previous = self._last.get(chain) if chain is not None else None
         task = asyncio.get_running_loop().create_task(self._item(request, previous))
         self._items.add(task)
