@@ -16,18 +16,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import nats
 import nats.errors
 
 from aggregate.adapters.grpc.server import CommandServer
 from aggregate.adapters.grpc.service import GrpcOptions
 from aggregate.adapters.jetstream import JetStreamEventStore, StreamPolicy, ensure_stream
+from aggregate.adapters.jetstream.connect import open_connection
 from aggregate.adapters.placement_kv import PlacementWatcher
 from aggregate.application.gate import TenantGate
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.application.placement import PlacementController
 from aggregate.config import manifest_from_settings
-from aggregate.domain.errors import BackendUnavailableError
+from aggregate.config.values import redact_url_credentials
 from aggregate.domain.manifest import Isolation, Language
 from aggregate.domain.placement import PlacementDecision
 from aggregate.programs.base import ProgramLimits
@@ -210,22 +210,20 @@ class IslandCore:
         async def error(exc: Exception) -> None:
             log.warning("NATS error: %r", exc)
 
-        try:
-            nc = await nats.connect(
-                self.nats_url.split(","),
-                name=f"aggregate-{settings.shard_id}",
-                connect_timeout=settings.nats_connect_timeout_seconds,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                disconnected_cb=disconnected,
-                reconnected_cb=reconnected,
-                error_cb=error,
-            )
-        except (OSError, nats.errors.Error, TimeoutError) as exc:
-            raise BackendUnavailableError(
-                f"cannot connect to NATS at {self.nats_url}: {exc!r}; check AGGREGATE_NATS_URL "
-                "(or leave it unset to run the embedded server)"
-            ) from exc
+        log.info(
+            "connecting to NATS at %s (up to %g s, AGGREGATE_NATS_CONNECT_TIMEOUT_MS)",
+            redact_url_credentials(self.nats_url),
+            settings.nats_connect_timeout_seconds,
+        )
+        nc = await open_connection(
+            self.nats_url.split(","),
+            timeout_s=settings.nats_connect_timeout_seconds,
+            name=f"aggregate-{settings.shard_id}",
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+            hint="check AGGREGATE_NATS_URL (unset: the service runs its own nats-server)",
+        )
         self.nc = nc
         self.connected = True
         return nc
