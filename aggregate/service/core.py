@@ -95,6 +95,7 @@ class IslandCore:
         self.snapshot_sink = snapshot_sink
         self.metrics = metrics
         self.connected = False
+        self.serving = False
         self.nc: Client | None = None
         self.gate: TenantGate | None = None
         self.controller: PlacementController | None = None
@@ -172,6 +173,7 @@ class IslandCore:
                 await tg.start(self.controller.run, self.watcher.updates())
                 host, port = await self.server.start()
                 stack.push_async_callback(self.server.aclose)
+                self._publish_readiness()  # NOT_SERVING until the service says it serves
                 report(CoreInfo(host, port, self.nats_url, tuple(self.registry.names())))
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
@@ -189,9 +191,14 @@ class IslandCore:
         return await self.server.drain(grace)
 
     def set_serving(self, serving: bool) -> None:
-        """gRPC health: SERVING or NOT_SERVING."""
+        """Whether the service as a whole serves (started and not draining); gRPC health
+        says SERVING only while it does and NATS is connected."""
+        self.serving = serving
+        self._publish_readiness()
+
+    def _publish_readiness(self) -> None:
         if self.server is not None:
-            self.server.readiness.set(serving)
+            self.server.readiness.set(self.serving and self.connected)
 
     # ---- NATS -------------------------------------------------------------------
     async def _connect(self) -> Client:
@@ -199,10 +206,12 @@ class IslandCore:
 
         async def disconnected() -> None:
             self.connected = False
+            self._publish_readiness()
             log.warning("NATS disconnected")
 
         async def reconnected() -> None:
             self.connected = True
+            self._publish_readiness()
             log.info("NATS reconnected")
             if self.watcher is not None:
                 self.watcher.notify_reconnected()
