@@ -1,5 +1,5 @@
 """``AdminBackend`` for the running service: admin requests become calls into the island,
-where the tenant gate and the placement controller live (DESIGN §3)."""
+where the tenant gate and the placement controller live."""
 
 from __future__ import annotations
 

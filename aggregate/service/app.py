@@ -1,4 +1,4 @@
-"""The service: one Trio nursery tree, subsystems started in dependency order (DESIGN §3).
+"""The service: one Trio nursery tree, subsystems started in dependency order.
 
 Order: embedded nats-server (when configured) → the asyncio island → the island core (NATS
 connection, stream, programs, placement watcher caught up, handler, gRPC bound) →

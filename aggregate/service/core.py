@@ -1,4 +1,4 @@
-"""The island side of the service: everything on the command path (DESIGN §3).
+"""The island side of the service: everything on the command path.
 
 ``IslandCore.run`` runs on the asyncio island for the service's whole life. In order it
 connects to NATS, ensures the event stream, starts the program workers and compiles every
