@@ -46,6 +46,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
     overrides: dict[str, str] = {}
     names: dict[str, str] = {}
+    if getattr(args, "example", None) and getattr(args, "manifest", None):
+        raise UsageError("give --example or --manifest, not both")
     if getattr(args, "example", None):
         overrides["AGGREGATE_MANIFEST_PATH"] = str(example_manifest_path(args.example))
         names["AGGREGATE_MANIFEST_PATH"] = "--example"

@@ -61,6 +61,7 @@ def test_one_version_everywhere() -> None:
         (["submit", "-T", "bank-account"], "give the command type"),
         (["submit", "-T", "bank-account", "--json", "{oops"], "--json is not valid JSON"),
         (["submit", "-T", "bank-account", "--json", "[1]"], "--json must be a JSON object"),
+        (["check", "--example", "bank", "--manifest", str(BANK_MANIFEST)], "not both"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(
@@ -69,7 +70,7 @@ def test_usage_errors_exit_2_with_one_line(
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert err[0].startswith("aggregate submit: ")
+    assert err[0].startswith(f"aggregate {args[0]}: ")
     assert message in err[0]
 
 
