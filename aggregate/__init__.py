@@ -7,6 +7,8 @@ use, so program worker processes that import this package stay light.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
 from typing import TYPE_CHECKING, Any
 
 from aggregate.domain.context import RequestContext as RequestContext
@@ -27,6 +29,12 @@ if TYPE_CHECKING:
     from aggregate.config import Settings as Settings
     from aggregate.config import load_settings as load_settings
     from aggregate.service.app import Service as Service
+
+try:
+    __version__ = _distribution_version("aggregate")
+    """The installed distribution's version: pyproject.toml's, the one source of it."""
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "CommandHandler": "aggregate.application.handler",
@@ -51,6 +59,7 @@ __all__ = [
     "Service",
     "Settings",
     "VersionConflictError",
+    "__version__",
     "load_settings",
     "uuid7",
 ]

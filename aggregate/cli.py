@@ -1,19 +1,30 @@
 """The ``aggregate`` command: run the service, and client verbs for people.
 
 Exit codes: 0 success; 1 the service answered with an error (a rejection, a conflict, not
-found, ...); 2 bad usage or configuration; 3 the service or NATS could not be reached.
+found, ...) or is not ready; 2 bad usage or configuration; 3 the service or NATS could not be
+reached; 141 (128 + SIGPIPE) when the reader of the output went away (``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aggregate.domain.errors import AggregateError, BackendUnavailableError, ConfigError
+from aggregate import __version__
+from aggregate.config.values import LOG_LEVELS
+from aggregate.domain.errors import (
+    AggregateError,
+    AggregateNotFoundError,
+    BackendUnavailableError,
+    ConfigError,
+)
 from aggregate.domain.ids import AggregateKey, parse_uuid, uuid7, validate_aggregate_type
+from aggregate.domain.status import status_of
 
 if TYPE_CHECKING:
     import uuid
@@ -22,18 +33,27 @@ if TYPE_CHECKING:
     from aggregate.config import Settings
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 EXAMPLES = ("bank", "billing")
+
+
+class UsageError(Exception):
+    """The command line is wrong in a way argparse cannot see (exit code 2)."""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     from aggregate.config import example_manifest_path, load_settings
 
     overrides: dict[str, str] = {}
-    if getattr(args, "config", None):
-        overrides["AGGREGATE_CONFIG_PATH"] = str(args.config)
+    names: dict[str, str] = {}
+    if getattr(args, "example", None) and getattr(args, "manifest", None):
+        raise UsageError("give --example or --manifest, not both")
     if getattr(args, "example", None):
         overrides["AGGREGATE_MANIFEST_PATH"] = str(example_manifest_path(args.example))
+        names["AGGREGATE_MANIFEST_PATH"] = "--example"
     for option, variable in (
+        ("config", "AGGREGATE_CONFIG_PATH"),
+        ("manifest", "AGGREGATE_MANIFEST_PATH"),
         ("storage", "AGGREGATE_STORAGE_PATH"),
         ("nats_url", "AGGREGATE_NATS_URL"),
         ("grpc_addr", "AGGREGATE_GRPC_ADDR"),
@@ -43,11 +63,13 @@ def _settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, option, None)
         if value is not None:
             overrides[variable] = str(value)
-    return load_settings(overrides=overrides)
+            names[variable] = "--" + option.replace("_", "-")
+    return load_settings(overrides=overrides, option_names=names)
 
 
 def _print(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
+    sys.stdout.flush()  # a closed pipe fails here, where main() handles it
 
 
 def _host_port(addr: str) -> tuple[str, int]:
@@ -112,15 +134,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         try:
             payload = json.loads(args.json)
         except ValueError as exc:
-            raise SystemExit(f"aggregate submit: --json is not valid JSON: {exc}") from None
+            raise UsageError(f"--json is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
-            raise SystemExit("aggregate submit: --json must be a JSON object")
+            raise UsageError("--json must be a JSON object")
         if args.command_type:
             payload["type"] = args.command_type
     elif args.command_type:
         payload = {"type": args.command_type}
     else:
-        raise SystemExit("aggregate submit: give the command type (positional) or --json")
+        raise UsageError("give the command type (positional) or --json")
     payload.update(dict(args.fields))
     aggregate_id = str(args.id) if args.id else str(uuid7())
     host, port = args.addr
@@ -173,8 +195,22 @@ def cmd_events(args: argparse.Namespace) -> int:
         url = url_file.read_text().strip()
     tenant = validate_tenant_id(args.tenant or settings.default_tenant_id or DEFAULT_TENANT)
     key = AggregateKey(tenant, args.type, args.id)
-    _print(read_events(url.split(","), settings.stream_name, key, timeout=args.timeout))
+    events = read_events(url.split(","), settings.stream_name, key, timeout=args.timeout)
+    if not events:
+        raise AggregateNotFoundError(f"aggregate {key} not found")
+    _print(events)
     return EXIT_OK
+
+
+def cmd_ready(args: argparse.Namespace) -> int:
+    from aggregate.adapters.admin_probe import probe_address, probe_ready
+
+    host, port = probe_address(*_settings(args).http_bind)
+    if probe_ready(host, port, timeout=args.timeout):
+        print("ready")
+        return EXIT_OK
+    print("not ready", file=sys.stderr)
+    return EXIT_REFUSED
 
 
 # ---- parser ----------------------------------------------------------------------------
@@ -192,13 +228,20 @@ def _uuid(value: str) -> uuid.UUID:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
-def _config_options(p: argparse.ArgumentParser) -> None:
+def _config_options(p: argparse.ArgumentParser, *, example: str | None) -> None:
     p.add_argument(
         "--config", type=Path, help="config file (YAML/TOML/JSON); sets AGGREGATE_CONFIG_PATH"
     )
-    p.add_argument("--example", choices=EXAMPLES, help="serve a bundled example manifest")
+    if example is not None:
+        p.add_argument("--example", choices=EXAMPLES, help=example)
     p.add_argument("--storage", type=Path, help="storage path (AGGREGATE_STORAGE_PATH)")
     p.add_argument("--nats-url", help="NATS URL(s), or 'embedded' (AGGREGATE_NATS_URL)")
+
+
+def _manifest_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--manifest", type=Path, help="aggregate-type manifest file (AGGREGATE_MANIFEST_PATH)"
+    )
 
 
 def _client_options(p: argparse.ArgumentParser) -> None:
@@ -219,27 +262,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aggregate",
         description="Multi-tenant, event-sourced command service on NATS JetStream.",
-        epilog="Exit codes: 0 ok, 1 refused by the service, 2 bad usage or configuration, "
-        "3 service or NATS unreachable. Configuration: docs/configuration.md.",
+        epilog="Exit codes: 0 ok, 1 refused by the service (or not ready), 2 bad usage or "
+        "configuration, 3 service or NATS unreachable, 141 output pipe closed. "
+        "Configuration: docs/configuration.md.",
     )
+    parser.add_argument("--version", action="version", version=f"aggregate {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = verbs.add_parser(
         "serve",
         help="run the service (embedded NATS unless AGGREGATE_NATS_URL is set)",
-        description="Run the service until SIGTERM/SIGINT (a second signal forces exit).",
+        description="Run the service until SIGTERM/SIGINT: the first signal drains (or stops a "
+        "start-up in progress at once), a second one exits at once. Fails with exit code 3 "
+        "when NATS cannot be reached within AGGREGATE_NATS_CONNECT_TIMEOUT_MS.",
     )
-    _config_options(p)
+    _config_options(p, example="serve a bundled example manifest")
+    _manifest_option(p)
     p.add_argument("--grpc-addr", help="gRPC bind HOST:PORT (AGGREGATE_GRPC_ADDR)")
     p.add_argument("--http-addr", help="admin HTTP bind HOST:PORT (AGGREGATE_HTTP_ADDR)")
-    p.add_argument("--log-level", help="debug, info, warning, error (AGGREGATE_LOG_LEVEL)")
+    p.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=(*LOG_LEVELS, "warn"),
+        metavar="LEVEL",
+        help=f"{', '.join(LOG_LEVELS)} (AGGREGATE_LOG_LEVEL)",
+    )
     p.set_defaults(run=cmd_serve)
 
     p = verbs.add_parser(
         "submit",
         help="submit one command and print the result",
-        description="Submit a command: its type and NAME=VALUE fields "
-        "(values are JSON when they parse, else strings), or --json.",
+        description="Submit a command over gRPC and print the service's answer as JSON: its "
+        "type and NAME=VALUE fields (values are JSON when they parse, else strings), or "
+        "--json.",
     )
     _client_options(p)
     p.add_argument("command_type", nargs="?", help="the command's type, e.g. Deposit")
@@ -258,31 +313,87 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=cmd_submit)
 
-    p = verbs.add_parser("get", help="print an aggregate's state and version")
+    p = verbs.add_parser(
+        "get",
+        help="print an aggregate's state and version",
+        description="Ask the service over gRPC for an aggregate's current state and version "
+        "and print them as JSON. An aggregate with no events is NOT_FOUND (exit code 1).",
+    )
     _client_options(p)
     p.add_argument("--id", type=_uuid, required=True, help="aggregate id")
     p.set_defaults(run=cmd_get)
 
-    p = verbs.add_parser("events", help="print an aggregate's events (read from JetStream)")
-    _config_options(p)
+    p = verbs.add_parser(
+        "events",
+        help="print an aggregate's events (read from JetStream)",
+        description="Read an aggregate's events straight from the JetStream stream (not "
+        "through the service) and print them as JSON, each with its stream sequence and "
+        "command id. NATS is found as the service finds it: AGGREGATE_NATS_URL or --nats-url, "
+        "or, when embedded, the URL the running service wrote under the storage path. An "
+        "aggregate with no events is NOT_FOUND (exit code 1).",
+    )
+    _config_options(p, example=None)
     p.add_argument("--tenant", help="tenant id (default: the default tenant)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for NATS, then exit code 3 (default 10)",
+    )
     p.add_argument("-T", "--type", required=True, type=_aggregate_type, help="aggregate type")
     p.add_argument("--id", type=_uuid, required=True, help="aggregate id")
     p.set_defaults(run=cmd_events)
 
-    p = verbs.add_parser("check", help="validate a configuration and compile its programs")
-    _config_options(p)
+    p = verbs.add_parser(
+        "check",
+        help="validate a configuration and compile its programs",
+        description="Load the configuration as `serve` would (config file, AGGREGATE_* "
+        "variables, manifest), compile every aggregate type's programs, and print a summary "
+        "as JSON. Connects to nothing. Exit code 2 names what is wrong.",
+    )
+    _config_options(p, example="check a bundled example manifest")
+    _manifest_option(p)
     p.set_defaults(run=cmd_check)
+
+    p = verbs.add_parser(
+        "ready",
+        help="ask a running service whether it is ready (health checks)",
+        description="GET /ready from the admin HTTP server at the configured address "
+        "(AGGREGATE_HTTP_ADDR or the config file; a wildcard bind is reached on loopback). "
+        "Exit code 0 ready, 1 not ready (starting, draining or NATS down), 3 unreachable.",
+    )
+    p.add_argument(
+        "--config", type=Path, help="config file (YAML/TOML/JSON); sets AGGREGATE_CONFIG_PATH"
+    )
+    p.add_argument("--http-addr", help="admin HTTP HOST:PORT (AGGREGATE_HTTP_ADDR)")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
+    p.set_defaults(run=cmd_ready)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing more to say; exit as a tool killed by
+        # SIGPIPE would, and keep the interpreter's final flush from complaining.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from aggregate.adapters.grpc.client import CallFailedError, ServiceUnreachableError
 
     args = build_parser().parse_args(argv)
     try:
         code: int = args.run(args)
+    except UsageError as exc:
+        print(f"aggregate {args.verb}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"aggregate {args.verb}: configuration error: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
@@ -293,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aggregate {args.verb}: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except AggregateError as exc:
-        print(f"aggregate {args.verb}: {type(exc).__name__}: {exc.message}", file=sys.stderr)
+        print(f"aggregate {args.verb}: {status_of(exc)[0]}: {exc.message}", file=sys.stderr)
         return EXIT_REFUSED
     return code
 

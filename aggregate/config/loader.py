@@ -9,6 +9,7 @@ can fix it without reading code.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,13 +73,17 @@ def _parse(f: dataclasses.Field[Any], raw: object, where: str) -> Any:
 
 
 def load_settings(
-    env: Mapping[str, str] | None = None, *, overrides: Mapping[str, str] | None = None
+    env: Mapping[str, str] | None = None,
+    *,
+    overrides: Mapping[str, str] | None = None,
+    option_names: Mapping[str, str] | None = None,
 ) -> Settings:
     """Load and validate the configuration.
 
     ``env`` is the environment to read (default ``os.environ``); tests pass their own.
     ``overrides`` are ``AGGREGATE_*`` values given on the command line; they win over the
-    environment and errors name them as command-line options.
+    environment and errors name them as command-line options: by the option's name when
+    ``option_names`` maps the variable to it (``AGGREGATE_CONFIG_PATH`` -> ``--config``).
     Precedence: built-in defaults, then the config file named by ``AGGREGATE_CONFIG_PATH``,
     then ``AGGREGATE_*`` variables (and the standard ``OTEL_*`` names of the tracing
     settings). Relative paths in the config file resolve against the
@@ -95,6 +100,15 @@ def load_settings(
     if overrides:
         environ = {**environ, **overrides}
     from_cli = set(overrides or ())
+    names = option_names or {}
+
+    def origin(var: str) -> str:
+        if var not in from_cli:
+            return f"environment variable {var}"
+        if var in names:
+            return f"command-line option {names[var]}"
+        return f"command-line option setting {var}"
+
     _check_env_names(environ)
     env_fields = settable_fields("env")
     file_fields = settable_fields("file")
@@ -102,9 +116,7 @@ def load_settings(
     config_var = env_name("config_path")
     config_path: Path | None = None
     if config_var in environ:
-        config_path = _parse(
-            env_fields["config_path"], environ[config_var], f"environment variable {config_var}"
-        )
+        config_path = _parse(env_fields["config_path"], environ[config_var], origin(config_var))
     file_data: Mapping[str, Any] = {}
     source = ""
     if config_path is not None:
@@ -113,9 +125,7 @@ def load_settings(
         try:
             file_data = read_mapping_file(config_path, "config file")
         except ConfigError as exc:
-            raise ConfigError(
-                f"{exc.message} (named by environment variable {config_var})"
-            ) from None
+            raise ConfigError(f"{exc.message} (named by {origin(config_var)})") from None
         _check_file_keys(file_data, source)
 
     values: dict[str, Any] = {}
@@ -137,16 +147,13 @@ def load_settings(
     for name, f in env_fields.items():
         var = env_name(name)
         if var in environ:
-            where = (
-                f"command-line option setting {var}"
-                if var in from_cli
-                else f"environment variable {var}"
-            )
+            where = origin(var)
             values[name] = config_path if name == "config_path" else _parse(f, environ[var], where)
             origins[name] = where
 
     settings = Settings(**values, origins=origins)
     _check_relations(settings)
+    _check_admin_token(settings)
     check_program_settings(settings)
     return settings
 
@@ -165,3 +172,46 @@ def _check_relations(settings: Settings) -> None:
                 f"{high} = {high_value} ({settings.origin_of(high)}) is less than "
                 f"{low} = {low_value} ({settings.origin_of(low)}); raise {high} or lower {low}"
             )
+
+
+ADMIN_TOKEN_MIN_LENGTH = 16
+"""Shortest admin token accepted when the admin HTTP address is not loopback."""
+_PLACEHOLDER_WORDS = ("changeme", "password", "secret", "admin", "token", "example", "default")
+
+
+def _weak_token(token: str) -> str | None:
+    """Why ``token`` is too weak to guard an admin API reachable from the network, or None."""
+    if len(token) < ADMIN_TOKEN_MIN_LENGTH:
+        return f"shorter than {ADMIN_TOKEN_MIN_LENGTH} characters"
+    letters = "".join(c for c in token.lower() if c.isalnum())
+    if any(word in letters for word in _PLACEHOLDER_WORDS):
+        return "a placeholder or a word anyone would guess"
+    if len(set(token)) < 6:
+        return "too few different characters"
+    return None
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_admin_token(settings: Settings) -> None:
+    """Refuse a weak admin token when the admin HTTP address is reachable from the network
+    (on loopback only local users can reach it, and tests use short tokens there)."""
+    token = settings.admin_token
+    host, port = settings.http_bind
+    if token is None or _loopback(host):
+        return
+    reason = _weak_token(token)
+    if reason is not None:
+        raise ConfigError(
+            f"admin_token ({settings.origin_of('admin_token')}) is too weak for the admin HTTP "
+            f"address {host}:{port} ({settings.origin_of('http_addr')}), which is not "
+            f"loopback: it is {reason}. Use a random one (e.g. `openssl rand -hex 24`), "
+            "or leave it unset (then /admin/* answers loopback clients only)"
+        )

@@ -297,7 +297,11 @@ class Settings:
         default=5000, metadata=_ms("Deadline of every NATS request (publish, get, KV).")
     )
     nats_connect_timeout_ms: int = field(
-        default=10_000, metadata=_ms("Deadline of connecting to NATS at start-up.")
+        default=10_000,
+        metadata=_ms(
+            "Deadline of the first NATS connection at start-up (retried until then; then exit "
+            "code 3) and of the stream check after it. Later reconnects have no limit."
+        ),
     )
     # --- command path ---
     command_history: int = field(

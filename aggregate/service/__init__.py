@@ -1,1 +1,1 @@
-"""Wiring and lifecycle: one ``trio.run``, subsystems started in dependency order (§3)."""
+"""Wiring and lifecycle: one ``trio.run``, subsystems started in dependency order."""

@@ -1,11 +1,11 @@
 """``AdminBackend`` for the running service: admin requests become calls into the island,
-where the tenant gate and the placement controller live (DESIGN §3)."""
+where the tenant gate and the placement controller live."""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any, cast
 
+from aggregate import __version__
 from aggregate.domain.placement import PlacementMap
 
 if TYPE_CHECKING:
@@ -19,10 +19,7 @@ if TYPE_CHECKING:
     from aggregate.service.app import Service
     from aggregate.service.core import IslandCore
 
-try:
-    VERSION = version("aggregate")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    VERSION = "0+unknown"
+VERSION = __version__
 
 
 class IslandAdminBackend:

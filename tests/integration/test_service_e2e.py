@@ -256,6 +256,15 @@ def test_cli_submit_get_events_and_exit_codes(service: ServiceProcess) -> None:
         "AccountOpened",
         "MoneyDeposited",
     ]
+    # An aggregate with no events is NOT_FOUND (exit code 1) to `events` as to `get`.
+    nobody = str(uuid7())
+    for verb in (
+        client("get", "--id", nobody),
+        cli("events", *acme, "--storage", str(service.storage), "--id", nobody),
+    ):
+        assert verb.returncode == 1, verb.stderr
+        assert ": NOT_FOUND: " in verb.stderr
+        assert verb.stdout == ""
     unreachable = cli("get", *acme, "--addr", "127.0.0.1:1", "--id", agg, "--timeout", "2")
     assert unreachable.returncode == 3
     bad = cli("get", "-T", "bank account", "--id", str(uuid.uuid4()))

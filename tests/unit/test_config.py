@@ -250,13 +250,13 @@ def test_booleans(raw: str, expected: bool) -> None:
 def test_secrets_are_not_in_repr(tmp_path: Path) -> None:
     settings = load_settings(
         {
-            "AGGREGATE_ADMIN_TOKEN": "s3cr3t-token",
+            "AGGREGATE_ADMIN_TOKEN": "Zq8vN3rLx5Tp2wK9-s3cr3t",
             "AGGREGATE_NATS_URL": "nats://alice:pa55word@h1:4222,tls://tok3n@h2:4443",
         }
     )
-    assert settings.admin_token == "s3cr3t-token"
+    assert settings.admin_token == "Zq8vN3rLx5Tp2wK9-s3cr3t"
     for text in (repr(settings), str(settings)):
-        assert "s3cr3t-token" not in text
+        assert "Zq8vN3rLx5Tp2wK9-s3cr3t" not in text
         assert "pa55word" not in text
         assert "tok3n" not in text
         assert "admin_token='***'" in text
@@ -798,3 +798,19 @@ def test_docs_list_every_variable() -> None:
     for name in settable_fields("env"):
         assert f"`{env_name(name)}`" in text, f"{env_name(name)} is not documented"
     assert "aggregate_types" in text
+
+
+def test_a_weak_admin_token_is_refused_only_off_loopback(tmp_path: Path) -> None:
+    weak = {"AGGREGATE_ADMIN_TOKEN": "change-me"}
+    assert load_settings(weak | {"AGGREGATE_HTTP_ADDR": "127.0.0.1:8080"}).admin_token
+    assert load_settings(weak | {"AGGREGATE_HTTP_ADDR": "[::1]:8080"}).admin_token
+    config = write(
+        tmp_path, "c.yaml", "http_addr: 10.0.0.5:8080\nadmin_token: password1234567890\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_settings({"AGGREGATE_CONFIG_PATH": str(config)})
+    message = error.value.message
+    assert "admin_token (config file" in message
+    assert "10.0.0.5:8080 (config file" in message
+    assert "placeholder" in message
+    assert "password1234567890" not in message

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,7 @@ from aggregate.adapters.grpc.connections import SHUTTING_DOWN, DrainableServer, 
 from aggregate.adapters.grpc.service import CommandService, GrpcOptions
 from aggregate.adapters.grpc.tracing import traced
 from aggregate.adapters.grpc.transport import TransportLimits
+from aggregate.domain.errors import ConfigError
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
@@ -183,7 +185,7 @@ class CommandServer:
         """Bind and start serving; readiness becomes SERVING. Returns the bound address.
 
         Raises:
-            OSError: the address cannot be bound (in use, not local, ...).
+            ConfigError: the address cannot be bound (in use, not local, ...).
             RuntimeError: already started.
         """
         if self._server is not None:
@@ -218,7 +220,7 @@ class CommandServer:
         ``drain`` has finished.
 
         Raises:
-            OSError: as ``start``.
+            ConfigError: as ``start``.
 
         Cancellation: the server closes at once (in-flight calls are cancelled, connections
         closed); use ``drain`` first for a graceful stop.
@@ -327,9 +329,22 @@ class CommandServer:
 
 
 async def _listening_socket(host: str, port: int) -> socket.socket:
-    """A bound, listening TCP socket for ``host:port`` (the family follows the host)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
+    """A bound, listening TCP socket for ``host:port`` (the family follows the host).
+
+    Raises:
+        ConfigError: the host does not resolve or the address cannot be bound.
+    """
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    hint = "set AGGREGATE_GRPC_ADDR to a free local address"
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise ConfigError(f"gRPC address {where} does not resolve: {exc}; {hint}") from None
     family, _, _, _, sockaddr = infos[0]
-    return socket.create_server(sockaddr[:2], family=family, backlog=128)
+    try:
+        return socket.create_server(sockaddr[:2], family=family, backlog=128)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"gRPC cannot listen on {where}: {reason}; {hint}") from None

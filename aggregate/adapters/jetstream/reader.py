@@ -8,23 +8,15 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-import nats
-import nats.errors
-
+from aggregate.adapters.jetstream.connect import open_connection
 from aggregate.adapters.jetstream.store import JetStreamEventStore
-from aggregate.domain.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
     from aggregate.domain.ids import AggregateKey
 
 
 async def _read(servers: list[str], stream: str, key: AggregateKey, timeout_s: float) -> list[Any]:
-    try:
-        nc = await nats.connect(
-            servers, connect_timeout=timeout_s, max_reconnect_attempts=0, allow_reconnect=False
-        )
-    except (OSError, nats.errors.Error, TimeoutError) as exc:
-        raise BackendUnavailableError(f"cannot connect to NATS at {servers}: {exc!r}") from exc
+    nc = await open_connection(servers, timeout_s=timeout_s, reconnect=False, setting="--timeout")
     try:
         store = JetStreamEventStore(nc, stream=stream, request_timeout_s=timeout_s)
         try:
@@ -41,7 +33,7 @@ def read_events(
     """Every event of ``key`` in order, with the stream sequence and command id of its message.
 
     Raises:
-        BackendUnavailableError: NATS cannot be reached.
+        BackendUnavailableError: NATS cannot be reached within ``timeout`` seconds.
         TenantAccessDeniedError, CorruptDataError: a stored message is not ``key``'s.
     """
     stored = asyncio.run(_read(servers, stream, key, timeout))

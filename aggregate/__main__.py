@@ -1,0 +1,7 @@
+"""``python -m aggregate``: the ``aggregate`` command."""
+
+import sys
+
+from aggregate.cli import main
+
+sys.exit(main())
