@@ -79,6 +79,22 @@ def _default_pool_size() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+LIMIT_SETTINGS = {
+    "soft_timeout_seconds": "AGGREGATE_PROGRAM_TIMEOUT_MS",
+    "hard_timeout_seconds": "AGGREGATE_PROGRAM_HARD_TIMEOUT_MS",
+    "max_memory_bytes": "AGGREGATE_PROGRAM_MAX_MEMORY_MB",
+    "pool_size": "AGGREGATE_PROGRAM_WORKERS",
+}
+"""The service setting behind each limit that has one (named in messages to operators)."""
+
+
+def limit_name(field_name: str) -> str:
+    """``field_name``, with its setting when it has one: ``max_memory_bytes, setting
+    AGGREGATE_PROGRAM_MAX_MEMORY_MB``."""
+    setting = LIMIT_SETTINGS.get(field_name)
+    return f"{field_name}, setting {setting}" if setting else field_name
+
+
 @dataclass(frozen=True, slots=True)
 class ProgramLimits:
     """Budgets for running programs (DESIGN §7).

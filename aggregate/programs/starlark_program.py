@@ -19,8 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.lowlevel
 
-from aggregate.domain.errors import InvalidArgumentError, ProgramError
-from aggregate.programs.base import Accepted, ProgramLimits, Rejected
+from aggregate.domain.errors import (
+    InvalidArgumentError,
+    ProgramCompileError,
+    ProgramError,
+    ProgramLimitError,
+)
+from aggregate.programs.base import Accepted, ProgramLimits, Rejected, limit_name
+from aggregate.programs.pool import WorkerCrashError, WorkerTimeoutError
 from aggregate.programs.starlark_compile import COMPILE_CACHE, CompileCache, source_key
 from aggregate.programs.starlark_runtime import StarlarkPair
 from aggregate.programs.values import json_copy, json_problem
@@ -104,6 +110,7 @@ class StarlarkProcessProgram:
     ) -> None:
         self._name = name
         self._pool = pool
+        self._programs = (decide, apply)
         decide_key, apply_key = source_key(decide.text), source_key(apply.text)
         self._sources = {decide_key: decide.text, apply_key: apply.text}
         self._entries = {
@@ -139,12 +146,12 @@ class StarlarkProcessProgram:
         """Compile both programs in a worker.
 
         Raises:
-            ProgramCompileError: with program, origin, line and column.
-            ProgramLimitError: compiling ran past the hard timeout or killed the worker.
+            ProgramCompileError: with program, origin, line and column; or compiling ran
+                past a limit (the hard timeout, the worker's memory).
 
         Cancellation: as ``WorkerPool.request``.
         """
-        await self._request("compile", self.limits.hard_timeout_seconds)
+        await check_in_worker(self._pool, self._name, *self._programs)
 
     async def decide(self, state: JsonObject, command: JsonObject) -> Decision:
         """Run decide and the applies of its events in one round trip to a worker.
@@ -186,3 +193,68 @@ class StarlarkProcessProgram:
             "apply", time_limit, state=state, events=list(events)
         )
         return new_state
+
+
+async def check_in_worker(
+    pool: WorkerPool, program: str, decide: ProgramSource, apply: ProgramSource
+) -> None:
+    """Compile ``decide`` and ``apply`` (once if they are one text) in a worker of ``pool``
+    and check that they define their functions, under the worker's limits.
+
+    A text compiled there without harm compiles the same way anywhere (compiling is
+    deterministic), which is how an ``inline`` program is known to be safe to compile in
+    the service process.
+
+    Raises:
+        ProgramCompileError: the text does not compile (program, origin, line, column), or
+            compiling it ran past the worker's memory or the hard timeout, or crashed it:
+            the message names the type, the text, the limit and its setting.
+
+    Cancellation: as ``WorkerPool.request``.
+    """
+    roles: dict[str, tuple[ProgramSource, list[str]]] = {}
+    for role, source in (("decide", decide), ("apply", apply)):
+        roles.setdefault(source_key(source.text), (source, []))[1].append(role)
+    limits = pool.limits
+    for key, (source, needed) in roles.items():
+        message = {
+            "op": "compile",
+            "program": program,
+            "entry": {"key": key, "origin": source.origin},
+            "roles": needed,
+        }
+        try:
+            await pool.request(
+                message, sources={key: source.text}, time_limit=limits.hard_timeout_seconds
+            )
+        except ProgramLimitError as exc:
+            raise _compile_limit_error(exc, program, source.origin, limits) from None
+
+
+def _compile_limit_error(
+    exc: ProgramLimitError, program: str, origin: str, limits: ProgramLimits
+) -> ProgramCompileError:
+    if isinstance(exc, WorkerCrashError) and exc.out_of_memory:
+        mib = limits.max_memory_bytes / (1024 * 1024)
+        detail = (
+            f"while compiling, the program worker hit its address-space limit of {mib:g} MiB "
+            f"({limit_name('max_memory_bytes')}): {exc.reason}. The compiler computes "
+            'constant expressions such as "x" * 2000000000, even in code that never runs'
+        )
+    elif isinstance(exc, WorkerCrashError):
+        detail = (
+            f"while compiling, the program worker crashed: {exc.reason}. A deeply nested "
+            "expression overflows the compiler's stack"
+        )
+    elif isinstance(exc, WorkerTimeoutError):
+        detail = (
+            f"compiling ran past the hard time limit of {exc.time_limit:g}s "
+            f"({limit_name('hard_timeout_seconds')})"
+        )
+    else:
+        detail = exc.message
+    return ProgramCompileError(
+        f"aggregate type {program}: {origin} does not compile within the program limits: {detail}",
+        program=program,
+        origin=origin,
+    )

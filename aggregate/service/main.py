@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from aggregate.domain.errors import AggregateError
 from aggregate.service.app import Service
 
 if TYPE_CHECKING:
@@ -49,4 +50,23 @@ async def serve(settings: Settings, log_drops: Callable[[], float] | None = None
 
 
 def run(settings: Settings, log_drops: Callable[[], float] | None = None) -> int:
-    return trio.run(serve, settings, log_drops)
+    """``serve`` in a fresh Trio run.
+
+    Raises:
+        AggregateError: start-up failed (``ConfigError``, ``BackendUnavailableError``, ...):
+            the one error, out of the task groups' exception groups it travelled through.
+    """
+    try:
+        return trio.run(serve, settings, log_drops)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1 and isinstance(leaves[0], AggregateError):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found

@@ -1,0 +1,134 @@
+"""Programs in the real service process: a program that cannot compile within its limits
+is refused at start-up, and ``inline`` types are warned about."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+
+from aggregate.adapters.nats_server import free_port
+from aggregate.config import example_manifest_path
+from tests.integration.service_harness import start_service
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from tests.integration.service_harness import ServiceProcess
+
+pytestmark = pytest.mark.integration
+
+APPLY = "def apply(state, event):\n    return state\n"
+# About 150 million steps: seconds of work, finite.
+SLOW = """
+def decide(state, command):
+    n = 0
+    for a in range(command["outer"]):
+        for b in range(10000):
+            n += 1
+    return [{"type": "Spun", "n": n}]
+"""
+INLINE_WARNING = "runs its Starlark programs with isolation: inline"
+
+
+def write(directory: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory / "manifest.yaml"
+
+
+@pytest.mark.parametrize("isolation", ["process", "inline"])
+def test_a_program_that_cannot_compile_within_its_limits_stops_start_up_with_one_line(
+    tmp_path: Path, isolation: str
+) -> None:
+    manifest = write(
+        tmp_path,
+        {
+            "decide.star": 'def never():\n    return "x" * 2000000000\n\n'
+            "def decide(state, command):\n    return []\n",
+            "apply.star": APPLY,
+            "manifest.yaml": f"aggregate_types:\n  bomb:\n    isolation: {isolation}\n"
+            "    decide: decide.star\n    apply: apply.star\n",
+        },
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("AGGREGATE_")}
+    environment |= {
+        "AGGREGATE_MANIFEST_PATH": str(manifest),
+        "AGGREGATE_PROGRAM_MAX_MEMORY_MB": "256",
+    }
+    grpc_addr, http_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "aggregate.cli", "serve", "--storage", str(tmp_path / "s")]
+    command += ["--grpc-addr", grpc_addr, "--http-addr", http_addr]
+    # Its own session: if start-up wrongly went ahead, the embedded nats-server dies too.
+    proc = subprocess.Popen(
+        command,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    done = subprocess.CompletedProcess(command, proc.returncode, "", stderr)
+    assert done.returncode == 2, done.stderr[-3000:]  # a configuration error
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        "aggregate serve: configuration error: aggregate type bomb: "
+        f"{tmp_path / 'decide.star'} does not compile within the program limits: while "
+        "compiling, the program worker hit its address-space limit of 256 MiB "
+        "(max_memory_bytes, setting AGGREGATE_PROGRAM_MAX_MEMORY_MB): killed by SIGABRT: "
+        "memory allocation of 2000000000 bytes failed. The compiler computes constant "
+        'expressions such as "x" * 2000000000, even in code that never runs'
+    )
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    directory = tmp_path_factory.mktemp("programs")
+    bank = example_manifest_path("bank").parent
+    manifest = write(
+        directory,
+        {
+            "slow.star": SLOW,
+            "quick.star": "def decide(state, command):\n    return []\n",
+            "apply.star": APPLY,
+            "manifest.yaml": "aggregate_types:\n"
+            "  slow:\n    isolation: inline\n    decide: slow.star\n    apply: apply.star\n"
+            "  quick:\n    isolation: inline\n    decide: quick.star\n    apply: apply.star\n"
+            f"  bank-account:\n    decide: {bank}/decide.star\n    apply: {bank}/apply.star\n",
+        },
+    )
+    env = {
+        "AGGREGATE_MANIFEST_PATH": str(manifest),
+        "AGGREGATE_PROGRAM_TIMEOUT_MS": "120000",
+        "AGGREGATE_PROGRAM_HARD_TIMEOUT_MS": "120000",
+        "AGGREGATE_PROGRAM_WORKERS": "1",
+    }
+    running = start_service(directory / "svc", env=env, example=None)
+    try:
+        yield running
+    finally:
+        running.stop(signal.SIGTERM, timeout=30)
+
+
+def test_each_inline_type_is_warned_about_once_at_start_up(service: ServiceProcess) -> None:
+    warned = [
+        line
+        for line in service.lines
+        if INLINE_WARNING in str(line.get("message")) and line.get("level") == "warning"
+    ]
+    named = sorted(str(line["message"]).split(" ")[2] for line in warned)
+    assert named == ["quick", "slow"]  # not bank-account: process is the default
+    assert all("aborts the whole service" in str(line["message"]) for line in warned)
