@@ -1,18 +1,25 @@
 """Programs in the real service process: a program that cannot compile within its limits
-is refused at start-up, and ``inline`` types are warned about."""
+is refused at start-up, ``inline`` types are warned about, and gRPC health and admin HTTP
+answer while an ``inline`` program runs long."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 from typing import TYPE_CHECKING
 
+import grpc
 import pytest
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from aggregate.adapters.nats_server import free_port
 from aggregate.config import example_manifest_path
+from aggregate.gateway.v1 import aggregate_pb2 as pb
+from tests.integration.grpc_harness import grpcio_stubs
 from tests.integration.service_harness import start_service
 
 if TYPE_CHECKING:
@@ -132,3 +139,53 @@ def test_each_inline_type_is_warned_about_once_at_start_up(service: ServiceProce
     named = sorted(str(line["message"]).split(" ")[2] for line in warned)
     assert named == ["quick", "slow"]  # not bank-account: process is the default
     assert all("aborts the whole service" in str(line["message"]) for line in warned)
+
+
+def test_health_and_admin_answer_while_an_inline_program_runs_long(
+    service: ServiceProcess,
+) -> None:
+    address = f"{service.grpc[0]}:{service.grpc[1]}"
+    outcome: list[str] = []
+
+    def slow_command() -> None:
+        with grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
+            try:
+                reply = (
+                    grpcio_stubs()
+                    .CommandServiceStub(channel)
+                    .SubmitCommand(
+                        pb.SubmitCommandRequest(
+                            aggregate_type="slow",
+                            payload_json=json.dumps({"type": "Spin", "outer": 15000}),
+                        ),
+                        metadata=(("x-tenant-id", "acme"),),
+                        timeout=120,
+                    )
+                )
+                outcome.append(f"OK {reply.version}")
+            except grpc.RpcError as exc:
+                outcome.append(exc.code().name)
+
+    caller = threading.Thread(target=slow_command)
+    caller.start()
+    checks = 0
+    with grpc.insecure_channel(address, options=[("grpc.enable_http_proxy", 0)]) as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=HealthCheckRequest.SerializeToString,
+            response_deserializer=HealthCheckResponse.FromString,
+        )
+        while "aggregate_commands_in_flight 1.0" not in str(service.http_call("GET", "/metrics")):
+            assert caller.is_alive(), outcome
+        # From now until it answers, the program runs; every check gets 1 s.
+        while caller.is_alive():
+            reply = check(HealthCheckRequest(service=""), timeout=1)
+            assert reply.status == HealthCheckResponse.SERVING
+            status, body = service.http_call("GET", "/health")
+            assert status == 200, body
+            in_flight = service.http_call("GET", "/metrics")[1]
+            if "aggregate_commands_in_flight 1.0" in str(in_flight):
+                checks += 1  # answered while the program was still running
+    caller.join()
+    assert outcome == ["OK 1"]
+    assert checks >= 2
