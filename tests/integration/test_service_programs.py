@@ -49,6 +49,17 @@ def write(directory: Path, files: dict[str, str]) -> Path:
     return directory / "manifest.yaml"
 
 
+def stop(proc: subprocess.Popen[str]) -> None:
+    """Stop a service that went on starting: SIGTERM (it stops its embedded nats-server on
+    the way out), then SIGKILL for its whole session."""
+    proc.terminate()
+    try:
+        proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
 @pytest.mark.parametrize("isolation", ["process", "inline"])
 def test_a_program_that_cannot_compile_within_its_limits_stops_start_up_with_one_line(
     tmp_path: Path, isolation: str
@@ -71,7 +82,6 @@ def test_a_program_that_cannot_compile_within_its_limits_stops_start_up_with_one
     grpc_addr, http_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     command = [sys.executable, "-m", "aggregate.cli", "serve", "--storage", str(tmp_path / "s")]
     command += ["--grpc-addr", grpc_addr, "--http-addr", http_addr]
-    # Its own session: if start-up wrongly went ahead, the embedded nats-server dies too.
     proc = subprocess.Popen(
         command,
         env=environment,
@@ -84,8 +94,7 @@ def test_a_program_that_cannot_compile_within_its_limits_stops_start_up_with_one
     try:
         _, stderr = proc.communicate(timeout=90)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        stop(proc)  # start-up went ahead: it must not have
         raise
     done = subprocess.CompletedProcess(command, proc.returncode, "", stderr)
     assert done.returncode == 2, done.stderr[-3000:]  # a configuration error
