@@ -107,12 +107,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     import trio
 
     from aggregate.config import manifest_from_settings
-    from aggregate.programs.registry import check_manifest
+    from aggregate.programs.registry import check_manifest, isolation_warnings
     from aggregate.service.core import program_limits
 
     settings = _settings(args)
     manifest = manifest_from_settings(settings)
     trio.run(lambda: check_manifest(manifest, limits=program_limits(settings)))
+    warnings = isolation_warnings(manifest)
+    for warning in warnings:
+        print(f"aggregate check: WARNING: {warning}", file=sys.stderr)
     _print(
         {
             "ok": True,
@@ -122,6 +125,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                 name: {"language": t.language.value, "isolation": t.isolation.value}
                 for name, t in sorted(manifest.types.items())
             },
+            "warnings": warnings,
         }
     )
     return EXIT_OK

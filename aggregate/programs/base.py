@@ -91,14 +91,31 @@ def _default_pool_size() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+LIMIT_SETTINGS = {
+    "soft_timeout_seconds": "AGGREGATE_PROGRAM_TIMEOUT_MS",
+    "hard_timeout_seconds": "AGGREGATE_PROGRAM_HARD_TIMEOUT_MS",
+    "max_memory_bytes": "AGGREGATE_PROGRAM_MAX_MEMORY_MB",
+    "pool_size": "AGGREGATE_PROGRAM_WORKERS",
+}
+"""The service setting behind each limit that has one (named in messages to operators)."""
+
+
+def limit_name(field_name: str) -> str:
+    """``field_name``, with its setting when it has one: ``max_memory_bytes, setting
+    AGGREGATE_PROGRAM_MAX_MEMORY_MB``."""
+    setting = LIMIT_SETTINGS.get(field_name)
+    return f"{field_name}, setting {setting}" if setting else field_name
+
+
 @dataclass(frozen=True, slots=True)
 class ProgramLimits:
     """Budgets for running programs (DESIGN §7).
 
-    - ``soft_timeout_seconds``: per Starlark call (one ``decide`` or one ``apply``, and a
-      program's top-level code at compile time), enforced inside the interpreter through
-      ``check_cancelled``; the call raises ``ProgramLimitError``. Inline and process modes.
-      A rehydration batch of ``n`` events is folded in one call with a budget of
+    - ``soft_timeout_seconds``: per step, enforced inside the interpreter through
+      ``check_cancelled``; the step raises ``ProgramLimitError``. Inline and process modes.
+      A step is one ``decide`` together with the applies of the events it returns (they
+      share the one budget), a program's top-level code at compile time, or a rehydration
+      batch of ``n`` events folded in one call with a budget of
       ``soft_timeout_seconds + n * timeout_per_event_seconds``.
     - ``hard_timeout_seconds``: per round trip to a worker process (process mode); past it
       the worker is killed and respawned. A rehydration batch of ``n`` events gets
@@ -112,6 +129,9 @@ class ProgramLimits:
     - ``pool_size``: number of worker processes (process mode).
     - ``max_message_bytes``: largest request or answer exchanged with a worker.
     - ``startup_timeout_seconds``: how long a new worker may take to report ready.
+    - ``inline_slice_seconds``: how long an ``inline`` step may hold the event loop. A step
+      still running after it is stopped and run again, from the start, in a thread (programs
+      are deterministic and have no side effects), so the loop keeps serving.
     """
 
     soft_timeout_seconds: float = 1.0
@@ -123,6 +143,7 @@ class ProgramLimits:
     pool_size: int = field(default_factory=_default_pool_size)
     max_message_bytes: int = 64 * 1024 * 1024
     startup_timeout_seconds: float = 30.0
+    inline_slice_seconds: float = 0.01
 
     def __post_init__(self) -> None:
         for f in fields(self):

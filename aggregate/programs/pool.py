@@ -63,6 +63,28 @@ class _WorkerDiedError(Exception):
     """The worker's pipes closed or it sent something unreadable."""
 
 
+class WorkerCrashError(ProgramLimitError):
+    """The worker process running a call ended (memory exhausted, interpreter abort,
+    crash). ``reason``: its exit status or signal and the telling line of its stderr."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    @property
+    def out_of_memory(self) -> bool:
+        """Whether the worker said it could not allocate memory."""
+        return "memory allocation of" in self.reason or "MemoryError" in self.reason
+
+
+class WorkerTimeoutError(ProgramLimitError):
+    """A call ran past its hard time limit (``time_limit`` seconds); its worker was killed."""
+
+    def __init__(self, message: str, *, time_limit: float) -> None:
+        super().__init__(message)
+        self.time_limit = time_limit
+
+
 class _Worker:
     """One worker process, its framed stdout reader and what it has compiled."""
 
@@ -291,9 +313,10 @@ class WorkerPool:
 
         Raises:
             InvalidArgumentError: ``message`` is not plain JSON.
-            ProgramLimitError: the exchange ran past ``time_limit`` (the worker is killed),
-                the worker died (memory exhausted, abort, crash), or a message exceeds
-                ``max_message_bytes``.
+            WorkerTimeoutError: the exchange ran past ``time_limit`` (the worker is killed).
+            WorkerCrashError: the worker died (memory exhausted, abort, crash), or its
+                answer exceeds ``max_message_bytes``.
+            ProgramLimitError: the request exceeds ``max_message_bytes``.
             ProgramError, ProgramCompileError, InvalidArgumentError: what the program
                 raised in the worker, with its class, line and column.
 
@@ -354,14 +377,16 @@ class WorkerPool:
             raise ProgramError(f"{program}: the program worker pool closed during the call")
         if died is not None:
             reason = await worker.death_reason()
-            raise ProgramLimitError(
+            raise WorkerCrashError(
                 f"{program}: the program's worker process died ({died}; {reason}); most likely the "
                 f"program exhausted its memory (max_memory_bytes={self.limits.max_memory_bytes})"
-                " or crashed the interpreter. A new worker is being started."
+                " or crashed the interpreter. A new worker is being started.",
+                reason=reason,
             )
-        raise ProgramLimitError(
+        raise WorkerTimeoutError(
             f"{program}: the program ran past the hard time limit of {time_limit:g}s "
-            "(hard_timeout_seconds); its worker process was killed and is being replaced"
+            "(hard_timeout_seconds); its worker process was killed and is being replaced",
+            time_limit=time_limit,
         )
 
     @property

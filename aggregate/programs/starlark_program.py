@@ -1,9 +1,11 @@
 """Starlark decide/apply programs as ``AggregateProgram``s, in both isolation modes.
 
 - ``StarlarkInlineProgram``: compiled and run in the service process (trusted programs;
-  ~20 µs a call). A runaway loop is stopped by the soft deadline, but some single
-  operations cannot be interrupted and a memory bomb aborts the whole process, which is
-  why untrusted programs use:
+  ~20 µs a call). A step runs on the event loop for at most ``inline_slice_seconds``; one
+  still running then is stopped and run again in a thread, so the loop keeps serving while
+  it takes up to its soft deadline. A runaway loop is stopped by the soft deadline, but
+  some single operations cannot be interrupted (they hold the whole process, thread or
+  not) and a memory bomb aborts the whole process, which is why untrusted programs use:
 - ``StarlarkProcessProgram``: run by a ``WorkerPool``; decide plus all its applies, or a
   whole rehydration batch, is one round trip. The program text is compiled in the workers
   only (never parsed in the service process).
@@ -15,18 +17,27 @@ may live in one file.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import functools
+import time
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.lowlevel
+import anyio.to_thread
 
-from aggregate.domain.errors import InvalidArgumentError, ProgramError
-from aggregate.programs.base import Accepted, ProgramLimits, Rejected
+from aggregate.domain.errors import (
+    InvalidArgumentError,
+    ProgramCompileError,
+    ProgramError,
+    ProgramLimitError,
+)
+from aggregate.programs.base import Accepted, ProgramLimits, Rejected, limit_name
+from aggregate.programs.pool import WorkerCrashError, WorkerTimeoutError
 from aggregate.programs.starlark_compile import COMPILE_CACHE, CompileCache, source_key
-from aggregate.programs.starlark_runtime import StarlarkPair
+from aggregate.programs.starlark_runtime import SliceExpiredError, StarlarkPair
 from aggregate.programs.values import json_copy, json_problem
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from aggregate.domain.envelopes import JsonObject
     from aggregate.domain.manifest import ProgramSource
@@ -34,6 +45,23 @@ if TYPE_CHECKING:
     from aggregate.programs.pool import WorkerPool
 
 APPLY_CHUNK = 1000  # inline rehydration yields to the event loop between chunks
+INLINE_THREADS = 2
+"""Inline steps that outlast their slice run in threads, at most this many at once (per
+event loop): each holds the interpreter lock between its interpreter's cancellation
+checks, so more of them would only lengthen the loop's waits for it."""
+_THREADS: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar(
+    "aggregate_inline_program_threads"
+)
+T = TypeVar("T")
+
+
+def _thread_limiter() -> anyio.CapacityLimiter:
+    try:
+        return _THREADS.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(INLINE_THREADS)
+        _THREADS.set(limiter)
+        return limiter
 
 
 class StarlarkInlineProgram:
@@ -54,6 +82,7 @@ class StarlarkInlineProgram:
     ) -> None:
         limits = limits if limits is not None else ProgramLimits()
         self._name = name
+        self._slice = limits.inline_slice_seconds
         self._pair = StarlarkPair(
             program=name,
             decide_module=cache.compile(decide.text, decide.origin, program=name, limits=limits),
@@ -67,27 +96,40 @@ class StarlarkInlineProgram:
     def name(self) -> str:
         return self._name
 
+    async def _run(self, step: Callable[..., T], *args: Any) -> T:
+        """Run ``step`` on the event loop for at most ``inline_slice_seconds``; if it is
+        still running then, run it again from the start in a thread (its soft deadline
+        starts over there)."""
+        try:
+            return step(*args, slice_end=time.monotonic() + self._slice)
+        except SliceExpiredError:
+            pass
+        return await anyio.to_thread.run_sync(
+            functools.partial(step, *args), limiter=_thread_limiter()
+        )
+
     async def decide(self, state: JsonObject, command: JsonObject) -> Decision:
-        """Run decide and the applies of its events, synchronously (no await inside: the
-        event loop is held for at most the soft deadline per call).
+        """Run decide and the applies of its events (one step, see ``_run``).
 
         Raises:
             InvalidArgumentError: the command nests deeper than ``max_input_depth``.
             ProgramError: the program crashed or returned a malformed value.
             ProgramLimitError: past the soft deadline or the call-stack budget.
+
+        Cancellation: not while the step runs in a thread (it ends by its soft deadline).
         """
-        return self._pair.decide(state, command)
+        return await self._run(self._pair.decide, state, command)
 
     async def apply(self, state: JsonObject, events: Sequence[JsonObject]) -> JsonObject:
-        """Fold ``events`` into ``state``, yielding to the event loop every
-        ``APPLY_CHUNK`` events.
+        """Fold ``events`` into ``state``, ``APPLY_CHUNK`` events a step, yielding to the
+        event loop between steps.
 
-        Raises: as ``decide``. Cancellation: between chunks; nothing is mutated.
+        Raises: as ``decide``. Cancellation: between steps; nothing is mutated.
         """
         if len(events) <= APPLY_CHUNK:
-            return self._pair.apply(state, events)
+            return await self._run(self._pair.apply, state, events)
         for start in range(0, len(events), APPLY_CHUNK):
-            state = self._pair.apply(state, events[start : start + APPLY_CHUNK])
+            state = await self._run(self._pair.apply, state, events[start : start + APPLY_CHUNK])
             await anyio.lowlevel.checkpoint()
         return state
 
@@ -104,6 +146,7 @@ class StarlarkProcessProgram:
     ) -> None:
         self._name = name
         self._pool = pool
+        self._programs = (decide, apply)
         decide_key, apply_key = source_key(decide.text), source_key(apply.text)
         self._sources = {decide_key: decide.text, apply_key: apply.text}
         self._entries = {
@@ -139,12 +182,12 @@ class StarlarkProcessProgram:
         """Compile both programs in a worker.
 
         Raises:
-            ProgramCompileError: with program, origin, line and column.
-            ProgramLimitError: compiling ran past the hard timeout or killed the worker.
+            ProgramCompileError: with program, origin, line and column; or compiling ran
+                past a limit (the hard timeout, the worker's memory).
 
         Cancellation: as ``WorkerPool.request``.
         """
-        await self._request("compile", self.limits.hard_timeout_seconds)
+        await check_in_worker(self._pool, self._name, *self._programs)
 
     async def decide(self, state: JsonObject, command: JsonObject) -> Decision:
         """Run decide and the applies of its events in one round trip to a worker.
@@ -186,3 +229,68 @@ class StarlarkProcessProgram:
             "apply", time_limit, state=state, events=list(events)
         )
         return new_state
+
+
+async def check_in_worker(
+    pool: WorkerPool, program: str, decide: ProgramSource, apply: ProgramSource
+) -> None:
+    """Compile ``decide`` and ``apply`` (once if they are one text) in a worker of ``pool``
+    and check that they define their functions, under the worker's limits.
+
+    A text compiled there without harm compiles the same way anywhere (compiling is
+    deterministic), which is how an ``inline`` program is known to be safe to compile in
+    the service process.
+
+    Raises:
+        ProgramCompileError: the text does not compile (program, origin, line, column), or
+            compiling it ran past the worker's memory or the hard timeout, or crashed it:
+            the message names the type, the text, the limit and its setting.
+
+    Cancellation: as ``WorkerPool.request``.
+    """
+    roles: dict[str, tuple[ProgramSource, list[str]]] = {}
+    for role, source in (("decide", decide), ("apply", apply)):
+        roles.setdefault(source_key(source.text), (source, []))[1].append(role)
+    limits = pool.limits
+    for key, (source, needed) in roles.items():
+        message = {
+            "op": "compile",
+            "program": program,
+            "entry": {"key": key, "origin": source.origin},
+            "roles": needed,
+        }
+        try:
+            await pool.request(
+                message, sources={key: source.text}, time_limit=limits.hard_timeout_seconds
+            )
+        except ProgramLimitError as exc:
+            raise _compile_limit_error(exc, program, source.origin, limits) from None
+
+
+def _compile_limit_error(
+    exc: ProgramLimitError, program: str, origin: str, limits: ProgramLimits
+) -> ProgramCompileError:
+    if isinstance(exc, WorkerCrashError) and exc.out_of_memory:
+        mib = limits.max_memory_bytes / (1024 * 1024)
+        detail = (
+            f"while compiling, the program worker hit its address-space limit of {mib:g} MiB "
+            f"({limit_name('max_memory_bytes')}): {exc.reason}. The compiler computes "
+            'constant expressions such as "x" * 2000000000, even in code that never runs'
+        )
+    elif isinstance(exc, WorkerCrashError):
+        detail = (
+            f"while compiling, the program worker crashed: {exc.reason}. A deeply nested "
+            "expression overflows the compiler's stack"
+        )
+    elif isinstance(exc, WorkerTimeoutError):
+        detail = (
+            f"compiling ran past the hard time limit of {exc.time_limit:g}s "
+            f"({limit_name('hard_timeout_seconds')})"
+        )
+    else:
+        detail = exc.message
+    return ProgramCompileError(
+        f"aggregate type {program}: {origin} does not compile within the program limits: {detail}",
+        program=program,
+        origin=origin,
+    )

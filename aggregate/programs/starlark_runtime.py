@@ -2,7 +2,8 @@
 
 The inline program calls it in the service process; each worker process calls it for the
 requests it receives. Values cross into Starlark by conversion (a copy), so the caller's
-state, command and events are never mutated.
+state, command and events are never mutated, and a step has no effect but its result: it
+can be stopped and run again (``SliceExpiredError``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import starlark as sl
 
 from aggregate.domain.errors import InvalidArgumentError, ProgramError, quote
 from aggregate.programs.base import Accepted, Rejected
-from aggregate.programs.starlark_compile import FOLD, Rejection, is_panic, runtime_error
+from aggregate.programs.starlark_compile import (
+    FOLD,
+    Rejection,
+    StarlarkFailure,
+    is_panic,
+    runtime_error,
+)
 from aggregate.programs.values import json_copy, json_problem
 
 if TYPE_CHECKING:
@@ -25,6 +32,12 @@ if TYPE_CHECKING:
     from aggregate.domain.envelopes import JsonObject
     from aggregate.programs.base import Decision, ProgramLimits
     from aggregate.programs.starlark_compile import CompiledModule
+
+
+class SliceExpiredError(Exception):
+    """A step given a ``slice_end`` was still running at that time, before its own deadline:
+    it was stopped, and nothing came of it. Run it again where it may take its whole budget.
+    """
 
 
 def describe(value: object) -> str:
@@ -107,20 +120,31 @@ class StarlarkPair:
         module: CompiledModule,
         origin: str,
         *args: object,
+        deadline: float,
+        budget: float,
+        slice_end: float | None = None,
         function: str | None = None,
-        budget: float | None = None,
     ) -> object:
-        seconds = self.limits.soft_timeout_seconds if budget is None else budget
-        options = self._options(time.monotonic() + seconds)
+        """Call ``function`` (default: ``role``) until ``deadline``, the end of a step whose
+        budget is ``budget`` seconds; stop at ``slice_end`` if that comes first.
+
+        Raises:
+            SliceExpiredError: stopped at ``slice_end``, before ``deadline``.
+            ProgramError, ProgramLimitError: see ``decide``.
+        """
+        stop = deadline if slice_end is None else min(deadline, slice_end)
+        options = self._options(stop)
         try:
             return module.module.call_with(options, function or role, *args).value
         except sl.StarlarkError as exc:
+            if slice_end is not None and time.monotonic() < deadline and _cancelled(exc):
+                raise SliceExpiredError from None
             raise runtime_error(
                 exc,
                 program=self.program,
                 role=role,
                 origin=origin,
-                budget=seconds,
+                budget=budget,
                 limits=self.limits,
             ) from None
         except (TypeError, ValueError, OverflowError, RecursionError) as exc:
@@ -158,8 +182,24 @@ class StarlarkPair:
             origin=self.apply_origin,
         )
 
-    def _apply_one(self, state: JsonObject, event: JsonObject) -> JsonObject:
-        new_state = self._call("apply", self.apply_module, self.apply_origin, state, event)
+    def _apply_one(
+        self,
+        state: JsonObject,
+        event: JsonObject,
+        *,
+        deadline: float,
+        slice_end: float | None,
+    ) -> JsonObject:
+        new_state = self._call(
+            "apply",
+            self.apply_module,
+            self.apply_origin,
+            state,
+            event,
+            deadline=deadline,
+            budget=self.limits.soft_timeout_seconds,
+            slice_end=slice_end,
+        )
         if not isinstance(new_state, dict):
             raise self._not_a_state(new_state, event)
         return new_state
@@ -175,18 +215,33 @@ class StarlarkPair:
             )
         return state
 
-    def decide(self, state: JsonObject, command: JsonObject) -> Decision:
-        """Run decide, then apply for each decided event.
+    def decide(
+        self, state: JsonObject, command: JsonObject, *, slice_end: float | None = None
+    ) -> Decision:
+        """Run decide, then apply for each decided event: one step, with one soft deadline.
 
         Raises:
             InvalidArgumentError: the command nests deeper than ``max_input_depth``.
             ProgramError: the state is too deep, a program crashed or returned a malformed
                 value.
-            ProgramLimitError: a call ran past the soft deadline or the call-stack budget.
+            ProgramLimitError: the step ran past the soft deadline, or a call past the
+                call-stack budget.
+            SliceExpiredError: still running at ``slice_end`` (``time.monotonic``).
         """
         self._check_input(state, "state", ProgramError)
         self._check_input(command, "command", InvalidArgumentError)
-        result = self._call("decide", self.decide_module, self.decide_origin, state, command)
+        budget = self.limits.soft_timeout_seconds
+        deadline = time.monotonic() + budget
+        result = self._call(
+            "decide",
+            self.decide_module,
+            self.decide_origin,
+            state,
+            command,
+            deadline=deadline,
+            budget=budget,
+            slice_end=slice_end,
+        )
         if isinstance(result, Rejection):
             return Rejected(result.reason)
         events = check_events(
@@ -197,7 +252,7 @@ class StarlarkPair:
         )
         new_state = state
         for event in events:
-            new_state = self._apply_one(new_state, event)
+            new_state = self._apply_one(new_state, event, deadline=deadline, slice_end=slice_end)
         if new_state is state:
             new_state = self._call_identity(state)
         return Accepted(events, self._check_state_out(new_state))
@@ -207,12 +262,19 @@ class StarlarkPair:
         copied: JsonObject = json_copy(state)
         return copied
 
-    def apply(self, state: JsonObject, events: Sequence[JsonObject]) -> JsonObject:
-        """Apply ``events`` in order (rehydration).
+    def apply(
+        self,
+        state: JsonObject,
+        events: Sequence[JsonObject],
+        *,
+        slice_end: float | None = None,
+    ) -> JsonObject:
+        """Apply ``events`` in order (rehydration), in one step.
 
         Raises:
             ProgramError: state or events too deep, apply crashed or returned a non-dict.
-            ProgramLimitError: a call ran past the soft deadline or the call-stack budget.
+            ProgramLimitError: the step ran past its budget or the call-stack budget.
+            SliceExpiredError: still running at ``slice_end`` (``time.monotonic``).
         """
         self._check_input(state, "state", ProgramError)
         for event in events:
@@ -228,10 +290,16 @@ class StarlarkPair:
             state,
             events if isinstance(events, list) else list(events),
             function=FOLD,
+            deadline=time.monotonic() + budget,
             budget=budget,
+            slice_end=slice_end,
         )
         if not isinstance(folded, dict):
             assert isinstance(folded, list)
             index, value = folded
             raise self._not_a_state(value, events[index])
         return self._check_state_out(folded)
+
+
+def _cancelled(exc: BaseException) -> bool:
+    return "Evaluation cancelled" in StarlarkFailure.parse(exc).summary

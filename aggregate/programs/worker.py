@@ -6,8 +6,8 @@ SIGINT (the pool owns its lifetime: end of stdin means exit), moves stdout aside
 writes cannot corrupt the frames, and announces ``{"ready": <pid>}``. Then it answers one
 framed JSON request at a time (``aggregate.programs.framing``):
 
-- ``{"op": "compile", "program", "decide": {"key", "origin"}, "apply": {...}, "sources"}``
-  → ``{"ok": null}``
+- ``{"op": "compile", "program", "entry": {"key", "origin"}, "roles": ["decide", ...],
+  "sources"}`` → ``{"ok": null}`` once the text compiled and defines each role's function
 - ``{"op": "decide", ..., "state", "command"}`` → ``{"ok": {"events", "state"}}`` or
   ``{"ok": {"rejected": reason}}``
 - ``{"op": "apply", ..., "state", "events"}`` → ``{"ok": state}``
@@ -72,6 +72,13 @@ def handle(request: dict[str, Any], limits: ProgramLimits) -> Any:
     """
     program = str(request["program"])
     sources = request.get("sources") or {}
+    op = request["op"]
+    if op == "compile":
+        entry = request["entry"]
+        module = _module(entry, sources, program, limits)
+        for role in request["roles"]:
+            module.require(str(role), program=program, origin=entry["origin"])
+        return None
     decide, apply = request["decide"], request["apply"]
     pair = StarlarkPair(
         program=program,
@@ -81,9 +88,6 @@ def handle(request: dict[str, Any], limits: ProgramLimits) -> Any:
         apply_origin=apply["origin"],
         limits=limits,
     )
-    op = request["op"]
-    if op == "compile":
-        return None
     if op == "decide":
         decision = pair.decide(request["state"], request["command"])
         if isinstance(decision, Accepted):

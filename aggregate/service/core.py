@@ -32,7 +32,7 @@ from aggregate.domain.manifest import Isolation, Language
 from aggregate.domain.placement import PlacementDecision
 from aggregate.programs.base import ProgramLimits
 from aggregate.programs.pool import WorkerPool
-from aggregate.programs.registry import ProgramRegistry, build_specs, check_specs
+from aggregate.programs.registry import ProgramRegistry, check_manifest, isolation_warnings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -144,8 +144,11 @@ class IslandCore:
                 for t in manifest.types.values()
             ):
                 pool = await stack.enter_async_context(WorkerPool(limits))
-            specs = build_specs(manifest, limits=limits, pool=pool)
-            await check_specs(specs)
+            for warning in isolation_warnings(manifest):
+                log.warning("%s", warning)
+            # Every Starlark program is compiled in a worker first (inline ones too: a
+            # hostile text must not exhaust this process while compiling).
+            specs = await check_manifest(manifest, limits=limits, pool=pool)
             self.registry = ProgramRegistry(specs)
 
             self.gate = TenantGate(PlacementDecision(shard_id=settings.shard_id))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from aggregate.domain.errors import (
@@ -308,3 +310,80 @@ async def test_rehydration_has_a_budget_that_grows_with_the_batch() -> None:
     events = [{"type": "Added", "n": 1}] * 20
     with pytest.raises(ProgramLimitError, match=r"apply ran past its time budget of 0.3s"):
         await program(apply_text=looping).apply({}, events)  # 0.2s + 20 x 5ms
+
+
+SPIN_APPLY = """
+def apply(state, event):
+    t = 0
+    for a in range(event["n"]):
+        t += 1
+    return dict(state, total = state.get("total", 0) + 1)
+"""
+
+
+async def test_decide_and_the_applies_of_its_events_share_one_deadline() -> None:
+    # Each apply takes a fraction of the budget; fifty of them take several budgets.
+    limits = ProgramLimits(soft_timeout_seconds=0.5, hard_timeout_seconds=1.0)
+    fan_out = "def decide(state, command):\n    return [{'type': 'Spun', 'n': 1500000}] * 50\n"
+    slow = StarlarkInlineProgram(
+        "counter",
+        ProgramSource(fan_out, "counter/decide.star"),
+        ProgramSource(SPIN_APPLY, "counter/apply.star"),
+        limits,
+        cache=CompileCache(),
+    )
+    with pytest.raises(ProgramLimitError, match=r"apply ran past its time budget of 0.5s"):
+        await slow.decide({}, {"type": "Fan"})
+
+
+LONG = ProgramLimits(soft_timeout_seconds=60, hard_timeout_seconds=60)
+
+
+def long_program() -> StarlarkInlineProgram:
+    return StarlarkInlineProgram(
+        "counter", ProgramSource(COUNTER, "counter/decide.star"), ProgramSource(COUNTER, "a"), LONG
+    )
+
+
+async def test_a_long_inline_step_leaves_the_event_loop_turning() -> None:
+    # Twenty million steps: well past the 10 ms an inline step may hold the loop.
+    counter = long_program()
+    finished = anyio.Event()
+    seen_running: list[bool] = []
+    decisions: list[object] = []
+
+    async def run() -> None:
+        decisions.append(await counter.decide({"total": 1}, {"type": "Spin", "n": 20_000_000}))
+        finished.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await anyio.lowlevel.checkpoint()  # the step starts, on the loop
+        await anyio.lowlevel.checkpoint()  # the loop turns again while it runs
+        seen_running.append(not finished.is_set())
+    assert seen_running == [True]
+    assert decisions == [Accepted([], {"total": 1})]
+
+
+async def test_long_inline_steps_in_threads_answer_each_their_own() -> None:
+    counter = long_program()
+    results: dict[int, object] = {}
+
+    async def spin(n: int) -> None:
+        results[n] = await counter.decide({"total": n}, {"type": "Spin", "n": 3_000_000 + n})
+
+    async def add(n: int) -> None:
+        results[-n] = await counter.decide({"total": 0}, {"type": "Add", "n": n})
+
+    async with anyio.create_task_group() as tg:
+        for n in range(1, 4):
+            tg.start_soon(spin, n)
+            tg.start_soon(add, n)
+    for n in range(1, 4):
+        assert results[n] == Accepted([], {"total": n})
+        assert results[-n] == Accepted([{"type": "Added", "n": n}], {"total": n})
+
+
+async def test_a_rerun_in_a_thread_still_stops_at_the_soft_deadline() -> None:
+    with pytest.raises(ProgramLimitError, match=r"time budget of 0.2s.*counter/decide.star:29"):
+        await program().decide({}, {"type": "Loop"})
