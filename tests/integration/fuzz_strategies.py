@@ -1,5 +1,5 @@
 """Hypothesis strategies of the fuzz suite for what goes inside a gRPC request: ids, tenant
-and type tokens, ``SubmitCommandRequest`` fields, JSON payloads.
+and type tokens, ``SubmitCommandRequest`` fields (JSON payloads: ``fuzz_json``).
 
 Every strategy draws a ``Case``: the input, a short label for messages, and the statuses
 that input deserves (the oracle travels with the input, so a test never re-derives it).
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import string
-import uuid
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -41,7 +40,7 @@ class Case(Generic[T]):
         return "OK" not in self.allowed
 
 
-def _case(label: str, value: T, allowed: frozenset[str]) -> Case[T]:
+def case_of(label: str, value: T, allowed: frozenset[str]) -> Case[T]:
     return Case(label, value, allowed)
 
 
@@ -101,7 +100,7 @@ def canonical_ids() -> st.SearchStrategy[str]:
 def judge_id(what: str, text: str, label: str) -> Case[str]:
     """An id judged: canonical (any case) or empty (the server makes one) is accepted."""
     ok = text == "" or is_canonical_id(text)
-    return _case(f"{what} {label}", text, BUSINESS if ok else INVALID)
+    return case_of(f"{what} {label}", text, BUSINESS if ok else INVALID)
 
 
 def id_cases(what: str) -> st.SearchStrategy[Case[str]]:
@@ -133,11 +132,11 @@ VALID_TOKENS = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
 
 def judge_tenant(value: str | None, label: str) -> Case[str | None]:
     ok = value is not None and is_valid_token(value)
-    return _case(f"tenant {label}", value, BUSINESS if ok else INVALID)
+    return case_of(f"tenant {label}", value, BUSINESS if ok else INVALID)
 
 
 def judge_type(value: str, label: str) -> Case[str]:
-    return _case(f"type {label}", value, BUSINESS if value == BANK else INVALID)
+    return case_of(f"type {label}", value, BUSINESS if value == BANK else INVALID)
 
 
 def tenant_cases() -> st.SearchStrategy[Case[str | None]]:
@@ -176,155 +175,16 @@ def map_cases() -> st.SearchStrategy[Case[dict[str, str]]]:
     edge = BUSINESS | TOO_BIG | INVALID
     return st.one_of(
         st.dictionaries(st.text(max_size=20), st.text(max_size=40), max_size=6).map(
-            lambda m: _case("small metadata map", m, BUSINESS | INVALID)
+            lambda m: case_of("small metadata map", m, BUSINESS | INVALID)
         ),
         st.sampled_from([1_000, 20_000]).map(
-            lambda n: _case(f"metadata map of {n} entries", {f"k{i}": "v" for i in range(n)}, edge)
+            lambda n: case_of(
+                f"metadata map of {n} entries", {f"k{i}": "v" for i in range(n)}, edge
+            )
         ),
         st.sampled_from([10_000, 300_000]).map(
-            lambda n: _case(f"metadata value of {n} chars", {"k": "v" * n}, edge)
+            lambda n: case_of(f"metadata value of {n} chars", {"k": "v" * n}, edge)
         ),
-    )
-
-
-# --- JSON payloads --------------------------------------------------------------------------
-
-FINE_JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-FINE_JSON_TEXT = st.builds(
-    lambda v, ascii_only: json.dumps(v, ensure_ascii=ascii_only), FINE_JSON, st.booleans()
-)
-
-_SYNTAX_ERRORS = [
-    "",
-    " ",
-    "{",
-    "[1,]",
-    "{'a': 1}",
-    "tru",
-    "01",
-    "1.",
-    ".5",
-    "+1",
-    "0x10",
-    '"\\x41"',
-    '"\x01"',
-    '"\\u12"',
-    "[1 2]",
-    '{"a" 1}',
-    "/* c */ 1",
-    "1 // c",
-    "\ufeff1",
-    "undefined",
-]
-_NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e999", "-1e999", "1E400", "2e308"]
-_LONE_SURROGATES = ["\\ud800", "\\udbff", "\\udc00", "\\udfff", "\\ud83d"]
-
-
-def _nested(depth: int, kind: str) -> str:
-    if kind == "array":
-        return "[" * depth + "1" + "]" * depth
-    return '{"a":' * depth + "1" + "}" * depth
-
-
-def _digits(count: int, first: str) -> str:
-    return first + "7" * (count - 1)
-
-
-def fragment_cases() -> st.SearchStrategy[Case[str]]:
-    """The text of one JSON value to splice into a command, judged: ``OK`` in ``allowed``
-    means a well-formed value; INVALID alone means the payload must be refused at the
-    boundary, before any program runs; both mean the server's limit decides."""
-    fine, bad, edge = BUSINESS, INVALID, BUSINESS | INVALID
-    return st.one_of(
-        FINE_JSON_TEXT.map(lambda t: _case("json value", t, fine)),
-        st.builds(
-            lambda d, k: _case(f"{k} nested {d} deep", _nested(d, k), fine),
-            st.integers(1, 40),
-            st.sampled_from(["array", "object"]),
-        ),
-        st.builds(
-            lambda d, k: _case(f"{k} nested {d} deep", _nested(d, k), bad),
-            st.integers(70, 300) | st.sampled_from([1_000, 10_000, 50_000]),
-            st.sampled_from(["array", "object"]),
-        ),
-        st.builds(
-            lambda s, a, b: _case(f"lone surrogate {s}", f'"{a}{s}{b}"', bad),
-            st.sampled_from(_LONE_SURROGATES),
-            st.text(string.ascii_letters, max_size=4),
-            st.text(string.ascii_letters, max_size=4),
-        ),
-        st.just(_case("surrogate pair", '"\\ud83d\\ude00"', fine)),
-        st.sampled_from(_NON_FINITE).map(lambda t: _case(f"non-finite {t}", t, bad)),
-        st.builds(
-            lambda n, sign: _case(f"{n}-digit integer", sign + _digits(n, "1"), fine),
-            st.integers(1, 15),
-            st.sampled_from(["", "-"]),
-        ),
-        st.builds(
-            lambda n, first: _case(f"{n}-digit integer", _digits(n, first), edge),
-            st.integers(16, 4300) | st.sampled_from([19, 20, 4299, 4300]),
-            st.sampled_from(["1", "9"]),
-        ),
-        st.just(_case("4300 nines", "9" * 4300, edge)),
-        st.builds(
-            lambda n: _case(f"{n}-digit integer", _digits(n, "3"), bad),
-            st.integers(4301, 6000) | st.sampled_from([4301, 10_000, 100_000]),
-        ),
-        st.sampled_from(_SYNTAX_ERRORS).map(lambda t: _case(f"not JSON {t[:12]!r}", t, bad)),
-    )
-
-
-def placed(fragment: Case[str], where: str) -> Case[str]:
-    """A command with ``fragment`` spliced in as the owner, amount, an extra field or type."""
-    text = {
-        "owner": '{"type": "OpenAccount", "owner": %s}',
-        "amount": '{"type": "Deposit", "amount": %s}',
-        "memo": '{"type": "Deposit", "amount": 1, "memo": %s}',
-        "type": '{"type": %s, "amount": 1}',
-    }[where] % fragment.value
-    allowed = fragment.allowed
-    if "OK" in allowed and where == "type":
-        allowed = BUSINESS | INVALID  # a non-string type is invalid, a string one rejected
-    return _case(f"{fragment.label} as {where}", text, allowed)
-
-
-def payload_cases() -> st.SearchStrategy[Case[str]]:
-    """A whole ``payload_json`` for an opened bank account, with at most one hostile part:
-    a spliced fragment (as the owner, the amount, or an extra field), a hostile ``type``,
-    or a top level that is not a command object."""
-
-    top_level = st.sampled_from(
-        [
-            "[]",
-            '"Deposit"',
-            "1",
-            "null",
-            "{}",
-            '{"type": ""}',
-            '{"type": 1}',
-            '{"amount": 1}',
-            '{"type": "Deposit", "amount": 1} x',
-            '{"type": "Deposit"}{}',
-            "\ufeff{}",
-        ]
-    ).map(lambda t: _case(f"top level {t[:16]!r}", t, INVALID))
-    long_type = st.sampled_from([10_000, 200_000]).map(
-        lambda n: _case(f"{n}-char command type", json.dumps({"type": "T" * n}), BUSINESS)
-    )
-    return st.one_of(
-        st.builds(placed, fragment_cases(), st.sampled_from(["owner", "amount", "memo", "type"])),
-        top_level,
-        long_type,
     )
 
 
@@ -446,24 +306,3 @@ def issue_request_cases() -> list[RequestCase]:
         make_request(good_tenant, bank, long_id, fresh, _NO_MAP, open_account),
     ]
     return cases
-
-
-def issue_payload_cases() -> list[Case[str]]:
-    """Deep nesting, a lone surrogate, 4300-digit integers (one that overflows the limit
-    of int-to-text conversion on the next deposit), NaN, 1e999, a huge command type."""
-    fine_edge = BUSINESS | INVALID
-    return [
-        placed(_case("array nested 10000 deep", _nested(10_000, "array"), INVALID), "memo"),
-        placed(_case("lone surrogate \\ud800", '"\\ud800"', INVALID), "owner"),
-        placed(_case("4300 nines", "9" * 4300, fine_edge), "amount"),
-        placed(_case("4300-digit integer", "1" + "0" * 4299, fine_edge), "amount"),
-        placed(_case("4301-digit integer", "1" + "0" * 4300, INVALID), "amount"),
-        placed(_case("non-finite NaN", "NaN", INVALID), "memo"),
-        placed(_case("non-finite 1e999", "1e999", INVALID), "memo"),
-        _case("2000000-char command type", json.dumps({"type": "T" * 2_000_000}), TOO_BIG),
-        _case("100000-char command type", json.dumps({"type": "T" * 100_000}), BUSINESS),
-    ]
-
-
-def new_command_id() -> str:
-    return str(uuid.uuid4())

@@ -17,13 +17,12 @@ import pytest
 from hypothesis import given
 
 from aggregate.gateway.v1 import aggregate_pb2 as pb
+from tests.integration.fuzz_json import issue_payload_cases, payload_cases
 from tests.integration.fuzz_strategies import (
     Case,
     RequestCase,
     id_cases,
-    issue_payload_cases,
     issue_request_cases,
-    payload_cases,
     request_cases,
     tenant_cases,
     type_cases,

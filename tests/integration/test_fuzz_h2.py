@@ -17,6 +17,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import given
 
+from tests.integration.fuzz_framing import (
+    framing_cases,
+    header_cases,
+    issue_framing_cases,
+    issue_header_cases,
+    raw_body_cases,
+)
 from tests.integration.fuzz_h2 import Call, RawH2Connection, grpc_frame, request_headers
 from tests.integration.fuzz_support import (
     TOO_BIG,
@@ -30,17 +37,12 @@ from tests.integration.fuzz_support import (
 from tests.integration.fuzz_wire import (
     HUGE_PREFIX,
     WireCase,
-    framing_cases,
     good_body,
-    header_cases,
-    issue_framing_cases,
-    issue_header_cases,
     issue_metadata_cases,
     junk_connection_bytes,
     metadata_cases,
     on_shared_connection,
     outcome_status,
-    raw_body_cases,
 )
 
 if TYPE_CHECKING:
