@@ -122,3 +122,15 @@ async def event_stream(shared_nc: NATS) -> AsyncIterator[str]:
         yield name
     finally:
         await js.delete_stream(name)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fuzz suite's tally (statuses per input class), when fuzz tests ran."""
+    import sys
+
+    support = sys.modules.get("tests.integration.fuzz_support")
+    lines = support.tally_summary() if support is not None else []
+    if lines:
+        terminalreporter.section("fuzz tally")
+        for line in lines:
+            terminalreporter.write_line(line)
