@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import given
 
+from aggregate.gateway.v1 import aggregate_pb2 as pb
 from tests.integration.fuzz_framing import (
     framing_cases,
     header_cases,
@@ -136,6 +137,10 @@ def junk_connection(node: FuzzNode, label: str, junk: bytes) -> None:
             closed = _closed_within(sock, JUNK_CLOSE_TIMEOUT)
         good.collect(ids)
         outcomes = [good.streams[i] for i in ids]
+    for outcome in outcomes:
+        if outcome.grpc_status == "OK":
+            for message in outcome.messages():
+                node.remember(pb.SubmitCommandResponse.FromString(message).aggregate_id)
     check_status(JUNK, label, "CLOSED" if closed else "LEFT OPEN", "", {"CLOSED"})
     for index, outcome in enumerate(outcomes):
         check_status(

@@ -116,7 +116,13 @@ class TrackedProtocol(H2Protocol):
             self.processor.close("Protocol error")
             return
         self.connection.flush()
+        # Frames grpclib has no processor for (an unknown frame type, ALTSVC) are ignored, as
+        # HTTP/2 requires (RFC 9113 §5.5); grpclib raised NotImplementedError, which killed
+        # the connection with every call on it and logged a traceback.
+        processors = getattr(self.processor, "processors", None)
         for event in events:
+            if processors is not None and type(event) not in processors:
+                continue
             self.processor.process(event)
         self.connection.flush()
 
