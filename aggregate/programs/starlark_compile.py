@@ -136,15 +136,18 @@ def runtime_error(
     """
     failure = StarlarkFailure.parse(exc)
     where = failure.where(origin)
+    # A budget error reaches the client (RESOURCE_EXHAUSTED): it names the position in the
+    # program, never the program's file (a server path).
+    position = f"line {failure.line}, column {failure.column}" if failure.line is not None else role
     if "Evaluation cancelled" in failure.summary:
         return ProgramLimitError(
             f"{program}: {role} ran past its time budget of {budget:g}s "
-            f"(soft_timeout_seconds), stopped at {where}"
+            f"(soft_timeout_seconds), stopped at {position}"
         )
     if "call stack overflow" in failure.summary:
         return ProgramLimitError(
             f"{program}: {role} exceeded the call-stack budget of {limits.max_callstack_size} "
-            f"frames (max_callstack_size) at {where}; is the recursion unbounded?"
+            f"frames (max_callstack_size) at {position}; is the recursion unbounded?"
         )
     detail = f"\n{failure.snippet}" if failure.snippet else ""
     return ProgramError(

@@ -237,7 +237,7 @@ async def test_a_state_nested_too_deep_is_a_program_error() -> None:
 
 
 async def test_runaway_loop_stops_at_the_soft_deadline() -> None:
-    with pytest.raises(ProgramLimitError, match=r"time budget of 0.2s.*counter/decide.star:29"):
+    with pytest.raises(ProgramLimitError, match=r"time budget of 0.2s.*stopped at line 29, column"):
         await program().decide({}, {"type": "Loop"})
 
 
@@ -385,5 +385,5 @@ async def test_long_inline_steps_in_threads_answer_each_their_own() -> None:
 
 
 async def test_a_rerun_in_a_thread_still_stops_at_the_soft_deadline() -> None:
-    with pytest.raises(ProgramLimitError, match=r"time budget of 0.2s.*counter/decide.star:29"):
+    with pytest.raises(ProgramLimitError, match=r"time budget of 0.2s.*stopped at line 29, column"):
         await program().decide({}, {"type": "Loop"})
