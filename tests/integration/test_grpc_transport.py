@@ -147,9 +147,11 @@ BAD_CALLS = {
         replaced(b"content-type", b"text/plain"), frame(MESSAGE), "INTERNAL", "content-type"
     ),
     "no te": Bad(without(b"te"), frame(MESSAGE), "INTERNAL", "te: trailers"),
-    "-bin not base64": bad((b"x-blob-bin", b"abcde"), status="INTERNAL", message="binary metadata"),
+    "-bin not base64": bad(
+        (b"x-blob-bin", b"abcde"), status="INVALID_ARGUMENT", message="binary metadata"
+    ),
     "-bin not ascii": bad(
-        (b"x-blob-bin", b"\xff\xfe"), status="INTERNAL", message="binary metadata"
+        (b"x-blob-bin", b"\xff\xfe"), status="INVALID_ARGUMENT", message="binary metadata"
     ),
     "20 KiB of metadata": bad(
         (b"x-big", b"a" * 20_000), status="RESOURCE_EXHAUSTED", message="16384 bytes"

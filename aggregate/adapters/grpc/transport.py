@@ -145,7 +145,8 @@ def check_request(
     ``:path`` → UNIMPLEMENTED; header list over ``max_header_list_bytes`` →
     RESOURCE_EXHAUSTED; ``grpc-timeout`` not 1-8 digits and a unit → INTERNAL; a deadline
     under ``MIN_TIMEOUT_SECONDS`` → DEADLINE_EXCEEDED; binary (``-bin``) metadata that is
-    not base64 → INTERNAL.
+    not base64 → INVALID_ARGUMENT (grpc-go says INTERNAL; it is the client's mistake in a
+    value, not broken framing).
     """
     method = fields.get(":method")
     if method != "POST":
@@ -219,7 +220,7 @@ def _check_binary(headers: Headers) -> Refusal | None:
                 decode_bin_value(value.encode("ascii"))
             except (UnicodeEncodeError, binascii.Error):
                 return Refusal(
-                    Status.INTERNAL,
+                    Status.INVALID_ARGUMENT,
                     f"malformed binary metadata {quoted(name)}: the value is not base64",
                 )
     return None
