@@ -256,6 +256,7 @@ def test_aggregate_check_refuses_a_program_that_cannot_compile(tmp_path: Path, b
         verdict(result.returncode, problem),
         f"{problem}: {text[-300:]}",
         {"REFUSED"},
+        operator_facing=True,
     )
 
 
@@ -307,6 +308,7 @@ def test_a_service_start_refuses_a_program_that_cannot_compile(tmp_path: Path, b
         verdict(result.returncode, problem),
         f"{problem}: {text[-300:]}",
         {"REFUSED"},
+        operator_facing=True,
     )
 
 
@@ -314,7 +316,8 @@ def test_aggregate_check_flags_inline_isolation_and_only_it(tmp_path: Path) -> N
     inline = run_check(write_manifest(tmp_path / "inline", {BANK: bank_type("inline")}))
     process = run_check(write_manifest(tmp_path / "process", {BANK: bank_type("process")}))
     assert (inline.returncode, process.returncode) == (0, 0), inline.stderr + process.stderr
-    assert "warn" not in (process.stdout + process.stderr).lower(), process.stdout
+    assert json.loads(process.stdout)["warnings"] == [], process.stdout
+    assert "warn" not in process.stderr.lower(), process.stderr
     text = inline.stdout + inline.stderr
     flagged = "warn" in text.lower() and "inline" in text and BANK in text
     check_status(
