@@ -204,9 +204,12 @@ class RequestCase:
         """INVALID_ARGUMENT when any field is invalid; else what the fields allow."""
         cases = (self.tenant, *self.fields)
         if any(c.allowed == INVALID for c in cases):
-            return INVALID | (
-                TOO_BIG if any(len(str(c.value)) > 65_536 for c in cases) else frozenset()
+            # A request with several faults gets the first one the server finds: a field over
+            # a size limit may be reported before a malformed one.
+            over_limit = any(
+                len(str(c.value)) > 65_536 or c.allowed & TOO_BIG == TOO_BIG for c in cases
             )
+            return INVALID | (TOO_BIG if over_limit else frozenset())
         allowed = BUSINESS
         for c in cases:
             allowed = allowed | (c.allowed - BUSINESS)

@@ -45,7 +45,14 @@ from tests.integration.fuzz_support import (
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    # Hypothesis prints how each example was built; a 64 MB field makes that a warning about
+    # the size of the printout, not about the service.
+    pytest.mark.filterwarnings(
+        "ignore:Generating overly large repr:hypothesis.errors.HypothesisWarning"
+    ),
+]
 
 GOOD = [("x-tenant-id", GOOD_TENANT)]
 FIELDS, GETS, JSON_UNARY, JSON_STREAM = (
