@@ -9,6 +9,8 @@ request or raise ``InvalidArgumentError`` with a message an operator can act on.
 from __future__ import annotations
 
 import json
+import reprlib
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
@@ -21,6 +23,14 @@ if TYPE_CHECKING:
 
 MAX_DRAIN_TIMEOUT_MS = 3_600_000
 """Longest wait an admin drain may ask for (one hour); longer asks are refused."""
+
+_quoting = reprlib.Repr()
+_quoting.maxstring = _quoting.maxother = _quoting.maxlong = 40
+_quoting.maxlevel = 2
+_quoting.maxlist = _quoting.maxdict = 4
+_quote = _quoting.repr
+"""A short quote of a client's value for error messages (long strings, numbers, lists and
+nesting cut with ``...``), never the whole value."""
 
 
 class HealthReport(TypedDict):
@@ -123,7 +133,8 @@ def parse_json_object(body: bytes, *, allow_empty: bool) -> dict[str, object]:
     """Decode a request body that must be a JSON object (``{}`` when empty and allowed).
 
     Raises:
-        InvalidArgumentError: not UTF-8 JSON, or not an object.
+        InvalidArgumentError: not UTF-8 JSON, nested deeper than the decoder's recursion
+            limit, an integer past the int-to-text digit limit, or not an object.
     """
     if not body.strip():
         if allow_empty:
@@ -133,6 +144,14 @@ def parse_json_object(body: bytes, *, allow_empty: bool) -> dict[str, object]:
         value = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidArgumentError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgumentError(
+            "request body nests arrays or objects too deeply; admin requests nest 2 levels"
+        ) from None
+    except ValueError:  # the only other failure of json.loads: an over-long integer
+        raise InvalidArgumentError(
+            f"request body holds an integer of more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     if not isinstance(value, dict):
         raise InvalidArgumentError(
             f"request body must be a JSON object, got {type(value).__name__}"
@@ -143,9 +162,10 @@ def parse_json_object(body: bytes, *, allow_empty: bool) -> dict[str, object]:
 def _check_keys(body: Mapping[str, object], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(body) - set(allowed))
     if unknown:
+        named = ", ".join(map(_quote, unknown[:3]))
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
         raise InvalidArgumentError(
-            f"unknown field(s) {', '.join(map(repr, unknown))}; "
-            f"allowed: {', '.join(allowed) or 'none'}"
+            f"unknown field(s) {named}{more}; allowed: {', '.join(allowed) or 'none'}"
         )
 
 
@@ -155,16 +175,18 @@ def _timeout_s(body: Mapping[str, object], default_s: float) -> float:
         return default_s
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
         raise InvalidArgumentError(
-            f"timeout_ms must be a non-negative integer of milliseconds, got {raw!r}"
+            f"timeout_ms must be a non-negative integer of milliseconds, got {_quote(raw)}"
         )
     if raw > MAX_DRAIN_TIMEOUT_MS:
-        raise InvalidArgumentError(f"timeout_ms must be at most {MAX_DRAIN_TIMEOUT_MS}, got {raw}")
+        raise InvalidArgumentError(
+            f"timeout_ms must be at most {MAX_DRAIN_TIMEOUT_MS}, got {_quote(raw)}"
+        )
     return raw / 1000
 
 
 def _tenant(value: object, where: str) -> str:
     if not isinstance(value, str):
-        raise InvalidArgumentError(f"{where} must be a string tenant id, got {value!r}")
+        raise InvalidArgumentError(f"{where} must be a string tenant id, got {_quote(value)}")
     try:
         return validate_tenant_id(value)
     except InvalidArgumentError as exc:
@@ -216,7 +238,8 @@ def parse_reload(body: bytes) -> ReloadRequest:
             return ReloadRequest(None, None)
         if not isinstance(raw, list):
             raise InvalidArgumentError(
-                f"hosted_tenants must be a list of tenant ids (or null to allow all), got {raw!r}"
+                "hosted_tenants must be a list of tenant ids (or null to allow all), "
+                f"got {_quote(raw)}"
             )
         tenants = [_tenant(item, f"hosted_tenants[{i}]") for i, item in enumerate(raw)]
         return ReloadRequest(sorted(set(tenants)), None)
