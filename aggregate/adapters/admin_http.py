@@ -7,6 +7,8 @@ loopback clients only. Every response is JSON (``/metrics`` excepted) and errors
 ``{"error": "<what to fix>"}``, with HTTP codes from ``aggregate.domain.status``. The
 request context (correlation id, traceparent, request id) is taken from the request headers
 (or generated), echoed in the response headers and bound to the log lines of the request.
+Requests are bounded and checked before routing (``aggregate.adapters.admin_guard``); an
+error reason quotes at most a short part of what the client sent.
 
 Status codes probes rely on: ``/ready`` and ``/admin/tenant/{id}/ready`` answer ``true``
 with 200 and ``false`` with 503; a drain answers 200 when the tenant is empty and 202 when
@@ -29,8 +31,21 @@ import trio
 from hypercorn.config import Config
 from quart import Quart, Response, request
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+from werkzeug.exceptions import (
+    HTTPException,
+    MethodNotAllowed,
+    NotFound,
+    RequestEntityTooLarge,
+    RequestTimeout,
+)
 
+from aggregate.adapters.admin_guard import (
+    HttpLimits,
+    RequestGuard,
+    clip_reason,
+    install_admin_protocol,
+    shorten,
+)
 from aggregate.adapters.logging import log_levels, set_log_levels
 from aggregate.application.admin import parse_drain, parse_log_levels, parse_reload
 from aggregate.domain.context import RequestContext
@@ -54,7 +69,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024
 _REALM = 'Bearer realm="aggregate-admin"'
 
 
@@ -131,18 +145,27 @@ def _json(value: object, status: int = 200, headers: Mapping[str, str] | None = 
     )
 
 
-def _http_error_reason(exc: HTTPException) -> str:
+def _error(
+    reason: str, status: int, headers: Mapping[str, str] | None = None, **extra: object
+) -> Response:
+    return _json({"error": clip_reason(reason), **extra}, status, headers)
+
+
+def _http_error_reason(exc: HTTPException, limits: HttpLimits) -> str:
+    path = shorten(request.path, 60)
     if isinstance(exc, NotFound):
         return (
-            f"no endpoint at {request.path}; this server answers /health, /ready, /metrics, "
+            f"no endpoint at {path}; this server answers /health, /ready, /metrics, "
             "/admin/tenants, /admin/drain, /admin/reload, /admin/log-level and "
             "/admin/tenant/{id}/status, /ready, /drain"
         )
     if isinstance(exc, MethodNotAllowed):
         allowed = ", ".join(sorted(exc.valid_methods or ()))
-        return f"{request.method} is not allowed on {request.path}; use {allowed}"
+        return f"{shorten(request.method, 20)} is not allowed on {path}; use {allowed}"
     if isinstance(exc, RequestEntityTooLarge):
-        return f"request body is larger than {MAX_BODY_BYTES} bytes"
+        return f"request body is larger than {limits.max_body_bytes} bytes"
+    if isinstance(exc, RequestTimeout):
+        return f"request body did not arrive within {limits.body_timeout_s:g} s"
     return exc.description or exc.name
 
 
@@ -152,11 +175,12 @@ def build_app(
     token: str | None,
     metrics: MetricsRenderer,
     drain_timeout_s: float,
+    limits: HttpLimits,
 ) -> Quart:
-    """The Quart app of the admin API (without the context middleware)."""
+    """The Quart app of the admin API (without the guard and context middlewares)."""
     app: Quart = QuartTrio(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.config["BODY_TIMEOUT"] = 10
+    app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
+    app.config["BODY_TIMEOUT"] = limits.body_timeout_s
 
     @app.before_request
     async def require_admin_access() -> Response | None:
@@ -164,12 +188,12 @@ def build_app(
         if path == "/admin" or path.startswith("/admin/"):
             denial = admin_access_denial(request.scope, token)
             if denial is not None:
-                return _json({"error": denial.reason}, denial.status, denial.headers)
+                return _error(denial.reason, denial.status, denial.headers)
         return None
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
-        return _json({"error": _http_error_reason(exc)}, exc.code or 500)
+        return _error(_http_error_reason(exc, limits), exc.code or 500)
 
     @app.errorhandler(Exception)
     async def failure(exc: Exception) -> Response:
@@ -184,10 +208,10 @@ def build_app(
                 exc_info=exc,
                 extra={"error_id": error_id} if error_id else None,
             )
-        body: dict[str, object] = {"error": public_message(exc, error_id=error_id)}
+        message = public_message(exc, error_id=error_id)
         if isinstance(exc, TenantUnavailableError) and exc.owner:
-            body["owner"] = exc.owner
-        return _json(body, code)
+            return _error(message, code, owner=exc.owner)
+        return _error(message, code)
 
     @app.get("/health")
     async def health() -> Response:
@@ -338,7 +362,9 @@ class AdminServer:
     """Serves the admin API on ``host:port`` (port 0: any free port, as tests bind).
 
     ``drain_timeout_s`` is the wait of a drain that names no ``timeout_ms``;
-    ``graceful_timeout_s`` bounds how long requests still running at shutdown may take.
+    ``graceful_timeout_s`` bounds how long requests still running at shutdown may take;
+    ``limits`` bound each request (``aggregate.adapters.admin_guard``). The server speaks
+    HTTP/1.1 only.
     """
 
     def __init__(
@@ -351,14 +377,20 @@ class AdminServer:
         metrics: MetricsRenderer,
         drain_timeout_s: float = 10.0,
         graceful_timeout_s: float = 2.0,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.graceful_timeout_s = graceful_timeout_s
+        self.limits = limits or HttpLimits()
         self.quart_app = build_app(
-            backend, token=token, metrics=metrics, drain_timeout_s=drain_timeout_s
+            backend,
+            token=token,
+            metrics=metrics,
+            drain_timeout_s=drain_timeout_s,
+            limits=self.limits,
         )
-        self.app = RequestContextMiddleware(self.quart_app)
+        self.app = RequestContextMiddleware(RequestGuard(self.quart_app, self.limits))
         self.address: tuple[str, int] | None = None
         """The bound (host, port), once ``serve`` has started."""
 
@@ -387,6 +419,8 @@ class AdminServer:
         config.errorlog = logging.getLogger("hypercorn.error")
         config.graceful_timeout = self.graceful_timeout_s
         config.include_server_header = False
+        config.h11_max_incomplete_size = self.limits.max_header_bytes
+        install_admin_protocol()
         serve = partial(hypercorn.trio.serve, self.app, config, shutdown_trigger=shutdown_trigger)
         async with trio.open_nursery() as nursery:
             await nursery.start(serve)

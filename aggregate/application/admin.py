@@ -172,7 +172,9 @@ def _timeout_s(body: Mapping[str, object], default_s: float) -> float:
             f"timeout_ms must be a non-negative integer of milliseconds, got {quote(raw)}"
         )
     if raw > MAX_DRAIN_TIMEOUT_MS:
-        raise InvalidArgumentError(f"timeout_ms must be at most {MAX_DRAIN_TIMEOUT_MS}, got {raw}")
+        raise InvalidArgumentError(
+            f"timeout_ms must be at most {MAX_DRAIN_TIMEOUT_MS}, got {quote(raw)}"
+        )
     return raw / 1000
 
 

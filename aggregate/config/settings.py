@@ -163,6 +163,34 @@ class Settings:
             kind="int",
         ),
     )
+    # --- admin HTTP ---
+    http_max_body_bytes: int = field(
+        default=65_536,
+        metadata=_meta(
+            v.int_parser(1024, 16 * 1024 * 1024),
+            "Largest admin request body, bytes (1 KiB-16 MiB); larger: 413.",
+            kind="int",
+        ),
+    )
+    http_max_header_bytes: int = field(
+        default=16_384,
+        metadata=_meta(
+            v.int_parser(1024, 1024 * 1024),
+            "Largest admin request head (target and headers), bytes (1 KiB-1 MiB); larger: 431.",
+            kind="int",
+        ),
+    )
+    http_max_headers: int = field(
+        default=100,
+        metadata=_meta(
+            v.int_parser(8, 10_000),
+            "Most header fields in one admin request (8-10000); more: 431.",
+            kind="int",
+        ),
+    )
+    http_body_timeout_ms: int = field(
+        default=10_000, metadata=_ms("Deadline for an admin request body to arrive; slower: 408.")
+    )
     # --- tenancy and placement ---
     multi_tenant: bool = field(
         default=True,
@@ -569,6 +597,11 @@ class Settings:
     def retry_backoff_max_seconds(self) -> float:
         """``retry_backoff_max_ms`` in seconds."""
         return self.retry_backoff_max_ms / 1000
+
+    @property
+    def http_body_timeout_seconds(self) -> float:
+        """``http_body_timeout_ms`` in seconds."""
+        return self.http_body_timeout_ms / 1000
 
     @property
     def shutdown_timeout_seconds(self) -> float:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import trio
 from prometheus_client import CollectorRegistry
 
+from aggregate.adapters.admin_guard import HttpLimits
 from aggregate.adapters.admin_http import AdminServer
 from aggregate.adapters.metrics import Metrics
 from aggregate.adapters.snapshotter import Snapshotter
@@ -189,6 +190,12 @@ class Service:
                     port=settings.http_bind[1],
                     metrics=self.metrics,
                     drain_timeout_s=settings.drain_timeout_seconds,
+                    limits=HttpLimits(
+                        max_body_bytes=settings.http_max_body_bytes,
+                        max_header_bytes=settings.http_max_header_bytes,
+                        max_headers=settings.http_max_headers,
+                        body_timeout_s=settings.http_body_timeout_seconds,
+                    ),
                 )
                 async with trio.open_nursery() as admin_nursery:
                     http_host, http_port = await admin_nursery.start(admin.serve)

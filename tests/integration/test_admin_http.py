@@ -1,8 +1,9 @@
 """The admin HTTP server (DESIGN §9.2): real hypercorn on loopback, a real HTTP/1.1 client.
 
-The backend is a recording fake; what it answers is the service's business (the gate and
-placement tests cover that). Here: routes, shapes, status codes, auth, context headers,
-error mapping, and the server's lifecycle.
+The backend is a recording fake (``admin_harness``); what it answers is the service's
+business (the gate and placement tests cover that). Here: routes, shapes, status codes,
+auth, context headers, error mapping, and the server's lifecycle. Hostile input:
+``test_admin_http_hostile``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ import io
 import json
 import logging
 import re
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
 import h11
 import pytest
@@ -30,163 +28,18 @@ from aggregate.domain.errors import (
     InvalidArgumentError,
     TenantUnavailableError,
 )
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
-    from aggregate.application.admin import (
-        DrainReport,
-        HealthReport,
-        ReloadReport,
-        TenantStatusView,
-    )
-
-TOKEN = "s3cret-token"
-AUTH = [("authorization", f"Bearer {TOKEN}")]
-IO_TIMEOUT_S = 10
-
-
-def status_view(tenant: str, *, accepting: bool = True, in_flight: int = 0) -> TenantStatusView:
-    return {
-        "tenant_id": tenant,
-        "hosted": accepting,
-        "accepting": accepting,
-        "draining": False,
-        "in_flight": in_flight,
-        "owner": None,
-    }
-
-
-class FakeBackend:
-    """Answers from plain fields and records every async call."""
-
-    def __init__(self) -> None:
-        self.is_ready = True
-        self.statuses = {"acme": status_view("acme"), "globex": status_view("globex")}
-        self.still_in_flight = 0
-        self.error: Exception | None = None
-        self.calls: list[tuple[object, ...]] = []
-
-    def health(self) -> HealthReport:
-        return {
-            "status": "ok" if self.is_ready else "starting",
-            "ready": self.is_ready,
-            "nats_connected": True,
-            "uptime_seconds": 12.5,
-            "version": "0.1.0",
-            "shard_id": "shard-a",
-        }
-
-    def ready(self) -> bool:
-        return self.is_ready
-
-    def _maybe_fail(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    async def tenants(self) -> list[TenantStatusView]:
-        self.calls.append(("tenants",))
-        return [self.statuses[name] for name in sorted(self.statuses)]
-
-    async def tenant_status(self, tenant_id: str) -> TenantStatusView:
-        self.calls.append(("tenant_status", tenant_id))
-        self._maybe_fail()
-        return self.statuses.get(tenant_id, status_view(tenant_id, accepting=False))
-
-    async def drain_tenant(self, tenant_id: str, timeout_s: float) -> DrainReport:
-        self.calls.append(("drain_tenant", tenant_id, timeout_s))
-        self._maybe_fail()
-        return {
-            "tenant_id": tenant_id,
-            "drained": self.still_in_flight == 0,
-            "in_flight": self.still_in_flight,
-            "reopened": False,
-            "owner": None,
-        }
-
-    async def reload(
-        self, hosted_tenants: list[str] | None, placement: dict[str, str] | None
-    ) -> ReloadReport:
-        self.calls.append(("reload", hosted_tenants, placement))
-        self._maybe_fail()
-        return {"arrived": sorted(hosted_tenants or []), "left": []}
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> object:
-        assert self.headers["content-type"] == "application/json"
-        return json.loads(self.body)
-
-
-async def request(
-    port: int,
-    method: str,
-    path: str,
-    *,
-    headers: list[tuple[str, str]] | None = None,
-    body: bytes | None = None,
-) -> Reply:
-    """One HTTP/1.1 exchange with h11 over a Trio TCP stream."""
-    with trio.fail_after(IO_TIMEOUT_S):
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            conn = h11.Connection(h11.CLIENT)
-            sent = [("host", "127.0.0.1"), ("connection", "close"), *(headers or [])]
-            if body is not None:
-                sent.append(("content-length", str(len(body))))
-            await stream.send_all(conn.send(h11.Request(method=method, target=path, headers=sent)))
-            if body is not None:
-                await stream.send_all(conn.send(h11.Data(data=body)))
-            await stream.send_all(conn.send(h11.EndOfMessage()))
-            return await read_reply(stream, conn)
-
-
-async def read_reply(stream: trio.SocketStream, conn: h11.Connection) -> Reply:
-    status, got, data = 0, {}, b""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some())
-        elif isinstance(event, h11.Response):
-            status = event.status_code
-            got = {k.decode(): v.decode() for k, v in event.headers}
-        elif isinstance(event, h11.Data):
-            data += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            return Reply(status, got, data)
-
-
-def make_server(
-    backend: FakeBackend,
-    token: str | None = TOKEN,
-    metrics: Metrics | None = None,
-    graceful_timeout_s: float = 2.0,
-) -> AdminServer:
-    return AdminServer(
-        backend,
-        token=token,
-        host="127.0.0.1",
-        port=0,
-        metrics=metrics or Metrics(CollectorRegistry()),
-        drain_timeout_s=10.0,
-        graceful_timeout_s=graceful_timeout_s,
-    )
-
-
-@asynccontextmanager
-async def running(server: AdminServer) -> AsyncIterator[int]:
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        host, port = await nursery.start(partial(server.serve, shutdown_trigger=stop.wait))
-        assert host == "127.0.0.1"
-        assert port > 0
-        yield port
-        stop.set()
+from tests.integration.admin_harness import (
+    AUTH,
+    IO_TIMEOUT_S,
+    TOKEN,
+    FakeBackend,
+    Reply,
+    make_server,
+    read_reply,
+    request,
+    running,
+    status_view,
+)
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
         "AGGREGATE_MAX_PAYLOAD_BYTES": "4096",
         "AGGREGATE_LOG_LEVEL": "info",
         "AGGREGATE_SNAPSHOT_THRESHOLD": "3",
+        "AGGREGATE_HTTP_MAX_BODY_BYTES": "2048",
     }
     with running_service(tmp_path_factory.mktemp("svc"), env=env) as svc:
         yield svc
@@ -181,6 +182,17 @@ def test_admin_requires_the_token_and_serves_health_ready_metrics(service: Servi
     status, malformed = service.http_call("POST", "/admin/drain", {"tenant": "x"}, token=TOKEN)
     assert status == 400
     assert malformed["error"]
+
+
+def test_admin_http_bounds_and_checks_requests_by_its_settings(service: ServiceProcess) -> None:
+    big = {"hosted_tenants": [f"tenant-{i:04}" for i in range(200)]}  # over 2048 bytes
+    status, refused = service.http_call("POST", "/admin/reload", big, token=TOKEN)
+    assert (status, refused["error"]) == (413, "request body is larger than 2048 bytes")
+    status, refused = service.http_call("POST", "/admin/tenant/acme%2Fdrain", token=TOKEN)
+    assert status == 400
+    assert "encoded '/' (%2F)" in refused["error"]
+    status, view = service.http_call("GET", "/admin/tenant/acme/status", token=TOKEN)
+    assert (status, view["draining"]) == (200, False)
 
 
 def test_startup_objects_are_frozen_out_of_the_cyclic_gc(service: ServiceProcess) -> None:
