@@ -3,6 +3,8 @@ and the aggregate-type manifest (DESIGN §9.2, §7). See docs/configuration.md.
 
 - ``values``: parsers for single values (pure);
 - ``settings``: the frozen ``Settings`` dataclass and its field table;
+- ``sections``: the field sections ``Settings`` is built of, core to lifecycle;
+- ``fieldmeta``: a field's metadata (parser, meaning, where it may be set);
 - ``files``: reading YAML/TOML/JSON files;
 - ``loader``: ``load_settings`` (the only reader of ``os.environ``);
 - ``manifest``: ``load_manifest``, ``manifest_from_settings``, the bundled examples.
