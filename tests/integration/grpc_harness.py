@@ -43,6 +43,10 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 PROTO = "aggregate/gateway/v1/aggregate.proto"
 TYPE = "bank-account"
+ACME = {"x-tenant-id": "acme"}
+"""Metadata of a call for the tenant ``acme``."""
+OPEN = {"type": "OpenAccount", "owner": "ann"}
+"""The payload that opens a bank account."""
 TIMEOUT = 10.0
 
 

@@ -17,7 +17,9 @@ from aggregate.domain.ids import DEFAULT_TENANT
 from aggregate.gateway.v1 import aggregate_pb2 as pb
 from specs import bank
 from tests.integration.grpc_harness import (
+    ACME,
     CLIENT_KINDS,
+    OPEN,
     TYPE,
     GatedProgram,
     RecordingObserver,
@@ -35,8 +37,6 @@ if TYPE_CHECKING:
     from tests.integration.grpc_harness import Client
 
 pytestmark = pytest.mark.anyio
-ACME = {"x-tenant-id": "acme"}
-OPEN = {"type": "OpenAccount", "owner": "ann"}
 CLIENT_RESET = "Request was cancelled: Stream reset by remote party"
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

@@ -22,7 +22,9 @@ from aggregate.programs.starlark_program import StarlarkInlineProgram
 from aggregate.testing.programs import FunctionProgram
 from specs import bank
 from tests.integration.grpc_harness import (
+    ACME,
     CLIENT_KINDS,
+    OPEN,
     TYPE,
     GatedProgram,
     RecordingObserver,
@@ -40,8 +42,6 @@ if TYPE_CHECKING:
     from tests.integration.grpc_harness import Client
 
 pytestmark = pytest.mark.anyio
-ACME = {"x-tenant-id": "acme"}
-OPEN = {"type": "OpenAccount", "owner": "ann"}
 SHORT = 300
 """Longest message a refusal of a huge field may carry (it quotes a 64-character prefix)."""
 

@@ -22,7 +22,9 @@ from grpclib.exceptions import GRPCError
 
 from aggregate.adapters.grpc import CommandServer, GrpcOptions
 from tests.integration.grpc_harness import (
+    ACME,
     CLIENT_KINDS,
+    OPEN,
     GatedProgram,
     GrpclibClient,
     bank_handler,
@@ -36,8 +38,6 @@ if TYPE_CHECKING:
     from tests.integration.grpc_harness import Client, Reply
 
 pytestmark = pytest.mark.anyio
-ACME = {"x-tenant-id": "acme"}
-OPEN = {"type": "OpenAccount", "owner": "ann"}
 HOLD = {**OPEN, "hold": True}
 
 

@@ -29,7 +29,9 @@ from aggregate.testing.memory_store import InMemoryEventStore
 from aggregate.testing.programs import FunctionProgram, StaticTypes
 from specs import bank
 from tests.integration.grpc_harness import (
+    ACME,
     CLIENT_KINDS,
+    OPEN,
     TYPE,
     bank_handler,
     command,
@@ -46,8 +48,6 @@ if TYPE_CHECKING:
     from aggregate.domain.envelopes import JsonObject
 
 pytestmark = pytest.mark.anyio
-ACME = {"x-tenant-id": "acme"}
-OPEN = {"type": "OpenAccount", "owner": "ann"}
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
 

@@ -10,6 +10,7 @@ import pytest
 
 from aggregate.gateway.v1 import aggregate_pb2 as pb
 from tests.integration.grpc_harness import (
+    ACME,
     TYPE,
     RecordingObserver,
     command,
@@ -18,7 +19,6 @@ from tests.integration.grpc_harness import (
 )
 
 pytestmark = pytest.mark.anyio
-ACME = {"x-tenant-id": "acme"}
 
 
 @pytest.fixture

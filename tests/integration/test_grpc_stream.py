@@ -13,7 +13,9 @@ import pytest
 from aggregate.adapters.grpc import GrpcOptions
 from aggregate.gateway.v1 import aggregate_pb2 as pb
 from tests.integration.grpc_harness import (
+    ACME,
     CLIENT_KINDS,
+    OPEN,
     TYPE,
     GatedProgram,
     GrpclibClient,
@@ -31,8 +33,6 @@ if TYPE_CHECKING:
     from tests.integration.grpc_harness import Client
 
 pytestmark = pytest.mark.anyio
-ACME = {"x-tenant-id": "acme"}
-OPEN = {"type": "OpenAccount", "owner": "ann"}
 BAD_JSON = (
     "payload_json is not valid JSON: Expecting property name enclosed in double quotes: "
     "line 1 column 2 (char 1)"

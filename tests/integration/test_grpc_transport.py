@@ -32,6 +32,7 @@ from aggregate.domain.context import valid_traceparent
 from aggregate.gateway.v1 import aggregate_pb2 as pb
 from tests.integration.grpc_harness import (
     CLIENT_KINDS,
+    OPEN,
     GatedProgram,
     bank_handler,
     command,
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.anyio
 ACME = (b"x-tenant-id", b"acme")
-OPEN = {"type": "OpenAccount", "owner": "ann"}
 GOOD_CALLS = 10
 MiB = 1024 * 1024
 
