@@ -51,13 +51,15 @@ NO_ACTIVITY = TenantActivity(0, None)
 class _Entry:
     """One tenant's counters; also the context manager ``track`` returns."""
 
-    __slots__ = ("commands", "last", "tenant_id", "tracker")
+    __slots__ = ("commands", "last", "shown", "tenant_id", "tracker")
 
     def __init__(self, tracker: ActivityTracker, tenant_id: str) -> None:
         self.tracker = tracker
         self.tenant_id = tenant_id
         self.commands = 0
         self.last: float | None = None
+        self.shown: tuple[float, str] | None = None
+        """``last`` and its RFC 3339 text, rendered when first read (not per command)."""
 
     def __enter__(self) -> None:
         return None
@@ -124,7 +126,10 @@ class ActivityTracker:
         entry = self._entries.get(tenant_id)
         if entry is None or entry.last is None:
             return NO_ACTIVITY
-        return TenantActivity(entry.commands, rfc3339_utc(entry.last))
+        shown = entry.shown
+        if shown is None or shown[0] != entry.last:
+            shown = entry.shown = (entry.last, rfc3339_utc(entry.last))
+        return TenantActivity(entry.commands, shown[1])
 
 
 class NoActivityTracker:

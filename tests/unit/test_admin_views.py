@@ -70,6 +70,10 @@ def test_activity_counts_every_ending_and_keeps_the_last_time() -> None:
         raise CommandRejectedError("insufficient funds")
     assert tracker.of("acme") == TenantActivity(2, "2026-01-02T03:04:07.178Z")
     assert tracker.of("globex") == TenantActivity(0, None)
+    clock.now += 60
+    with tracker.track("acme"):
+        pass
+    assert tracker.of("acme") == TenantActivity(3, "2026-01-02T03:05:07.178Z")  # not stale
 
 
 def test_activity_forgets_the_longest_idle_tenant_past_its_bound() -> None:
