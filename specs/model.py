@@ -74,6 +74,10 @@ class Model:
         self.types = types
         self.history_limit = history_limit
         self.aggregates: dict[Key, ModelAggregate] = {}
+        self.activity: dict[str, int] = {}
+        """Commands each tenant ran (the admin views' ``commands_total``, summed over the
+        nodes): every command of a known type that passed the boundary, whatever its
+        outcome."""
 
     def aggregate(self, key: Key) -> ModelAggregate:
         if key not in self.aggregates:
@@ -101,6 +105,7 @@ class Model:
         if key[1] not in self.types:
             return UnknownAggregateTypeError
         kind = self.types[key[1]]
+        self.activity[key[0]] = self.activity.get(key[0], 0) + 1
         agg = self.aggregate(key)
         if command_id in self.remembered(agg):
             original = agg.results[command_id]

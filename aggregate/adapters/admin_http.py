@@ -47,7 +47,12 @@ from aggregate.adapters.admin_guard import (
     shorten,
 )
 from aggregate.adapters.logging import log_levels, set_log_levels
-from aggregate.application.admin import parse_drain, parse_log_levels, parse_reload
+from aggregate.application.admin import (
+    parse_drain,
+    parse_log_levels,
+    parse_reload,
+    parse_tenant_page,
+)
 from aggregate.domain.context import RequestContext
 from aggregate.domain.errors import ConfigError, TenantUnavailableError
 from aggregate.domain.ids import validate_tenant_id
@@ -229,7 +234,15 @@ def build_app(
 
     @app.get("/admin/tenants")
     async def tenants() -> Response:
-        return _json(await backend.tenants())
+        wanted = parse_tenant_page(request.query_string)
+        listing = await backend.tenants(wanted)
+        headers = {}
+        if listing.next_after is not None:
+            # Tenant ids are [A-Za-z0-9_-]: safe in a URL as they are.
+            headers["Link"] = (
+                f'</admin/tenants?after={listing.next_after}&limit={wanted.limit}>; rel="next"'
+            )
+        return _json(listing.tenants, headers=headers)
 
     @app.post("/admin/drain")
     async def drain() -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypedDict
+from urllib.parse import parse_qsl
 
 from aggregate.domain.errors import InvalidArgumentError, quote, quote_list
 from aggregate.domain.ids import validate_tenant_id
@@ -28,17 +29,43 @@ MAX_BODY_INT_DIGITS = 20
 
 LOG_LEVEL_NAMES = ("debug", "info", "warning", "error", "critical")
 
+DEFAULT_TENANT_PAGE = 100
+"""Tenants in one ``GET /admin/tenants`` answer when the request names no ``limit``."""
+MAX_TENANT_PAGE = 1000
+"""Most tenants one ``GET /admin/tenants`` answer may hold; a larger ``limit`` is refused."""
+MAX_QUERY_FIELDS = 8
+"""Most ``name=value`` pairs of an admin query string."""
+
+
+class StorageReport(TypedDict):
+    """``GET /health`` ``storage``: the snapshot database as the last check found it
+    (flags None before the first check)."""
+
+    reachable: bool | None
+    writable: bool | None
+    last_error: str | None
+    last_error_at: str | None
+    checked_at: str | None
+
 
 class HealthReport(TypedDict):
     """``GET /health``: liveness plus what an operator checks first."""
 
     status: str
-    """``ok``, ``starting``, ``degraded`` (NATS down), ``draining`` or ``stopping``."""
+    """``ok``, ``starting``, ``degraded`` (NATS down or the snapshot database not
+    writable), ``draining`` or ``stopping``."""
     ready: bool
     nats_connected: bool
     uptime_seconds: float
     version: str
     shard_id: str
+    storage: StorageReport
+    active_aggregates: int
+    """Aggregates in the node's cache."""
+    snapshot_lag: int
+    """Snapshots waiting to be written."""
+    snapshot_lag_seconds: float
+    """How long the oldest of them has waited."""
 
 
 class TenantStatusView(TypedDict):
@@ -51,6 +78,33 @@ class TenantStatusView(TypedDict):
     draining: bool
     in_flight: int
     owner: str | None
+    aggregates_cached: int
+    """The tenant's aggregates in this node's cache."""
+    aggregates_snapshotted: int | None
+    """The tenant's aggregates with a snapshot in this node's database (None: the database
+    could not be read)."""
+    commands_total: int
+    """Commands of the tenant this node admitted since it started, whatever their outcome."""
+    last_activity: str | None
+    """When the last of them ended, RFC 3339 UTC; None if none."""
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPage:
+    """A validated ``GET /admin/tenants`` page: tenants after ``after`` (None: from the
+    first), at most ``limit`` of them, in tenant id order."""
+
+    after: str | None = None
+    limit: int = DEFAULT_TENANT_PAGE
+
+
+@dataclass(frozen=True, slots=True)
+class TenantListing:
+    """One page of tenants; ``next_after`` is the ``after`` of the next page (None: this
+    page is the last)."""
+
+    tenants: list[TenantStatusView]
+    next_after: str | None
 
 
 class DrainReport(TypedDict):
@@ -86,8 +140,8 @@ class AdminBackend(Protocol):
         """False while starting, draining the node, or disconnected from NATS."""
         ...
 
-    async def tenants(self) -> list[TenantStatusView]:
-        """Every tenant the node hosts or still has state for, sorted by id."""
+    async def tenants(self, page: TenantPage) -> TenantListing:
+        """One page of the tenants the node hosts or still has state for, sorted by id."""
         ...
 
     async def tenant_status(self, tenant_id: str) -> TenantStatusView: ...
@@ -132,6 +186,50 @@ class LogLevelRequest:
 
     level: str | None
     library_level: str | None
+
+
+def parse_tenant_page(query: bytes) -> TenantPage:
+    """Validate the query string of ``GET /admin/tenants``: ``limit`` (1 to
+    ``MAX_TENANT_PAGE``, default ``DEFAULT_TENANT_PAGE``) and ``after`` (a tenant id), each
+    at most once.
+
+    Raises:
+        InvalidArgumentError: not ``name=value`` pairs, more than ``MAX_QUERY_FIELDS`` of
+            them, an unknown or repeated name, a bad limit or tenant id.
+    """
+    try:
+        pairs = parse_qsl(
+            query.decode("ascii"),
+            keep_blank_values=True,
+            strict_parsing=True,
+            max_num_fields=MAX_QUERY_FIELDS,
+            errors="strict",
+        )
+    except ValueError:
+        raise InvalidArgumentError(
+            f"the query string must be at most {MAX_QUERY_FIELDS} name=value pairs "
+            "joined by '&', percent-encoded UTF-8, e.g. ?limit=100&after=acme"
+        ) from None
+    names = [name for name, _ in pairs]
+    _check_keys(dict.fromkeys(names), ("limit", "after"))
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise InvalidArgumentError(f"give {quote_list(repeated)} at most once")
+    fields = dict(pairs)
+    limit = DEFAULT_TENANT_PAGE
+    if "limit" in fields:
+        raw = fields["limit"]
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 6:
+            raise InvalidArgumentError(
+                f"limit must be a whole number from 1 to {MAX_TENANT_PAGE}, got {quote(raw)}"
+            )
+        limit = int(raw)
+        if not 1 <= limit <= MAX_TENANT_PAGE:
+            raise InvalidArgumentError(
+                f"limit must be a whole number from 1 to {MAX_TENANT_PAGE}, got {quote(raw)}"
+            )
+    after = _tenant(fields["after"], "after") if "after" in fields else None
+    return TenantPage(after, limit)
 
 
 def parse_json_object(body: bytes, *, allow_empty: bool) -> dict[str, object]:

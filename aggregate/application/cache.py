@@ -21,13 +21,18 @@ if TYPE_CHECKING:
 
 
 class AggregateCache:
-    """Least-recently-used aggregates, at most ``capacity`` of them."""
+    """Least-recently-used aggregates, at most ``capacity`` of them.
+
+    It also counts the cached aggregates of each tenant as they come and go
+    (``tenant_count``), so the admin API never walks the cache.
+    """
 
     def __init__(self, capacity: int) -> None:
         if capacity < 0:
             raise ValueError("cache capacity must not be negative")
         self.capacity = capacity
         self._items: OrderedDict[AggregateKey, AggregateInstance] = OrderedDict()
+        self._per_tenant: dict[str, int] = {}
         self.hits = 0
         self.misses = 0
 
@@ -43,26 +48,44 @@ class AggregateCache:
         self._items.move_to_end(key)
         return instance
 
+    def tenant_count(self, tenant_id: str) -> int:
+        """How many aggregates of ``tenant_id`` are cached."""
+        return self._per_tenant.get(tenant_id, 0)
+
+    def _uncount(self, tenant_id: str) -> None:
+        left = self._per_tenant[tenant_id] - 1
+        if left:
+            self._per_tenant[tenant_id] = left
+        else:
+            del self._per_tenant[tenant_id]
+
     def put(self, instance: AggregateInstance) -> None:
         if self.capacity == 0:
             return
-        self._items[instance.key] = instance
-        self._items.move_to_end(instance.key)
+        key = instance.key
+        if key not in self._items:
+            self._per_tenant[key.tenant_id] = self._per_tenant.get(key.tenant_id, 0) + 1
+        self._items[key] = instance
+        self._items.move_to_end(key)
         while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+            evicted, _ = self._items.popitem(last=False)
+            self._uncount(evicted.tenant_id)
 
     def discard(self, key: AggregateKey) -> None:
-        self._items.pop(key, None)
+        if self._items.pop(key, None) is not None:
+            self._uncount(key.tenant_id)
 
     def discard_tenant(self, tenant_id: str) -> int:
         """Forget every aggregate of a tenant (it moved to another shard). Returns how many."""
         keys = [key for key in self._items if key.tenant_id == tenant_id]
         for key in keys:
             del self._items[key]
+        self._per_tenant.pop(tenant_id, None)
         return len(keys)
 
     def clear(self) -> None:
         self._items.clear()
+        self._per_tenant.clear()
 
 
 class KeyedLocks:

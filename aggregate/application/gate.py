@@ -262,6 +262,10 @@ class TenantGate:
     def tenants(self) -> list[TenantStatus]:
         """Status of every tenant this node knows: mapped to or allowed on this shard, or
         seen here (hosted, draining or with commands in flight); sorted by tenant id."""
+        return [self.status(name) for name in self.tenant_ids()]
+
+    def tenant_ids(self) -> list[str]:
+        """The ids of the tenants ``tenants`` lists, sorted."""
         decision = self._decision
         names = set(self._tenants)
         if decision.placement is not None:
@@ -270,7 +274,7 @@ class TenantGate:
             )
         if decision.hosted_tenants is not None:
             names.update(t for t in decision.hosted_tenants if decision.hosts(t))
-        return [self.status(name) for name in sorted(names)]
+        return sorted(names)
 
     async def drain(self, tenant_id: str, timeout: float) -> DrainResult:  # noqa: ASYNC109
         """Stop admitting ``tenant_id`` (until ``accept``) and wait up to ``timeout``

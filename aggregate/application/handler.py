@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 from opentelemetry import trace
 
+from aggregate.application.activity import NoActivityTracker
 from aggregate.application.cache import AggregateCache, KeyedLocks
 from aggregate.domain.aggregate import AggregateInstance, program_events
 from aggregate.domain.envelopes import AggregateView, CommandResult, Event
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
     from opentelemetry.trace import Tracer
 
+    from aggregate.application.activity import ActivityTracker
     from aggregate.application.ports import EventStore, SnapshotSink, SnapshotStore, TenantGate
     from aggregate.domain.envelopes import Command, StoredRecord
     from aggregate.domain.history import HistoryEntry
@@ -124,6 +126,7 @@ class CommandHandler:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.perf_counter,
         tracer: Tracer | None = None,
+        activity: ActivityTracker | None = None,
     ) -> None:
         self.store = store
         self.types = types
@@ -137,6 +140,10 @@ class CommandHandler:
         self._rng = rng or random.Random()
         self._clock = clock
         self._tracer = tracer
+        self.activity: ActivityTracker | NoActivityTracker = (
+            activity if activity is not None else NoActivityTracker()
+        )
+        """Counts the commands the gate admitted, per tenant (the admin views)."""
 
     def _span(self, name: str) -> AbstractContextManager[object]:
         """A child span of the current one (tracing on), else nothing."""
@@ -166,7 +173,7 @@ class CommandHandler:
         if self._tracer is not None:
             _describe_span(key, command.command_id)
         spec = self.types.get(key.aggregate_type)
-        with self.gate.admit(key.tenant_id):
+        with self.gate.admit(key.tenant_id), self.activity.track(key.tenant_id):
             async with self.locks.hold(key):
                 try:
                     return await self._handle_locked(command, spec)

@@ -114,6 +114,14 @@ class Settings(LifecycleSettings):
         default=10_000,
         metadata=ms("Deadline of one span export request, and of the final export on shutdown."),
     )
+    # --- storage check (GET /health) ---
+    storage_check_interval_ms: int = field(
+        default=5000,
+        metadata=ms("Time between checks that the snapshot database is reachable and writable."),
+    )
+    storage_check_timeout_ms: int = field(
+        default=2000, metadata=ms("Longest one storage check may take; slower counts as failed.")
+    )
     # --- not variables ---
     aggregate_types: Manifest | None = field(
         default=None,
@@ -249,6 +257,16 @@ class Settings(LifecycleSettings):
     def snapshot_flush_timeout_seconds(self) -> float:
         """``snapshot_flush_timeout_ms`` in seconds."""
         return self.snapshot_flush_timeout_ms / 1000
+
+    @property
+    def storage_check_interval_seconds(self) -> float:
+        """``storage_check_interval_ms`` in seconds."""
+        return self.storage_check_interval_ms / 1000
+
+    @property
+    def storage_check_timeout_seconds(self) -> float:
+        """``storage_check_timeout_ms`` in seconds."""
+        return self.storage_check_timeout_ms / 1000
 
 
 _ENV_NAMES = {

@@ -25,6 +25,7 @@ from aggregate.adapters.admin_http import AdminServer
 from aggregate.adapters.metrics import Metrics
 from aggregate.adapters.snapshotter import Snapshotter
 from aggregate.adapters.sqlite_snapshots import SqliteSnapshotStore
+from aggregate.adapters.storage_probe import StorageProbe
 from aggregate.adapters.tracing import open_tracing
 from aggregate.bridge import Island
 from aggregate.service.admin_backend import VERSION, IslandAdminBackend
@@ -182,7 +183,20 @@ class Service:
             self.core = core
             async with trio.open_nursery() as snapshot_nursery:
                 await snapshot_nursery.start(snapshotter.serve)
-                backend = IslandAdminBackend(self, island, core)
+                storage = StorageProbe(
+                    settings.storage_path,
+                    interval_s=settings.storage_check_interval_seconds,
+                    timeout_s=settings.storage_check_timeout_seconds,
+                )
+                await snapshot_nursery.start(storage.serve)
+                backend = IslandAdminBackend(
+                    self,
+                    island,
+                    core,
+                    snapshots=snapshots,
+                    snapshotter=snapshotter,
+                    storage=storage,
+                )
                 admin = AdminServer(
                     backend,
                     token=settings.admin_token,

@@ -23,6 +23,7 @@ from aggregate.adapters.grpc.service import GrpcOptions
 from aggregate.adapters.jetstream import JetStreamEventStore, StreamPolicy, ensure_stream
 from aggregate.adapters.jetstream.connect import open_connection
 from aggregate.adapters.placement_kv import PlacementWatcher
+from aggregate.application.activity import ActivityTracker
 from aggregate.application.gate import TenantGate
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.application.placement import PlacementController
@@ -106,6 +107,8 @@ class IslandCore:
         self.server: CommandServer | None = None
         self.registry: ProgramRegistry | None = None
         self.watcher: PlacementWatcher | None = None
+        self.activity = ActivityTracker()
+        """Per-tenant command counts and last activity (the admin views)."""
         self._stop: anyio.Event | None = None
         self._closing = False
 
@@ -171,6 +174,7 @@ class IslandCore:
                 settings=handler_settings(settings),
                 observer=self.metrics,
                 tracer=self.tracer,
+                activity=self.activity,
             )
             handler = self.handler
             self.metrics.set_cache_size_source(lambda: len(handler.cache))

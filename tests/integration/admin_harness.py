@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from aggregate.adapters.admin_guard import HttpLimits
 from aggregate.adapters.admin_http import AdminServer
 from aggregate.adapters.metrics import Metrics
+from aggregate.application.admin import TenantListing
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
         DrainReport,
         HealthReport,
         ReloadReport,
+        TenantPage,
         TenantStatusView,
     )
 
@@ -44,6 +46,10 @@ def status_view(tenant: str, *, accepting: bool = True, in_flight: int = 0) -> T
         "draining": False,
         "in_flight": in_flight,
         "owner": None,
+        "aggregates_cached": 0,
+        "aggregates_snapshotted": 0,
+        "commands_total": 0,
+        "last_activity": None,
     }
 
 
@@ -65,6 +71,16 @@ class FakeBackend:
             "uptime_seconds": 12.5,
             "version": "0.1.0",
             "shard_id": "shard-a",
+            "storage": {
+                "reachable": True,
+                "writable": True,
+                "last_error": None,
+                "last_error_at": None,
+                "checked_at": "2026-01-02T03:04:05.678Z",
+            },
+            "active_aggregates": 3,
+            "snapshot_lag": 0,
+            "snapshot_lag_seconds": 0.0,
         }
 
     def ready(self) -> bool:
@@ -74,9 +90,13 @@ class FakeBackend:
         if self.error is not None:
             raise self.error
 
-    async def tenants(self) -> list[TenantStatusView]:
-        self.calls.append(("tenants",))
-        return [self.statuses[name] for name in sorted(self.statuses)]
+    async def tenants(self, page: TenantPage) -> TenantListing:
+        """Pages like the service: ids after ``page.after``, at most ``page.limit``."""
+        self.calls.append(("tenants", page))
+        names = [n for n in sorted(self.statuses) if page.after is None or n > page.after]
+        chosen = names[: page.limit]
+        more = len(names) > page.limit
+        return TenantListing([self.statuses[n] for n in chosen], chosen[-1] if more else None)
 
     async def tenant_status(self, tenant_id: str) -> TenantStatusView:
         self.calls.append(("tenant_status", tenant_id))

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aggregate.adapters.admin_http import AdminServer, admin_access_denial, is_loopback
 from aggregate.adapters.logging import configure_logging, reset_logging
 from aggregate.adapters.metrics import Metrics
+from aggregate.application.admin import TenantPage
 from aggregate.domain.errors import (
     ConfigError,
     InvalidArgumentError,
@@ -90,7 +91,7 @@ async def test_tenants_and_tenant_status(backend: FakeBackend) -> None:
         status = await request(port, "GET", "/admin/tenant/acme/status", headers=AUTH)
         assert status.status == 200
         assert status.json() == status_view("acme")
-    assert backend.calls == [("tenants",), ("tenant_status", "acme")]
+    assert backend.calls == [("tenants", TenantPage()), ("tenant_status", "acme")]
 
 
 @pytest.mark.trio

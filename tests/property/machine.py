@@ -29,6 +29,7 @@ from hypothesis.stateful import (
 )
 
 from aggregate.adapters.grpc import convert
+from aggregate.application.activity import ActivityTracker
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.domain.context import RequestContext
 from aggregate.domain.envelopes import Command, CommandResult
@@ -83,6 +84,7 @@ class World:
                 cache_size=8,
                 retry_backoff_s=0,
             ),
+            activity=ActivityTracker(),
         )
 
     def close(self) -> None:
@@ -158,6 +160,8 @@ class HandlerMachine(RuleBasedStateMachine):
         self.nodes = [self.world.new_handler(), self.world.new_handler()]
         self.clock_ms = 1_750_000_000_000
         self.counter = itertools.count()
+        self.retired_activity: dict[str, int] = {}
+        """Commands counted by handlers a restart replaced."""
 
     def teardown(self) -> None:
         self.world.close()
@@ -381,6 +385,9 @@ class HandlerMachine(RuleBasedStateMachine):
     @rule(node=st.integers(0, 1))
     def restart_node(self, node: int) -> None:
         """A new handler rebuilt from the store and the snapshots."""
+        for tenant in self.model.activity:
+            counted = self._activity(self.nodes[node], tenant)
+            self.retired_activity[tenant] = self.retired_activity.get(tenant, 0) + counted
         self.nodes[node] = self.world.new_handler()
 
     @rule()
@@ -422,7 +429,29 @@ class HandlerMachine(RuleBasedStateMachine):
         self.world.store.conflict_next_ack()  # type: ignore[attr-defined]
         self.submit(node, tenant, agg, self.fresh_id(), payload)
 
+    def _activity(self, handler: CommandHandler, tenant: str) -> int:
+        tracker = handler.activity
+        assert isinstance(tracker, ActivityTracker)
+        return tracker.of(self.world.tenant_prefix + tenant).commands_total
+
     # ---- invariants -----------------------------------------------------------------
+    @invariant()
+    def every_command_that_ran_is_counted_once_for_its_tenant(self) -> None:
+        for tenant, want in self.model.activity.items():
+            live = sum(self._activity(handler, tenant) for handler in self.nodes)
+            got = self.retired_activity.get(tenant, 0) + live
+            assert got == want, f"{tenant}: handlers counted {got} commands, model {want}"
+
+    @invariant()
+    def cached_counts_per_tenant_are_exact(self) -> None:
+        for handler in self.nodes:
+            cache = handler.cache
+            recount: dict[str, int] = {}
+            for key in cache._items:
+                recount[key.tenant_id] = recount.get(key.tenant_id, 0) + 1
+            for tenant in {*recount, *(self.world.tenant_prefix + t for t in self.model.activity)}:
+                assert cache.tenant_count(tenant) == recount.get(tenant, 0), tenant
+
     @invariant()
     def every_aggregate_matches_the_model(self) -> None:
         for (tenant, kind, agg), _ in list(self.model.aggregates.items()):
