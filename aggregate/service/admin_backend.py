@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aggregate import __version__
 from aggregate.domain.placement import PlacementMap
+from aggregate.service.programs import reload_programs
 
 if TYPE_CHECKING:
     from aggregate.application.admin import (
@@ -91,3 +92,9 @@ class IslandAdminBackend:
                 reopened.append(tenant)
         arrived = sorted({*change.arrived, *reopened})
         return {"arrived": arrived, "left": list(change.left)}
+
+    async def programs(self) -> list[dict[str, str]]:
+        return await self.island.call(self.core.program_payload)
+
+    async def reload_programs(self, rebuild: bool) -> dict[str, object]:
+        return await reload_programs(self.service, rebuild=rebuild)
