@@ -276,9 +276,9 @@ class ProgramCatalog:
             except (ConfigError, ProgramError, ProgramLimitError) as exc:
                 log.warning("programs not reloaded: %s", exc.message)
                 raise public_reload_error(exc) from None
-            before = dict(self._loaded)
+            before = self._manifest
             self._install(manifest, *prepared)
-            outcome = self._outcome(before)
+            outcome = self._outcome(before, manifest)
             if on_swap is not None:
                 on_swap(outcome)
             self.reloads += 1
@@ -326,36 +326,30 @@ class ProgramCatalog:
             self._generation = generation
         self.registry.replace(specs)
         now = self._clock()
-        loaded = {}
-        for name, spec in manifest.types.items():
-            entry = LoadedType.of(spec, now)
-            kept = self._loaded.get(name)
-            same = kept is not None and dataclasses.replace(entry, loaded_at=kept.loaded_at) == kept
-            loaded[name] = kept if same and kept is not None else entry
-        self._loaded = loaded
+        before = self._manifest.types if self._manifest is not None else {}
+        self._loaded = {
+            name: self._loaded[name]
+            if before.get(name) == spec
+            else LoadedType.of(spec, now)  # an unchanged type keeps its load time
+            for name, spec in manifest.types.items()
+        }
         self._manifest = manifest
         if old is not None and old is not self._generation:
             self.last_retired = old
             old.retire.set()
 
-    def _outcome(self, before: dict[str, LoadedType]) -> ReloadOutcome:
-        after = self._loaded
+    def _outcome(self, before: Manifest | None, after: Manifest) -> ReloadOutcome:
+        """A type changed when anything of its manifest entry did (programs, isolation,
+        initial state: each changes what a replay folds)."""
+        old = before.types if before is not None else {}
+        new = after.types
+        both = set(old) & set(new)
         return ReloadOutcome(
-            added=sorted(set(after) - set(before)),
-            removed=sorted(set(before) - set(after)),
-            changed=sorted(
-                n
-                for n in set(after) & set(before)
-                if after[n].program_version != before[n].program_version
-                or after[n].isolation != before[n].isolation
-            ),
-            unchanged=sorted(
-                n
-                for n in set(after) & set(before)
-                if after[n].program_version == before[n].program_version
-                and after[n].isolation == before[n].isolation
-            ),
-            types=[after[n] for n in sorted(after)],
+            added=sorted(set(new) - set(old)),
+            removed=sorted(set(old) - set(new)),
+            changed=sorted(n for n in both if old[n] != new[n]),
+            unchanged=sorted(n for n in both if old[n] == new[n]),
+            types=[self._loaded[n] for n in sorted(self._loaded)],
         )
 
     async def _start_pool(self) -> _Generation:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from aggregate.domain.errors import AggregateError, BackendUnavailableError
 
 if TYPE_CHECKING:
@@ -41,9 +43,12 @@ async def reload_programs(service: Service, *, rebuild: bool) -> dict[str, Any]:
     report["rebuilt"] = []
     types = outcome.replaced
     if rebuild and (types is None or types):
-        dropped = await service.snapshotter.discard_types(types)
-        deleted = await service.snapshots.delete_types(types)
-        await service.island.call(core.end_rebuild, types)
+        # Shielded: once the swap is done, the rebuild is finished even if the admin client
+        # goes away (the replaced types' snapshots are ignored until it is).
+        with trio.CancelScope(shield=True):
+            dropped = await service.snapshotter.discard_types(types)
+            deleted = await service.snapshots.delete_types(types)
+            await service.island.call(core.end_rebuild, types)
         report["rebuilt"] = ["*"] if types is None else types
         log.info(
             "rebuild of %s: %d pending and %d stored snapshots deleted",

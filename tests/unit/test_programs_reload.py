@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import pytest
@@ -170,3 +171,22 @@ def test_reload_errors_show_no_server_path() -> None:
     assert without_paths("environment variable AGGREGATE_DECIDE_PROGRAM") == (
         "environment variable AGGREGATE_DECIDE_PROGRAM"
     )
+
+
+async def test_a_changed_initial_state_changes_the_type(tmp_path: Path) -> None:
+    files = Files(tmp_path, Isolation.INLINE)
+    files.write("counter", counter(1))
+    initial: dict[str, object] = {}
+
+    def load() -> Manifest:
+        manifest = files.load()
+        entry = dataclasses.replace(manifest.types["counter"], initial_state=dict(initial))
+        return Manifest(types={"counter": entry})
+
+    async with ProgramCatalog(load, LIMITS) as catalog:
+        assert (await catalog.reload()).unchanged == ["counter"]
+        initial["n"] = 100
+        outcome = await catalog.reload()
+        assert outcome.changed == ["counter"]
+        assert outcome.replaced == ["counter"]
+        assert catalog.registry.get("counter").initial_state == {"n": 100}
