@@ -277,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the service (embedded NATS unless AGGREGATE_NATS_URL is set)",
         description="Run the service until SIGTERM/SIGINT: the first signal drains (or stops a "
-        "start-up in progress at once), a second one exits at once. Fails with exit code 3 "
+        "start-up in progress at once), a second one exits at once. SIGHUP reloads the "
+        "programs (as POST /admin/programs/reload). Fails with exit code 3 "
         "when NATS cannot be reached within AGGREGATE_NATS_CONNECT_TIMEOUT_MS.",
     )
     _config_options(p, example="serve a bundled example manifest")

@@ -50,3 +50,16 @@ def apply(state: State, event: dict[str, Any]) -> State:
     if kind == "MoneyWithdrawn":
         return {**state, "balance": state["balance"] - event["amount"]}
     raise ValueError(f"unknown event {kind}")
+
+
+DEPOSIT_CAP = 50
+
+
+def decide_capped(state: State, command: dict[str, Any]) -> list[dict[str, Any]] | Rejection:
+    """The rules a reload switches to and back from: ``decide`` with deposits above
+    ``DEPOSIT_CAP`` refused (``apply`` is unchanged, so replays agree with cached states)."""
+    if command["type"] == "Deposit" and "owner" in state:
+        amount = command.get("amount")
+        if type(amount) is int and amount > DEPOSIT_CAP:
+            return Rejection(f"deposits above {DEPOSIT_CAP} are refused")
+    return decide(state, command)

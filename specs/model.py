@@ -58,13 +58,17 @@ class ModelAggregate:
     log: list[ModelEvent] = field(default_factory=list)
     applied: list[uuid.UUID] = field(default_factory=list)  # every command id, in order
     results: dict[uuid.UUID, ModelResult] = field(default_factory=dict)
+    decided_by: dict[uuid.UUID, str] = field(default_factory=dict)  # program version
 
 
 @dataclass
 class ModelType:
+    """A type's programs; ``version`` names them (the ``program-version`` of a message)."""
+
     decide: Decide
     apply: Apply
     initial_state: dict[str, Any] = field(default_factory=dict)
+    version: str = ""
 
 
 class Model:
@@ -134,9 +138,20 @@ class Model:
             events.append(ModelEvent(agg.version, value["type"], payload_only))
         agg.log.extend(events)
         agg.applied.append(command_id)
+        agg.decided_by[command_id] = kind.version
         result = ModelResult(agg.version, tuple(events), duplicate=False)
         agg.results[command_id] = result
         return result
+
+    def reload(self, name: str, programs: ModelType) -> None:
+        """Serve type ``name`` with ``programs`` from the next command on (a hot reload).
+
+        Every aggregate keeps its state: what the old ``apply`` folded is the past, and the
+        new ``apply`` folds only the events after the reload. A command is decided by the
+        programs serving when it is submitted, exactly one version, and a reload loses no
+        command and changes no stored event.
+        """
+        self.types[name] = programs
 
     def submit_request(
         self, tenant: str, kind: str, aggregate_id: str, command_id: str, payload_json: str

@@ -50,6 +50,7 @@ from aggregate.adapters.logging import log_levels, set_log_levels
 from aggregate.application.admin import (
     parse_drain,
     parse_log_levels,
+    parse_programs_reload,
     parse_reload,
     parse_tenant_page,
 )
@@ -70,7 +71,7 @@ if TYPE_CHECKING:
         Scope,
     )
 
-    from aggregate.application.admin import AdminBackend, DrainRequest
+    from aggregate.application.admin import AdminBackend, DrainRequest, ProgramsBackend
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ def _http_error_reason(exc: HTTPException, limits: HttpLimits) -> str:
     if isinstance(exc, NotFound):
         return (
             f"no endpoint at {path}; this server answers /health, /ready, /metrics, "
-            "/admin/tenants, /admin/drain, /admin/reload, /admin/log-level and "
+            "/admin/tenants, /admin/drain, /admin/reload, /admin/log-level, /admin/programs, "
+            "/admin/programs/reload and "
             "/admin/tenant/{id}/status, /ready, /drain"
         )
     if isinstance(exc, MethodNotAllowed):
@@ -181,8 +183,10 @@ def build_app(
     metrics: MetricsRenderer,
     drain_timeout_s: float,
     limits: HttpLimits,
+    programs: ProgramsBackend | None = None,
 ) -> Quart:
-    """The Quart app of the admin API (without the guard and context middlewares)."""
+    """The Quart app of the admin API (without the guard and context middlewares);
+    ``/admin/programs`` routes only with ``programs``."""
     app: Quart = QuartTrio(__name__)
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
     app.config["BODY_TIMEOUT"] = limits.body_timeout_s
@@ -288,6 +292,19 @@ def build_app(
             parse_drain(body, tenant_id=tenant_id, default_timeout_s=drain_timeout_s)
         )
 
+    if programs is not None:
+
+        @app.get("/admin/programs")
+        async def program_list() -> Response:
+            return _json(await programs.programs())
+
+        @app.post("/admin/programs/reload")
+        async def programs_reload() -> Response:
+            body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+            rebuild = parse_programs_reload(request.args.to_dict(flat=False), body)
+            log.info("admin program reload requested (rebuild: %s)", rebuild)
+            return _json(await programs.reload_programs(rebuild))
+
     async def _drain(wanted: DrainRequest) -> Response:
         log.info(
             "admin drain of tenant %s (waiting up to %.3fs)",
@@ -391,6 +408,7 @@ class AdminServer:
         drain_timeout_s: float = 10.0,
         graceful_timeout_s: float = 2.0,
         limits: HttpLimits | None = None,
+        programs: ProgramsBackend | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -402,6 +420,7 @@ class AdminServer:
             metrics=metrics,
             drain_timeout_s=drain_timeout_s,
             limits=self.limits,
+            programs=programs,
         )
         self.app = RequestContextMiddleware(RequestGuard(self.quart_app, self.limits))
         self.address: tuple[str, int] | None = None

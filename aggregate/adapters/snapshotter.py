@@ -108,6 +108,7 @@ class Snapshotter:
         self._token: trio.lowlevel.TrioToken | None = None
         self._wakeup = trio.Event()
         self._wake_scheduled = False
+        self._write_done = trio.Event()
         self.last_flush: FlushResult | None = None
         """What the shutdown flush of the last ``serve`` did."""
         self._offered = self._written = self._superseded = self._failed = self._dropped = 0
@@ -220,6 +221,28 @@ class Snapshotter:
             left = len(self._pending)
         return FlushResult(self._written - before, left, scope.cancelled_caught)
 
+    async def discard_types(self, aggregate_types: list[str] | None) -> int:
+        """Drop the pending snapshots of the given types (None: every type) and wait until
+        none of theirs is being written (a rebuild deletes their stored snapshots next).
+        Returns how many were dropped. Call on the Trio thread.
+
+        Cancellation: stops waiting; what was dropped stays dropped.
+        """
+
+        def matches(key: AggregateKey) -> bool:
+            return aggregate_types is None or key.aggregate_type in aggregate_types
+
+        with self._lock:
+            dropped = [key for key in self._pending if matches(key)]
+            for key in dropped:
+                del self._pending[key]
+        while True:
+            with self._lock:
+                writing = any(matches(key) for key in self._in_flight)
+            if not writing:
+                return len(dropped)
+            await self._write_done.wait()
+
     def _take(self) -> _Pending | None:
         with self._lock:
             if not self._pending:
@@ -272,3 +295,5 @@ class Snapshotter:
             finally:
                 with self._lock:
                     self._in_flight.pop(snapshot.key, None)
+                done, self._write_done = self._write_done, trio.Event()
+                done.set()

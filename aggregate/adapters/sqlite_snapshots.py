@@ -419,6 +419,26 @@ class SqliteSnapshotStore:
 
         return await self._run(erase, f"erase the snapshots of tenant {tenant_id!r}")
 
+    async def delete_types(self, aggregate_types: list[str] | None) -> int:
+        """Delete every snapshot of the given aggregate types (None: of every type), so
+        their states are replayed from the events; returns how many rows were deleted.
+
+        Raises:
+            BackendUnavailableError: the database cannot be written.
+
+        Cancellation: the delete may or may not happen.
+        """
+
+        def delete(db: Database) -> int:
+            if aggregate_types is None:
+                return int(db.execute(f"DELETE FROM {TABLE}").rowcount)
+            return sum(
+                int(db.execute(f"DELETE FROM {TABLE} WHERE aggregate_type = ?", (name,)).rowcount)
+                for name in aggregate_types
+            )
+
+        return await self._run(delete, "delete the snapshots of reloaded types")
+
     async def count(self, tenant_id: str | None = None) -> int:
         """How many snapshots are stored (of one tenant, when given).
 

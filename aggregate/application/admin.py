@@ -162,6 +162,45 @@ class AdminBackend(Protocol):
         ...
 
 
+class ProgramsBackend(Protocol):
+    """The running service's programs as the admin API sees them."""
+
+    async def programs(self) -> list[dict[str, str]]:
+        """Each aggregate type served now: language, isolation, source hashes, program
+        version, load time (``*``: the programs serving every type)."""
+        ...
+
+    async def reload_programs(self, rebuild: bool) -> dict[str, object]:
+        """Re-read the manifest and programs, check them and swap them in (``rebuild``:
+        drop the replaced types' cached states and snapshots too).
+
+        Raises:
+            ProgramReloadError: refused (names type, line and column); nothing changed.
+        """
+        ...
+
+
+_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def parse_programs_reload(args: Mapping[str, list[str]], body: bytes) -> bool:
+    """Validate ``POST /admin/programs/reload[?rebuild=true|false]`` (an empty body or
+    ``{}``); returns ``rebuild``.
+
+    Raises:
+        InvalidArgumentError: an unknown or repeated parameter, a value that is not
+            ``true`` or ``false``, or a non-empty body.
+    """
+    _check_keys(args, ("rebuild",))
+    _check_keys(parse_json_object(body, allow_empty=True), ())
+    values = args.get("rebuild", ["false"])
+    if len(values) != 1 or values[0].lower() not in _BOOLEANS:
+        raise InvalidArgumentError(
+            f"rebuild must be true or false (once), got {quote_list(values, limit=2)}"
+        )
+    return _BOOLEANS[values[0].lower()]
+
+
 @dataclass(frozen=True, slots=True)
 class DrainRequest:
     """A validated drain: which tenant, and how long to wait for its in-flight commands."""

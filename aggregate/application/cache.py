@@ -83,6 +83,18 @@ class AggregateCache:
         self._per_tenant.pop(tenant_id, None)
         return len(keys)
 
+    def discard_types(self, aggregate_types: list[str] | None) -> int:
+        """Forget every aggregate of the given types (None: of every type), so they are
+        loaded again with the programs now configured. Returns how many."""
+        keys = [
+            key
+            for key in self._items
+            if aggregate_types is None or key.aggregate_type in aggregate_types
+        ]
+        for key in keys:
+            del self._items[key]
+        return len(keys)
+
     def clear(self) -> None:
         self._items.clear()
         self._per_tenant.clear()

@@ -34,6 +34,7 @@ from aggregate.domain.errors import (
     CorruptDataError,
     DuplicateAppendError,
     ExpectedVersionMismatchError,
+    UnknownAggregateTypeError,
     VersionConflictError,
 )
 from aggregate.programs.base import Rejected
@@ -144,6 +145,8 @@ class CommandHandler:
             activity if activity is not None else NoActivityTracker()
         )
         """Counts the commands the gate admitted, per tenant (the admin views)."""
+        self._unsnapshotted: set[str] = set()
+        self._no_snapshots = False
 
     def _span(self, name: str) -> AbstractContextManager[object]:
         """A child span of the current one (tracing on), else nothing."""
@@ -182,6 +185,11 @@ class CommandHandler:
                 except BaseException:
                     self.cache.discard(key)
                     raise
+                finally:
+                    if not self._is_current(spec, key.aggregate_type):
+                        # Programs were reloaded meanwhile: the next command loads the
+                        # aggregate afresh (with the new apply when its cache was rebuilt).
+                        self.cache.discard(key)
 
     async def _handle_locked(self, command: Command, spec: AggregateTypeSpec) -> CommandResult:
         key = command.key
@@ -210,6 +218,7 @@ class CommandHandler:
                 decision.events,
                 correlation_id=command.context.correlation_id,
                 trace_id=command.context.trace_id,
+                program_version=spec.version,
             )
             attempted = record.events[0]
             try:
@@ -222,7 +231,7 @@ class CommandHandler:
                 if stored.record.events[0].event_id == record.events[0].event_id:
                     # Our own append, landed on an earlier attempt of the store's retry.
                     instance.accept(stored.seq, stored.record, decision.state)
-                    self._maybe_snapshot(instance)
+                    self._maybe_snapshot(instance, spec)
                     return CommandResult(key, command.command_id, instance.version, record.events)
                 # A repeat of a command this aggregate no longer remembers (a non-v7 id
                 # beyond the history) that the store's duplicate window still knows: answer
@@ -238,7 +247,7 @@ class CommandHandler:
                     await self._backoff(attempt)
                 continue
             instance.accept(seq, record, decision.state)
-            self._maybe_snapshot(instance)
+            self._maybe_snapshot(instance, spec)
             return CommandResult(key, command.command_id, instance.version, record.events)
         # The last conflict may have been our own append landing (a retried publish).
         entry = instance.lookup(command.command_id)
@@ -287,6 +296,17 @@ class CommandHandler:
             records = await self.store.read(key)
         return [e for r in records for e in r.record.events if e.version > after_version]
 
+    def ignore_snapshots(self, aggregate_types: list[str] | None, ignore: bool) -> None:
+        """Load the given types (None: every type) from their events alone while
+        ``ignore`` holds: their snapshots were folded by an ``apply`` a reload replaced
+        and are being deleted (a rebuild)."""
+        if aggregate_types is None:
+            self._no_snapshots = ignore
+        elif ignore:
+            self._unsnapshotted.update(aggregate_types)
+        else:
+            self._unsnapshotted.difference_update(aggregate_types)
+
     def forget_tenant(self, tenant_id: str) -> int:
         """Drop a tenant's cached aggregates (it moved away). Returns how many."""
         return self.cache.discard_tenant(tenant_id)
@@ -300,7 +320,7 @@ class CommandHandler:
     async def _rehydrate(self, key: AggregateKey, spec: AggregateTypeSpec) -> AggregateInstance:
         with self._span("load"):
             instance = await self._rebuild(key, spec)
-        self._maybe_snapshot(instance)
+        self._maybe_snapshot(instance, spec)
         return instance
 
     async def _rebuild(self, key: AggregateKey, spec: AggregateTypeSpec) -> AggregateInstance:
@@ -308,7 +328,9 @@ class CommandHandler:
         limit = self.settings.history_limit
         instance: AggregateInstance | None = None
         events = 0
-        if self.snapshots is not None:
+        if self.snapshots is not None and not (
+            self._no_snapshots or key.aggregate_type in self._unsnapshotted
+        ):
             snapshot = await self.snapshots.load(key)
             if snapshot is not None:
                 try:
@@ -372,9 +394,21 @@ class CommandHandler:
             )
         return stored
 
-    def _maybe_snapshot(self, instance: AggregateInstance) -> None:
+    def _is_current(self, spec: AggregateTypeSpec, name: str) -> bool:
+        """Whether ``spec`` still serves type ``name`` (no program reload since it was
+        looked up)."""
+        try:
+            return self.types.get(name) is spec
+        except UnknownAggregateTypeError:
+            return False
+
+    def _maybe_snapshot(self, instance: AggregateInstance, spec: AggregateTypeSpec) -> None:
         threshold = self.settings.snapshot_threshold
         if self.snapshot_sink is None or threshold <= 0:
+            return
+        if not self._is_current(spec, instance.key.aggregate_type):
+            # Decided by programs a reload replaced: a rebuild may have dropped this
+            # type's snapshots, which a state folded by the old apply must not refill.
             return
         if instance.events_since_snapshot >= threshold:
             self.snapshot_sink.offer(instance.snapshot())

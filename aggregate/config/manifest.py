@@ -18,6 +18,7 @@ from aggregate.config.files import read_mapping_file
 from aggregate.config.settings import env_name
 from aggregate.domain.errors import ConfigError
 from aggregate.domain.manifest import (
+    ANY_TYPE,
     AggregateTypeManifest,
     Isolation,
     Language,
@@ -253,8 +254,8 @@ def check_program_settings(settings: Settings) -> None:
 
 def manifest_from_settings(settings: Settings) -> Manifest:
     """The effective manifest: the file at ``manifest_path``, else the config file's
-    ``aggregate_types`` section, else one type named ``aggregate_type`` served by
-    ``decide_program[_path]`` / ``apply_program[_path]``.
+    ``aggregate_types`` section, else ``decide_program[_path]`` / ``apply_program[_path]``
+    serving every type (the ``ANY_TYPE`` entry), or only ``aggregate_type`` when it is set.
 
     Raises:
         ConfigError: conflicting or incomplete settings (``check_program_settings``), an
@@ -274,13 +275,16 @@ def manifest_from_settings(settings: Settings) -> Manifest:
         )
     python = settings.program_language is Language.PYTHON
     entry = AggregateTypeManifest(
-        name=settings.aggregate_type,
+        name=settings.aggregate_type or ANY_TYPE,
         decide=_settings_program(settings, "decide"),
         apply=_settings_program(settings, "apply"),
         language=settings.program_language,
         isolation=Isolation.INLINE if python else settings.program_isolation,
     )
-    origin = f"decide/apply programs ({settings.origin_of('aggregate_type')} names the type)"
+    if settings.aggregate_type is None:
+        origin = "decide/apply programs (every aggregate type; AGGREGATE_AGGREGATE_TYPE narrows)"
+    else:
+        origin = f"decide/apply programs ({settings.origin_of('aggregate_type')} names the type)"
     return Manifest(types={entry.name: entry}, origin=origin)
 
 

@@ -180,11 +180,12 @@ class ProgramSettings(TenancySettings):
     manifest_path: Path | None = field(
         default=None, metadata=opt_path("Aggregate-type manifest file (YAML/TOML/JSON).")
     )
-    aggregate_type: str = field(
-        default="default",
+    aggregate_type: str | None = field(
+        default=None,
         metadata=meta(
-            v.parse_aggregate_type,
-            "Type name served by the programs of decide_program[_path] / apply_program[_path].",
+            v.optional(v.parse_aggregate_type),
+            "The one type served by decide_program[_path] / apply_program[_path]; unset: "
+            "they serve every type a request names.",
             kind="type name",
         ),
     )

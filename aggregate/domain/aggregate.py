@@ -134,8 +134,10 @@ class AggregateInstance:
         *,
         correlation_id: str,
         trace_id: str,
+        program_version: str = "",
     ) -> CommandRecord:
-        """The message to append for a command whose ``decide`` returned ``decided``.
+        """The message to append for a command whose ``decide`` (of ``program_version``)
+        returned ``decided``.
 
         Raises:
             InvalidArgumentError: an event value is malformed.
@@ -148,6 +150,7 @@ class AggregateInstance:
             trace_id=trace_id,
             first_version=self.version + 1,
             events=events,
+            program_version=program_version,
         )
 
     def check_next(self, seq: int, record: CommandRecord) -> None:

@@ -167,7 +167,11 @@ def events_from_decision(
 
 @dataclass(frozen=True, slots=True)
 class CommandRecord:
-    """The body of one JetStream message: every event of one command, in order."""
+    """The body of one JetStream message: every event of one command, in order.
+
+    ``program_version`` is the version of the programs that decided the command; it is
+    written as the ``program-version`` header (not in the body), empty when unknown.
+    """
 
     key: AggregateKey
     command_id: uuid.UUID
@@ -175,6 +179,7 @@ class CommandRecord:
     trace_id: str
     first_version: int
     events: tuple[Event, ...]
+    program_version: str = ""
 
     @property
     def last_version(self) -> int:
@@ -218,6 +223,8 @@ class CommandRecord:
                 "content-type": "application/json",
             }
         )
+        if self.program_version:
+            headers["program-version"] = self.program_version
         return headers
 
     @classmethod

@@ -223,3 +223,25 @@ class ResourceExhaustedError(AggregateError):
 
 class CorruptDataError(AggregateError):
     """Raised when stored data cannot be decoded or breaks an invariant (INTERNAL)."""
+
+
+class ProgramReloadError(AggregateError):
+    """Raised when a program reload is refused (the manifest or a program is invalid, or a
+    program does not compile): nothing changed, the programs loaded before keep serving.
+
+    The message names the aggregate type, line and column when a program failed, never
+    its source text or a server path (HTTP 422).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        program: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.program = program
+        self.line = line
+        self.column = column

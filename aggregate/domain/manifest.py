@@ -25,6 +25,12 @@ class Isolation(StrEnum):
     INLINE = "inline"  # in the service process: fastest, for trusted programs
 
 
+ANY_TYPE = "*"
+"""The manifest key of programs that serve every aggregate type a request names (the
+programs given only by ``AGGREGATE_DECIDE_PROGRAM[_PATH]`` / ``AGGREGATE_APPLY_PROGRAM[_PATH]``).
+Never a valid type name, so no manifest file can define it."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProgramSource:
     """One program: its text (Starlark) or ``module:function`` reference (Python), and where

@@ -19,6 +19,7 @@ _TABLE: tuple[tuple[type[BaseException], str, int], ...] = (
     (e.CommandRejectedError, "FAILED_PRECONDITION", 422),
     (e.CommandIdTooOldError, "FAILED_PRECONDITION", 422),
     (e.InvalidArgumentError, "INVALID_ARGUMENT", 400),
+    (e.ProgramReloadError, "FAILED_PRECONDITION", 422),
     (e.AggregateNotFoundError, "NOT_FOUND", 404),
     (e.TenantAccessDeniedError, "PERMISSION_DENIED", 403),
     (e.TenantUnavailableError, "UNAVAILABLE", 503),

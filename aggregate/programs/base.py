@@ -80,11 +80,16 @@ class AggregateProgram(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AggregateTypeSpec:
-    """A configured aggregate type: its program and the state before any event."""
+    """A configured aggregate type: its program and the state before any event.
+
+    ``version`` is the program version (``program_version``: the hash of the decide and
+    apply texts) stored with every message this spec decides; empty when unknown (fakes).
+    """
 
     name: str
     program: AggregateProgram
     initial_state: JsonObject = field(default_factory=dict)
+    version: str = ""
 
 
 def _default_pool_size() -> int:

@@ -29,7 +29,7 @@ import sys
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 from subprocess import PIPE
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
@@ -198,6 +198,8 @@ class WorkerPool:
         self._idle_send, self._idle_receive = anyio.create_memory_object_stream[_Worker](math.inf)
         self._workers: set[_Worker] = set()
         self._closing = False
+        self._calls = 0
+        self._quiet: anyio.Event | None = None
         self.spawned = 0  # workers started so far (replacements included): for tests, metrics
 
     async def __aenter__(self) -> Self:
@@ -324,6 +326,32 @@ class WorkerPool:
         the worker is killed at once (its state is unknown) and replaced in the
         background, and the cancellation propagates.
         """
+        self._calls += 1
+        try:
+            return await self._request(message, sources=sources, time_limit=time_limit)
+        finally:
+            self._calls -= 1
+            if self._calls == 0 and self._quiet is not None:
+                self._quiet.set()
+
+    @property
+    def calls_in_flight(self) -> int:
+        """Calls of ``request`` not yet returned (waiting for a worker or exchanging)."""
+        return self._calls
+
+    async def wait_idle(self) -> None:
+        """Return once no call is in flight. Used before closing a pool that was replaced:
+        no new call reaches it, and each call in flight ends by its own hard deadline.
+
+        Cancellation: stops waiting; the calls go on.
+        """
+        while self._calls:
+            self._quiet = anyio.Event()
+            await self._quiet.wait()
+
+    async def _request(
+        self, message: dict[str, Any], *, sources: Mapping[str, str], time_limit: float
+    ) -> Any:
         program = str(message.get("program", "?"))
         try:
             body = encode(message)
@@ -402,6 +430,20 @@ class WorkerPool:
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (for tests and diagnostics)."""
         return sorted(w.process.pid for w in self._workers if w.process.returncode is None)
+
+
+class ProgramPool(Protocol):
+    """What process-isolated programs need of a pool: a ``WorkerPool``, or a slot that
+    passes calls to the pool serving now (hot reload replaces it)."""
+
+    @property
+    def limits(self) -> ProgramLimits: ...
+
+    async def request(
+        self, message: dict[str, Any], *, sources: Mapping[str, str], time_limit: float
+    ) -> Any:
+        """As ``WorkerPool.request``."""
+        ...
 
 
 def _with(body: bytes, sources: Mapping[str, str]) -> bytes:

@@ -17,10 +17,11 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from aggregate.domain.errors import ConfigError, UnknownAggregateTypeError
-from aggregate.domain.manifest import Isolation, Language
+from aggregate.domain.manifest import ANY_TYPE, Isolation, Language
 from aggregate.programs.base import AggregateTypeSpec, ProgramLimits
 from aggregate.programs.pool import WorkerPool
 from aggregate.programs.python_program import PythonProgram
+from aggregate.programs.starlark_compile import source_key
 from aggregate.programs.starlark_program import (
     StarlarkInlineProgram,
     StarlarkProcessProgram,
@@ -33,10 +34,11 @@ if TYPE_CHECKING:
 
     from aggregate.domain.manifest import AggregateTypeManifest, Manifest
     from aggregate.programs.base import AggregateProgram
+    from aggregate.programs.pool import ProgramPool
 
 
 def build_program(
-    spec: AggregateTypeManifest, *, limits: ProgramLimits, pool: WorkerPool | None
+    spec: AggregateTypeManifest, *, limits: ProgramLimits, pool: ProgramPool | None
 ) -> AggregateProgram:
     """The program for one manifest type.
 
@@ -59,8 +61,16 @@ def build_program(
     return StarlarkProcessProgram(spec.name, spec.decide, spec.apply, pool)
 
 
+def program_version(spec: AggregateTypeManifest) -> str:
+    """The program version of a manifest type: the first 16 hex digits of the SHA-256 of
+    its language and the SHA-256 of its decide and apply texts. Equal texts give equal
+    versions on every node; any change of either text gives a new one."""
+    parts = (spec.language.value, source_key(spec.decide.text), source_key(spec.apply.text))
+    return source_key("\n".join(parts))[:16]
+
+
 def build_specs(
-    manifest: Manifest, *, limits: ProgramLimits | None = None, pool: WorkerPool | None = None
+    manifest: Manifest, *, limits: ProgramLimits | None = None, pool: ProgramPool | None = None
 ) -> dict[str, AggregateTypeSpec]:
     """One spec per type of ``manifest``, by name. ``limits`` default to ``pool.limits``
     (process programs always use the pool's limits).
@@ -76,6 +86,7 @@ def build_specs(
             name=name,
             program=build_program(spec, limits=limits, pool=pool),
             initial_state=json_copy(spec.initial_state),
+            version=program_version(spec),
         )
     return specs
 
@@ -139,7 +150,9 @@ def isolation_warnings(manifest: Manifest) -> list[str]:
 
 
 class ProgramRegistry:
-    """Aggregate type name → spec; the handler's type lookup. Hot-reloadable."""
+    """Aggregate type name → spec; the handler's type lookup. Hot-reloadable.
+
+    A spec under ``ANY_TYPE`` serves every type name that has no spec of its own."""
 
     def __init__(self, specs: Mapping[str, AggregateTypeSpec] | None = None) -> None:
         self._specs: dict[str, AggregateTypeSpec] = dict(specs or {})
@@ -150,10 +163,15 @@ class ProgramRegistry:
         Raises:
             UnknownAggregateTypeError: ``name`` is not configured (names the ones that are).
         """
-        try:
-            return self._specs[name]
-        except KeyError:
-            raise UnknownAggregateTypeError.of(name, self._specs) from None
+        specs = self._specs
+        spec = specs.get(name) or specs.get(ANY_TYPE)
+        if spec is None:
+            raise UnknownAggregateTypeError.of(name, specs)
+        return spec
+
+    def specs(self) -> dict[str, AggregateTypeSpec]:
+        """The table served now (a copy), by type name."""
+        return dict(self._specs)
 
     def names(self) -> list[str]:
         """The configured type names, sorted."""

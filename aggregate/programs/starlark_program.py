@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from aggregate.domain.envelopes import JsonObject
     from aggregate.domain.manifest import ProgramSource
     from aggregate.programs.base import Decision
-    from aggregate.programs.pool import WorkerPool
+    from aggregate.programs.pool import ProgramPool
 
 APPLY_CHUNK = 1000  # inline rehydration yields to the event loop between chunks
 INLINE_THREADS = 2
@@ -142,7 +142,7 @@ class StarlarkProcessProgram:
     """
 
     def __init__(
-        self, name: str, decide: ProgramSource, apply: ProgramSource, pool: WorkerPool
+        self, name: str, decide: ProgramSource, apply: ProgramSource, pool: ProgramPool
     ) -> None:
         self._name = name
         self._pool = pool
@@ -232,7 +232,7 @@ class StarlarkProcessProgram:
 
 
 async def check_in_worker(
-    pool: WorkerPool, program: str, decide: ProgramSource, apply: ProgramSource
+    pool: ProgramPool, program: str, decide: ProgramSource, apply: ProgramSource
 ) -> None:
     """Compile ``decide`` and ``apply`` (once if they are one text) in a worker of ``pool``
     and check that they define their functions, under the worker's limits.

@@ -11,6 +11,7 @@ from aggregate.application import tenant_views
 from aggregate.application.admin import TenantListing
 from aggregate.domain.errors import BackendUnavailableError
 from aggregate.domain.placement import PlacementMap
+from aggregate.service.programs import reload_programs
 
 if TYPE_CHECKING:
     from aggregate.adapters.snapshotter import Snapshotter
@@ -159,3 +160,9 @@ class IslandAdminBackend:
                 reopened.append(tenant)
         arrived = sorted({*change.arrived, *reopened})
         return {"arrived": arrived, "left": list(change.left)}
+
+    async def programs(self) -> list[dict[str, str]]:
+        return await self.island.call(self.core.program_payload)
+
+    async def reload_programs(self, rebuild: bool) -> dict[str, object]:
+        return await reload_programs(self.service, rebuild=rebuild)

@@ -65,6 +65,8 @@ class Service:
         self.started_at = time.monotonic()
         self.island = Island()
         self.core: IslandCore | None = None
+        self.snapshotter: Snapshotter | None = None
+        self.snapshots: SqliteSnapshotStore | None = None
         self.embedded: EmbeddedNats | None = None
         self.clean_drain = True
         self._shutdown = trio.Event()
@@ -181,6 +183,7 @@ class Service:
                 island_nursery.cancel_scope.cancel()
                 return
             self.core = core
+            self.snapshotter, self.snapshots = snapshotter, snapshots
             async with trio.open_nursery() as snapshot_nursery:
                 await snapshot_nursery.start(snapshotter.serve)
                 storage = StorageProbe(
@@ -210,6 +213,7 @@ class Service:
                         max_headers=settings.http_max_headers,
                         body_timeout_s=settings.http_body_timeout_seconds,
                     ),
+                    programs=backend,
                 )
                 async with trio.open_nursery() as admin_nursery:
                     http_host, http_port = await admin_nursery.start(admin.serve)

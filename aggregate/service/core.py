@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -29,11 +30,9 @@ from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.application.placement import PlacementController
 from aggregate.config import manifest_from_settings
 from aggregate.config.values import redact_url_credentials
-from aggregate.domain.manifest import Isolation, Language
 from aggregate.domain.placement import PlacementDecision
 from aggregate.programs.base import ProgramLimits
-from aggregate.programs.pool import WorkerPool
-from aggregate.programs.registry import ProgramRegistry, check_manifest, isolation_warnings
+from aggregate.programs.reload import ProgramCatalog
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,6 +44,8 @@ if TYPE_CHECKING:
     from aggregate.application.placement import PlacementChange
     from aggregate.application.ports import SnapshotSink, SnapshotStore
     from aggregate.config import Settings
+    from aggregate.programs.registry import ProgramRegistry
+    from aggregate.programs.reload import ReloadOutcome
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class IslandCore:
         self.handler: CommandHandler | None = None
         self.server: CommandServer | None = None
         self.registry: ProgramRegistry | None = None
+        self.programs: ProgramCatalog | None = None
         self.watcher: PlacementWatcher | None = None
         self.activity = ActivityTracker()
         """Per-tenant command counts and last activity (the admin views)."""
@@ -122,7 +124,7 @@ class IslandCore:
         """
         self._stop = anyio.Event()
         settings = self.settings
-        manifest = manifest_from_settings(settings)
+        manifest_from_settings(settings)  # a configuration error stops start-up before NATS
         async with contextlib.AsyncExitStack() as stack:
             nc = await self._connect()
             stack.push_async_callback(self._drain_nats, nc)
@@ -140,19 +142,12 @@ class IslandCore:
             )
             stack.push_async_callback(store.aclose)
 
-            limits = program_limits(settings)
-            pool = None
-            if any(
-                t.language is Language.STARLARK and t.isolation is Isolation.PROCESS
-                for t in manifest.types.values()
-            ):
-                pool = await stack.enter_async_context(WorkerPool(limits))
-            for warning in isolation_warnings(manifest):
-                log.warning("%s", warning)
             # Every Starlark program is compiled in a worker first (inline ones too: a
             # hostile text must not exhaust this process while compiling).
-            specs = await check_manifest(manifest, limits=limits, pool=pool)
-            self.registry = ProgramRegistry(specs)
+            self.programs = await stack.enter_async_context(
+                ProgramCatalog(partial(manifest_from_settings, settings), program_limits(settings))
+            )
+            self.registry = self.programs.registry
 
             self.gate = TenantGate(PlacementDecision(shard_id=settings.shard_id))
             self.controller = PlacementController(
@@ -277,3 +272,32 @@ class IslandCore:
     def tenant_payload(self) -> Any:
         assert self.gate is not None
         return [status.as_dict() for status in self.gate.tenants()]
+
+    # ---- programs ----------------------------------------------------------------
+    async def reload_programs(self, rebuild: bool) -> ReloadOutcome:
+        """Reload the programs (``ProgramCatalog.reload``). With ``rebuild``, the cached
+        aggregates of the replaced types are dropped at the swap and their snapshots are
+        ignored until ``end_rebuild``, so their states are replayed with the new apply.
+
+        Raises:
+            ProgramReloadError: refused; nothing changed.
+        """
+        assert self.programs is not None
+
+        def swapped(outcome: ReloadOutcome) -> None:
+            if rebuild and self.handler is not None:
+                types = outcome.replaced
+                self.handler.ignore_snapshots(types, True)
+                dropped = self.handler.cache.discard_types(types)
+                log.info("rebuild: dropped %d cached aggregates", dropped)
+
+        return await self.programs.reload(swapped)
+
+    def end_rebuild(self, types: list[str] | None) -> None:
+        """The replaced types' snapshots are deleted: load them again."""
+        if self.handler is not None:
+            self.handler.ignore_snapshots(types, False)
+
+    def program_payload(self) -> list[dict[str, str]]:
+        assert self.programs is not None
+        return self.programs.describe()

@@ -1,8 +1,9 @@
 """``aggregate serve``: one ``trio.run``, signals, exit code.
 
 A first SIGTERM or SIGINT drains a serving service, or abandons a start-up in progress; a
-second one exits at once. Start-up errors leave ``trio.run`` wrapped in the exception groups
-of the nurseries they crossed; ``run`` hands the caller the error itself.
+second one exits at once. SIGHUP reloads the programs (``aggregate.service.programs``).
+Start-up errors leave ``trio.run`` wrapped in the exception groups of the nurseries they
+crossed; ``run`` hands the caller the error itself.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import trio
 
 from aggregate.domain.errors import AggregateError
 from aggregate.service.app import Service
+from aggregate.service.programs import reload_on_signal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -33,12 +35,15 @@ async def serve(settings: Settings, log_drops: Callable[[], float] | None = None
     service = Service(settings)
     if log_drops is not None:
         service.metrics.set_log_drops_source(log_drops)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def watch_signals() -> None:
                 count = 0
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        nursery.start_soon(reload_on_signal, service)
+                        continue
                     count += 1
                     if count == 1:
                         what = "draining" if service.state == "serving" else "stopping"

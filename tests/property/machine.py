@@ -41,8 +41,10 @@ from aggregate.domain.errors import (
 from aggregate.domain.ids import AggregateKey, uuid7_at
 from aggregate.gateway.v1 import aggregate_pb2 as pb
 from aggregate.programs.base import AggregateTypeSpec
+from aggregate.programs.registry import ProgramRegistry
 from aggregate.testing.memory_snapshots import InMemorySnapshotStore
-from aggregate.testing.programs import FunctionProgram, StaticTypes
+from aggregate.testing.memory_store import InMemoryEventStore
+from aggregate.testing.programs import FunctionProgram
 from specs import bank
 from specs.model import Model, ModelResult, ModelType
 
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from aggregate.application.ports import EventStore
 
 TYPE = "bank-account"
+FIRST_VERSION = "standard-0"
 HISTORY_LIMIT = 4
 SNAPSHOT_THRESHOLD = 3
 
@@ -66,10 +69,18 @@ class World:
     supports_faults: bool = False
     tenant_prefix: str = ""
     program: Any = None
+    registry: ProgramRegistry | None = None
 
-    def types(self) -> StaticTypes:
-        program = self.program or FunctionProgram(TYPE, bank.decide, bank.apply)
-        return StaticTypes({TYPE: AggregateTypeSpec(TYPE, program)})
+    def standard_program(self) -> Any:
+        return self.program or FunctionProgram(TYPE, bank.decide, bank.apply)
+
+    def types(self) -> ProgramRegistry:
+        """The programs every node serves (one registry: a reload reaches every node, and
+        a restarted node serves what was reloaded last, as a restarted service would)."""
+        if self.registry is None:
+            spec = AggregateTypeSpec(TYPE, self.standard_program(), version=FIRST_VERSION)
+            self.registry = ProgramRegistry({TYPE: spec})
+        return self.registry
 
     def new_handler(self) -> CommandHandler:
         return CommandHandler(
@@ -156,7 +167,10 @@ class HandlerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.world: World = type(self).make_world()
-        self.model = Model({TYPE: ModelType(bank.decide, bank.apply)}, HISTORY_LIMIT)
+        self.model = Model(
+            {TYPE: ModelType(bank.decide, bank.apply, version=FIRST_VERSION)}, HISTORY_LIMIT
+        )
+        self.reloads = itertools.count(1)
         self.nodes = [self.world.new_handler(), self.world.new_handler()]
         self.clock_ms = 1_750_000_000_000
         self.counter = itertools.count()
@@ -382,6 +396,55 @@ class HandlerMachine(RuleBasedStateMachine):
             return
         raise AssertionError(f"no serial order explains {results}")
 
+    def reload(self, rules: str) -> str:
+        """Swap the type's programs in the registry and in the model at once (callable
+        from the portal's thread: it makes no note). Returns the new version."""
+        version = f"{rules}-{next(self.reloads)}"
+        if rules == "capped":
+            program: Any = FunctionProgram(TYPE, bank.decide_capped, bank.apply)
+            decide: Any = bank.decide_capped
+        else:
+            program, decide = self.world.standard_program(), bank.decide
+        self.world.types().replace({TYPE: AggregateTypeSpec(TYPE, program, version=version)})
+        self.model.reload(TYPE, ModelType(decide, bank.apply, version=version))
+        return version
+
+    @rule(rules=st.sampled_from(["standard", "capped"]))
+    def reload_programs(self, rules: str) -> None:
+        """A hot reload between commands: the next commands run the new version."""
+        note(f"reload: {TYPE} now runs {self.reload(rules)}")
+
+    @rule(
+        node=st.integers(0, 1),
+        tenant=tenants,
+        agg=aggregate_ids,
+        payload=commands,
+        rules=st.sampled_from(["standard", "capped"]),
+    )
+    def reload_while_a_command_runs(
+        self, node: int, tenant: str, agg: uuid.UUID, payload: dict[str, Any], rules: str
+    ) -> None:
+        """A reload lands while a command is in flight: the command finishes on the version
+        it started with, the next ones run the new one."""
+        command_id = self.fresh_id()
+        want = self.model.submit((tenant, TYPE, agg), command_id, payload)
+        command = Command(self.key(tenant, agg), command_id, payload, RequestContext.new())
+        registry = self.world.types()
+        lookup = registry.get
+
+        def look_up_then_reload(name: str) -> AggregateTypeSpec:
+            spec = lookup(name)  # the command holds these programs from now on
+            del registry.get  # type: ignore[method-assign]
+            self.reload(rules)
+            return spec
+
+        registry.get = look_up_then_reload  # type: ignore[method-assign]
+        note(f"node {node}: {payload} id={command_id}, {rules} programs reloaded once it started")
+        try:
+            self.check(self.run(node, command), want)
+        finally:
+            vars(registry).pop("get", None)
+
     @rule(node=st.integers(0, 1))
     def restart_node(self, node: int) -> None:
         """A new handler rebuilt from the store and the snapshots."""
@@ -479,6 +542,20 @@ class HandlerMachine(RuleBasedStateMachine):
             ]
             assert ids == model_agg.applied
 
+    @invariant()
+    def every_message_names_the_version_that_decided_it(self) -> None:
+        store = self.world.store
+        if not isinstance(store, InMemoryEventStore):
+            return  # the JetStream store's reads return records, not headers
+        decided_by = {}
+        for (tenant, kind, agg), model_agg in self.model.aggregates.items():
+            subject = self.key(tenant, agg, kind).subject
+            for command_id, version in model_agg.decided_by.items():
+                decided_by[(subject, str(command_id))] = version
+        for message in store.messages:
+            where = (message.subject, message.headers["command-id"])
+            assert message.headers["program-version"] == decided_by[where], where
+
 
 def bank_manifest_type() -> Any:
     from aggregate.config import example_manifest_path, load_manifest
@@ -492,7 +569,6 @@ def memory_world_factory(backend: str = "trio", program: str = "function") -> An
     model also checks the example program)."""
     from aggregate.programs.pool import WorkerPool
     from aggregate.programs.starlark_program import StarlarkInlineProgram, StarlarkProcessProgram
-    from aggregate.testing.memory_store import InMemoryEventStore
 
     def make() -> World:
         stack = contextlib.ExitStack()

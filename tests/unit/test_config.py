@@ -25,7 +25,7 @@ from aggregate.config.settings import settable_fields
 from aggregate.config.values import AccessLogMode
 from aggregate.domain.errors import ConfigError
 from aggregate.domain.ids import DEFAULT_TENANT
-from aggregate.domain.manifest import Isolation, Language
+from aggregate.domain.manifest import ANY_TYPE, Isolation, Language
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 DECIDE = 'def decide(state, command):\n    return [{"type": "Opened"}]\n'
@@ -672,6 +672,7 @@ def test_manifest_from_inline_environment_programs() -> None:
         }
     )
     manifest = manifest_from_settings(settings)
+    assert list(manifest.types) == ["counter"]  # AGGREGATE_AGGREGATE_TYPE narrows to one
     entry = manifest.types["counter"]
     assert (entry.decide.text, entry.apply.text) == (DECIDE, APPLY)
     assert entry.decide.origin == "environment variable AGGREGATE_DECIDE_PROGRAM"
@@ -685,10 +686,14 @@ def test_manifest_from_environment_program_paths(tmp_path: Path) -> None:
     settings = load_settings(
         {"AGGREGATE_DECIDE_PROGRAM_PATH": str(decide), "AGGREGATE_APPLY_PROGRAM_PATH": str(apply)}
     )
-    entry = manifest_from_settings(settings).types["default"]
+    manifest = manifest_from_settings(settings)
+    # Without AGGREGATE_AGGREGATE_TYPE the programs serve every type a request names.
+    assert list(manifest.types) == [ANY_TYPE]
+    entry = manifest.types[ANY_TYPE]
     assert entry.decide.text == DECIDE
     assert entry.decide.origin == str(decide)
     assert entry.isolation is Isolation.PROCESS
+    assert "every aggregate type" in manifest.origin
 
 
 def test_missing_environment_program_file(tmp_path: Path) -> None:
@@ -712,7 +717,7 @@ def test_python_environment_programs() -> None:
             "AGGREGATE_APPLY_PROGRAM": "pkg.mod:apply",
         }
     )
-    entry = manifest_from_settings(settings).types["default"]
+    entry = manifest_from_settings(settings).types[ANY_TYPE]
     assert entry.language is Language.PYTHON
     assert entry.isolation is Isolation.INLINE
     assert entry.apply.text == "pkg.mod:apply"

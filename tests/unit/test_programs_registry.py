@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from aggregate.config.manifest import example_manifest_path, load_manifest
 from aggregate.domain.errors import ConfigError, ProgramCompileError, UnknownAggregateTypeError
 from aggregate.domain.manifest import (
+    ANY_TYPE,
     AggregateTypeManifest,
     Isolation,
     Language,
@@ -21,6 +24,7 @@ from aggregate.programs.registry import (
     build_specs,
     check_manifest,
     check_specs,
+    program_version,
 )
 from aggregate.programs.starlark_program import StarlarkInlineProgram, StarlarkProcessProgram
 
@@ -106,3 +110,27 @@ async def test_registry_lookup_and_hot_reload_keep_in_flight_specs() -> None:
     )
     with pytest.raises(UnknownAggregateTypeError, match=r"configured types: none"):
         ProgramRegistry().get("counter")
+
+
+def test_programs_for_every_type_serve_any_name_and_named_types_come_first() -> None:
+    everything = build_specs(manifest(counter(1), name=ANY_TYPE))
+    registry = ProgramRegistry(everything)
+    assert registry.get("Account") is everything[ANY_TYPE]
+    assert registry.get("bank-account") is everything[ANY_TYPE]
+    named = build_specs(manifest(counter(5), name="ledger"))
+    registry.replace({**everything, **named})
+    assert registry.get("ledger") is named["ledger"]
+    assert registry.get("Account") is everything[ANY_TYPE]
+
+
+def test_program_version_is_the_hash_of_decide_and_apply() -> None:
+    one = manifest(counter(1)).types["counter"]
+    same = manifest(counter(1), name="elsewhere").types["elsewhere"]
+    other = manifest(counter(2)).types["counter"]
+    assert program_version(one) == program_version(same)  # the name is not part of it
+    assert program_version(one) != program_version(other)
+    assert len(program_version(one)) == 16
+    int(program_version(one), 16)
+    new_apply = dataclasses.replace(one, apply=ProgramSource(counter(1) + "\n", "x"))
+    assert program_version(new_apply) != program_version(one)
+    assert build_specs(manifest(counter(1)))["counter"].version == program_version(one)
