@@ -9,7 +9,7 @@ request or raise ``InvalidArgumentError`` with a message an operator can act on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypedDict
+from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
 
 from aggregate.domain.errors import InvalidArgumentError, quote, quote_list
 from aggregate.domain.ids import validate_tenant_id
@@ -33,12 +33,16 @@ class HealthReport(TypedDict):
     """``GET /health``: liveness plus what an operator checks first."""
 
     status: str
-    """``ok``, ``starting``, ``degraded`` (NATS down), ``draining`` or ``stopping``."""
+    """``ok``, ``starting``, ``degraded`` (NATS down or a breaker open), ``draining`` or
+    ``stopping``."""
     ready: bool
     nats_connected: bool
     uptime_seconds: float
     version: str
     shard_id: str
+    breakers: NotRequired[list[dict[str, object]]]
+    """Each circuit breaker: name, state (closed, half_open, open), consecutive failures,
+    the last failure's reason while not closed, and retry_after_ms while open."""
 
 
 class TenantStatusView(TypedDict):
@@ -51,6 +55,9 @@ class TenantStatusView(TypedDict):
     draining: bool
     in_flight: int
     owner: str | None
+    quota: NotRequired[dict[str, object] | None]
+    """The tenant's quota in force and its usage: commands_per_second, burst,
+    max_in_flight (0: no limit), tokens left, in_flight, rejected."""
 
 
 class DrainReport(TypedDict):

@@ -119,6 +119,7 @@ class CommandHandler:
         snapshots: SnapshotStore | None = None,
         snapshot_sink: SnapshotSink | None = None,
         gate: TenantGate | None = None,
+        protection: TenantGate | None = None,
         settings: HandlerSettings | None = None,
         observer: HandlerObserver | None = None,
         rng: random.Random | None = None,
@@ -130,6 +131,8 @@ class CommandHandler:
         self.snapshots = snapshots
         self.snapshot_sink = snapshot_sink
         self.gate: TenantGate = gate or _OpenGate()
+        self.protection: TenantGate = protection or _OpenGate()
+        """Breakers and quotas (``aggregate.application.quota.Protection``), after the gate."""
         self.settings = settings or HandlerSettings()
         self.observer: HandlerObserver = observer or _NoObserver()
         self.cache = AggregateCache(self.settings.cache_size)
@@ -151,6 +154,8 @@ class CommandHandler:
             UnknownAggregateTypeError: the type is not configured.
             TenantUnavailableError, TenantAccessDeniedError: the gate refused the tenant, or
                 stored data names another tenant.
+            CircuitOpenError: a breaker of the command path is open; nothing was attempted.
+            QuotaExceededError: the tenant is over its quota; nothing was attempted.
             CommandIdTooOldError: a v7 command id older than the de-duplication horizon.
             ExpectedVersionMismatchError: ``expected_version`` is set and differs.
             CommandRejectedError: ``decide`` rejected the command.
@@ -166,7 +171,7 @@ class CommandHandler:
         if self._tracer is not None:
             _describe_span(key, command.command_id)
         spec = self.types.get(key.aggregate_type)
-        with self.gate.admit(key.tenant_id):
+        with self.gate.admit(key.tenant_id), self.protection.admit(key.tenant_id):
             async with self.locks.hold(key):
                 try:
                     return await self._handle_locked(command, spec)

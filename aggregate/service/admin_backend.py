@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, cast
 
 from aggregate import __version__
+from aggregate.application.breaker import BreakerState
 from aggregate.domain.placement import PlacementMap
 
 if TYPE_CHECKING:
@@ -35,7 +36,9 @@ class IslandAdminBackend:
 
         connected = self.core.connected
         state = self.service.state
-        status = "degraded" if state == "serving" and not connected else state
+        breakers = self.service.breakers.statuses()
+        tripped = any(b.state is not BreakerState.CLOSED for b in breakers)
+        status = "degraded" if state == "serving" and (tripped or not connected) else state
         if status == "serving":
             status = "ok"
         return {
@@ -45,6 +48,7 @@ class IslandAdminBackend:
             "uptime_seconds": round(time.monotonic() - self.service.started_at, 3),
             "version": VERSION,
             "shard_id": self.service.settings.shard_id,
+            "breakers": [b.as_dict() for b in breakers],
         }
 
     def ready(self) -> bool:
@@ -60,7 +64,9 @@ class IslandAdminBackend:
         gate = self.core.gate
         assert gate is not None
         status = await self.island.call(gate.status, tenant_id)
-        return cast("TenantStatusView", status.as_dict())
+        view = cast("TenantStatusView", status.as_dict())
+        view["quota"] = await self.island.call(self.core.quota_payload, tenant_id)
+        return view
 
     async def drain_tenant(self, tenant_id: str, timeout_s: float) -> DrainReport:
         gate = self.core.gate
