@@ -6,7 +6,7 @@ on."""
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import grpc
@@ -19,8 +19,10 @@ from aggregate.application.breaker import BreakerSettings, CircuitBreaker
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.application.protected import BreakerEventStore
 from aggregate.application.quota import Protection
+from aggregate.domain.errors import BackendUnavailableError
 from aggregate.domain.quota import TenantQuota
 from aggregate.gateway.v1 import aggregate_grpc
+from aggregate.gateway.v1 import aggregate_pb2 as pb
 from aggregate.programs.base import AggregateTypeSpec
 from aggregate.testing.memory_store import InMemoryEventStore
 from aggregate.testing.programs import FunctionProgram, StaticTypes
@@ -35,9 +37,6 @@ from tests.integration.grpc_harness import (
     grpcio_stubs,
     open_server,
 )
-
-if TYPE_CHECKING:
-    from aggregate.gateway.v1 import aggregate_pb2 as pb
 
 pytestmark = pytest.mark.anyio
 Outcome = tuple[str, dict[str, str]]
@@ -170,3 +169,30 @@ async def test_on_a_stream_refused_commands_are_results_and_the_stream_goes_on()
     assert kinds == ["response", "response", "error", "error"]
     assert reply.results[2].error.code == "RESOURCE_EXHAUSTED"
     assert "retry after 1000 ms" in reply.results[2].error.message
+
+
+async def test_get_aggregate_behind_an_open_breaker_is_unavailable_with_retry_after() -> None:
+    store = InMemoryEventStore()
+    breaker = CircuitBreaker("event_store", BreakerSettings(1, 60.0))
+    handler = protected_handler(Protection(), store=BreakerEventStore(store, breaker))
+    with pytest.raises(BackendUnavailableError), breaker.guard():
+        raise BackendUnavailableError("nats: timeout")
+    async with open_server(handler) as srv:
+        channel = Channel(*srv.address)
+        try:
+            stub = aggregate_grpc.CommandServiceStub(channel)
+            with anyio.fail_after(30):
+                async with stub.GetAggregate.open(metadata=ACME, timeout=10) as stream:
+                    await stream.send_message(
+                        pb.GetAggregateRequest(aggregate_type=TYPE, aggregate_id=str(uuid.uuid4())),
+                        end=True,
+                    )
+                    await stream.recv_initial_metadata()
+                    assert await stream.recv_message() is None
+                    with pytest.raises(GRPCError) as info:
+                        await stream.recv_trailing_metadata()
+                    trailers = dict(stream.trailing_metadata or {})
+        finally:
+            channel.close()
+    assert info.value.status.name == "UNAVAILABLE"
+    assert 59_000 < int(str(trailers["retry-after-ms"])) <= 60_000

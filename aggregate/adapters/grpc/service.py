@@ -230,6 +230,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         started = time.perf_counter()
         outcome = "cancelled"
         key = None
+        refused: Failure | None = None  # a refusal that says when to retry (open breaker)
         try:
             with log_context(
                 tenant_id=tenant_id,
@@ -242,8 +243,11 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                     view = await self.handler.get(key)
                 except Exception as exc:
                     outcome = outcome_of(exc)
-                    raise self.failure_of(exc, tenant_id, context).grpc_error() from None
-            outcome = "ok"
+                    refused = self.failure_of(exc, tenant_id, context)
+                    if refused.retry_after_ms is None:
+                        raise refused.grpc_error() from None
+            if refused is None:
+                outcome = "ok"
         except BaseException:
             if outcome == "cancelled" and stream.deadline and not stream.deadline.time_remaining():
                 outcome = "deadline_exceeded"
@@ -263,6 +267,9 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                     seconds=seconds,
                     context=context,
                 )
+        if refused is not None:
+            await convert.send_failure(stream, refused)
+            return
         await stream.send_message(convert.view_message(view))
 
     # --- shared by unary calls and stream items ---
