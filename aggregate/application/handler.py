@@ -147,6 +147,18 @@ class CommandHandler:
             return _NO_SPAN
         return self._tracer.start_as_current_span(name)
 
+    def precheck(self, tenant_id: str) -> None:
+        """Refuse at once a command that protection would refuse now (open breaker, tenant
+        over quota), before the transport decodes it; spends nothing. ``handle`` decides
+        again: this is only a cheap early answer.
+
+        Raises:
+            CircuitOpenError, QuotaExceededError: as ``handle``.
+        """
+        check = getattr(self.protection, "check", None)
+        if check is not None:
+            check(tenant_id)
+
     async def handle(self, command: Command) -> CommandResult:
         """Run one command to completion.
 

@@ -157,30 +157,36 @@ class Protection:
             usage = self._track(tenant_id, quota)
         quota = usage.quota
         if quota.max_in_flight and usage.in_flight >= quota.max_in_flight:
-            self._refuse(
-                usage,
-                tenant_id,
-                "in_flight",
-                f"tenant {tenant_id!r} has {quota.max_in_flight} commands in flight, its "
-                f"quota; retry after {self.in_flight_retry_after_ms} ms",
-                self.in_flight_retry_after_ms,
-            )
+            self._refuse_in_flight(usage, tenant_id)
         rate = quota.commands_per_second
         if rate:
             usage.refill(self._clock())
             if usage.tokens < 1:
-                wait_ms = max(1, math.ceil((1 - usage.tokens) / rate * 1000))
-                self._refuse(
-                    usage,
-                    tenant_id,
-                    "rate",
-                    f"tenant {tenant_id!r} is over its quota of {rate} commands per second "
-                    f"(burst {quota.bucket_size}); retry after {wait_ms} ms",
-                    wait_ms,
-                )
+                self._refuse_rate(usage, tenant_id)
             usage.tokens -= 1
         usage.in_flight += 1
         return usage
+
+    def check(self, tenant_id: str) -> None:
+        """Refuse at once what ``admit`` would refuse now, spending nothing: the transport
+        calls it before it decodes a request, so a refused command costs little.
+
+        Raises:
+            CircuitOpenError, QuotaExceededError: as ``admit``.
+        """
+        for breaker in self.breakers:
+            breaker.check()
+        usage = self._usage.get(tenant_id)
+        if usage is None:
+            return
+        quota = usage.quota
+        if quota.max_in_flight and usage.in_flight >= quota.max_in_flight:
+            self._refuse_in_flight(usage, tenant_id)
+        rate = quota.commands_per_second
+        if rate:
+            usage.refill(self._clock())
+            if usage.tokens < 1:
+                self._refuse_rate(usage, tenant_id)
 
     def status(self, tenant_id: str) -> QuotaStatus:
         usage = self._usage.get(tenant_id)
@@ -199,6 +205,28 @@ class Protection:
                     del self._usage[name]
         usage = self._usage[tenant_id] = _Usage(quota, now)
         return usage
+
+    def _refuse_in_flight(self, usage: _Usage, tenant_id: str) -> None:
+        self._refuse(
+            usage,
+            tenant_id,
+            "in_flight",
+            f"tenant {tenant_id!r} has {usage.quota.max_in_flight} commands in flight, its "
+            f"quota; retry after {self.in_flight_retry_after_ms} ms",
+            self.in_flight_retry_after_ms,
+        )
+
+    def _refuse_rate(self, usage: _Usage, tenant_id: str) -> None:
+        quota, rate = usage.quota, usage.quota.commands_per_second
+        wait_ms = max(1, math.ceil((1 - usage.tokens) / rate * 1000))
+        self._refuse(
+            usage,
+            tenant_id,
+            "rate",
+            f"tenant {tenant_id!r} is over its quota of {rate} commands per second "
+            f"(burst {quota.bucket_size}); retry after {wait_ms} ms",
+            wait_ms,
+        )
 
     def _refuse(
         self, usage: _Usage, tenant_id: str, reason: str, message: str, retry_after_ms: int

@@ -196,3 +196,13 @@ async def test_get_aggregate_behind_an_open_breaker_is_unavailable_with_retry_af
             channel.close()
     assert info.value.status.name == "UNAVAILABLE"
     assert 59_000 < int(str(trailers["retry-after-ms"])) <= 60_000
+
+
+async def test_a_tenant_over_quota_is_refused_before_its_request_is_decoded() -> None:
+    handler = protected_handler(frozen_quota(commands_per_second=1, burst=1))
+    async with open_server(handler) as srv:
+        with anyio.fail_after(30):
+            first = await submit("grpclib", srv.address, command(OPEN))
+            garbage = await submit("grpclib", srv.address, command("{not json"))
+    assert first == ("OK", {})
+    assert garbage == ("RESOURCE_EXHAUSTED", {"retry-after-ms": "1000"})

@@ -170,3 +170,22 @@ def test_the_config_file_carries_overrides_and_bad_ones_name_the_key(tmp_path: P
     with pytest.raises(ConfigError) as env:
         load_settings({"AGGREGATE_QUOTA_OVERRIDES": "{}"})
     assert "AGGREGATE_QUOTA_OVERRIDES" in env.value.message
+
+
+def test_check_refuses_what_admit_would_and_spends_nothing() -> None:
+    clock = Clock()
+    seen = Rejections()
+    p = Protection(TenantQuota(commands_per_second=1, max_in_flight=1), observer=seen, clock=clock)
+    p.check("acme")  # unknown yet: nothing to refuse
+    with p.admit("acme"):
+        with pytest.raises(QuotaExceededError) as busy:
+            p.check("acme")
+        assert "in flight" in busy.value.message
+    with pytest.raises(QuotaExceededError) as rate:
+        p.check("acme")
+    assert rate.value.retry_after_ms == 1000
+    clock.now += 1
+    p.check("acme")
+    p.check("acme")
+    assert p.status("acme").tokens == 1  # checking spent nothing
+    assert seen.seen == [("acme", "in_flight"), ("acme", "rate")]

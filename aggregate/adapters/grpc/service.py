@@ -303,6 +303,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                 command_id=command_id,
             ):
                 try:
+                    self.handler.precheck(tenant_id)
                     command = convert.command_from_request(
                         request,
                         tenant_id=tenant_id,
