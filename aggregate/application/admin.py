@@ -9,7 +9,7 @@ request or raise ``InvalidArgumentError`` with a message an operator can act on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypedDict
+from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
 from urllib.parse import parse_qsl
 
 from aggregate.domain.errors import InvalidArgumentError, quote, quote_list
@@ -52,8 +52,8 @@ class HealthReport(TypedDict):
     """``GET /health``: liveness plus what an operator checks first."""
 
     status: str
-    """``ok``, ``starting``, ``degraded`` (NATS down or the snapshot database not
-    writable), ``draining`` or ``stopping``."""
+    """``ok``, ``starting``, ``degraded`` (NATS down, the snapshot database not writable
+    or a breaker open), ``draining`` or ``stopping``."""
     ready: bool
     nats_connected: bool
     uptime_seconds: float
@@ -66,6 +66,9 @@ class HealthReport(TypedDict):
     """Snapshots waiting to be written."""
     snapshot_lag_seconds: float
     """How long the oldest of them has waited."""
+    breakers: NotRequired[list[dict[str, object]]]
+    """Each circuit breaker: name, state (closed, half_open, open), consecutive failures,
+    the last failure's reason while not closed, and retry_after_ms while open."""
 
 
 class TenantStatusView(TypedDict):
@@ -87,6 +90,9 @@ class TenantStatusView(TypedDict):
     """Commands of the tenant this node admitted since it started, whatever their outcome."""
     last_activity: str | None
     """When the last of them ended, RFC 3339 UTC; None if none."""
+    quota: NotRequired[dict[str, object] | None]
+    """The tenant's quota in force and its usage: commands_per_second, burst,
+    max_in_flight (0: no limit), tokens left, in_flight, rejected."""
 
 
 @dataclass(frozen=True, slots=True)

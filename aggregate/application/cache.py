@@ -112,6 +112,8 @@ class KeyedLocks:
     def __init__(self) -> None:
         self._locks: dict[AggregateKey, tuple[anyio.Lock, int]] = {}
         self._free: list[anyio.Lock] = []
+        self.waiting = 0
+        """Callers waiting for a lock another holds (the command queue's depth)."""
 
     def __len__(self) -> int:
         return len(self._locks)
@@ -126,8 +128,18 @@ class KeyedLocks:
             lock = self._free.pop() if self._free else anyio.Lock(fast_acquire=True)
         self._locks[key] = (lock, users + 1)
         try:
-            async with lock:
+            if users:
+                self.waiting += 1
+                try:
+                    await lock.acquire()
+                finally:
+                    self.waiting -= 1
+            else:
+                await lock.acquire()
+            try:
                 yield
+            finally:
+                lock.release()
         finally:
             lock_, users = self._locks[key]
             if users == 1:

@@ -122,6 +122,7 @@ class CommandHandler:
         snapshots: SnapshotStore | None = None,
         snapshot_sink: SnapshotSink | None = None,
         gate: TenantGate | None = None,
+        protection: TenantGate | None = None,
         settings: HandlerSettings | None = None,
         observer: HandlerObserver | None = None,
         rng: random.Random | None = None,
@@ -134,6 +135,8 @@ class CommandHandler:
         self.snapshots = snapshots
         self.snapshot_sink = snapshot_sink
         self.gate: TenantGate = gate or _OpenGate()
+        self.protection: TenantGate = protection or _OpenGate()
+        """Breakers and quotas (``aggregate.application.quota.Protection``), after the gate."""
         self.settings = settings or HandlerSettings()
         self.observer: HandlerObserver = observer or _NoObserver()
         self.cache = AggregateCache(self.settings.cache_size)
@@ -154,6 +157,18 @@ class CommandHandler:
             return _NO_SPAN
         return self._tracer.start_as_current_span(name)
 
+    def precheck(self, tenant_id: str) -> None:
+        """Refuse at once a command that protection would refuse now (open breaker, tenant
+        over quota), before the transport decodes it; spends nothing. ``handle`` decides
+        again: this is only a cheap early answer.
+
+        Raises:
+            CircuitOpenError, QuotaExceededError: as ``handle``.
+        """
+        check = getattr(self.protection, "check", None)
+        if check is not None:
+            check(tenant_id)
+
     async def handle(self, command: Command) -> CommandResult:
         """Run one command to completion.
 
@@ -161,6 +176,8 @@ class CommandHandler:
             UnknownAggregateTypeError: the type is not configured.
             TenantUnavailableError, TenantAccessDeniedError: the gate refused the tenant, or
                 stored data names another tenant.
+            CircuitOpenError: a breaker of the command path is open; nothing was attempted.
+            QuotaExceededError: the tenant is over its quota; nothing was attempted.
             CommandIdTooOldError: a v7 command id older than the de-duplication horizon.
             ExpectedVersionMismatchError: ``expected_version`` is set and differs.
             CommandRejectedError: ``decide`` rejected the command.
@@ -176,7 +193,11 @@ class CommandHandler:
         if self._tracer is not None:
             _describe_span(key, command.command_id)
         spec = self.types.get(key.aggregate_type)
-        with self.gate.admit(key.tenant_id), self.activity.track(key.tenant_id):
+        with (
+            self.gate.admit(key.tenant_id),
+            self.protection.admit(key.tenant_id),
+            self.activity.track(key.tenant_id),
+        ):
             async with self.locks.hold(key):
                 try:
                     return await self._handle_locked(command, spec)

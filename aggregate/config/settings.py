@@ -20,13 +20,22 @@ from aggregate.config import values as v
 from aggregate.config.fieldmeta import Scope as Scope
 from aggregate.config.fieldmeta import meta, ms
 from aggregate.config.sections import LifecycleSettings
+from aggregate.domain.errors import InvalidArgumentError
 from aggregate.domain.ids import DEFAULT_TENANT
 from aggregate.domain.manifest import Manifest
+from aggregate.domain.quota import MAX_RATE, NO_OVERRIDES, QuotaOverrides, parse_quota_overrides
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 ENV_PREFIX = "AGGREGATE_"
+
+
+def _parse_quota_overrides(value: object) -> QuotaOverrides:
+    try:
+        return parse_quota_overrides(value)
+    except InvalidArgumentError as exc:
+        raise ValueError(exc.message) from None
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -121,6 +130,69 @@ class Settings(LifecycleSettings):
     )
     storage_check_timeout_ms: int = field(
         default=2000, metadata=ms("Longest one storage check may take; slower counts as failed.")
+    )
+    # --- protection: breakers, quotas, load shedding ---
+    breaker_failure_threshold: int = field(
+        default=5,
+        metadata=meta(
+            v.int_parser(1, 1_000_000),
+            "Consecutive failures (unreachable, timed out) of the event store or the "
+            "snapshot store that open its circuit breaker.",
+            kind="int",
+        ),
+    )
+    breaker_open_ms: int = field(
+        default=500,
+        metadata=ms("How long an open breaker refuses calls before it lets a probe through."),
+    )
+    quota_commands_per_second: int = field(
+        default=0,
+        metadata=meta(
+            v.int_parser(0, MAX_RATE),
+            "Default per-tenant rate quota, commands per second (0: none); over it: "
+            "RESOURCE_EXHAUSTED with retry-after-ms.",
+            kind="int",
+        ),
+    )
+    quota_burst: int = field(
+        default=0,
+        metadata=meta(
+            v.int_parser(0, MAX_RATE),
+            "Default per-tenant burst: tokens of the rate quota's bucket (0: one second's worth).",
+            kind="int",
+        ),
+    )
+    quota_max_in_flight: int = field(
+        default=0,
+        metadata=meta(
+            v.int_parser(0, MAX_RATE),
+            "Default per-tenant quota of commands in flight at once (0: none).",
+            kind="int",
+        ),
+    )
+    quota_overrides: QuotaOverrides = field(
+        default_factory=lambda: NO_OVERRIDES,
+        metadata=meta(
+            _parse_quota_overrides,
+            "Per-tenant quota overrides (config file only): tenant_id -> "
+            "{commands_per_second, burst, max_in_flight}.",
+            kind="mapping",
+            scope="file",
+        ),
+    )
+    quota_key: str = field(
+        default="aggregate_quotas",
+        metadata=meta(
+            v.parse_kv_key,
+            "KV key (in the placement bucket) of live per-tenant quota overrides, watched.",
+            kind="KV key",
+        ),
+    )
+    overload_retry_after_ms: int = field(
+        default=100,
+        metadata=ms(
+            "retry-after-ms of a command shed at max_in_flight or over an in-flight quota."
+        ),
     )
     # --- not variables ---
     aggregate_types: Manifest | None = field(
@@ -252,6 +324,11 @@ class Settings(LifecycleSettings):
     def drain_timeout_seconds(self) -> float:
         """``drain_timeout_ms`` in seconds."""
         return self.drain_timeout_ms / 1000
+
+    @property
+    def breaker_open_seconds(self) -> float:
+        """``breaker_open_ms`` in seconds."""
+        return self.breaker_open_ms / 1000
 
     @property
     def snapshot_flush_timeout_seconds(self) -> float:

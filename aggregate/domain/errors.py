@@ -221,6 +221,43 @@ class ResourceExhaustedError(AggregateError):
     """Raised when a payload, in-flight or other request limit is exceeded."""
 
 
+class RetryLater(Exception):
+    """Mixin of the refusals that tell the client when to come back: ``retry_after_ms``
+    travels as the ``retry-after-ms`` trailing metadata of the call."""
+
+    retry_after_ms: int
+
+
+class CircuitOpenError(BackendUnavailableError, RetryLater):
+    """Raised when a circuit breaker refuses a call: its backend failed repeatedly and the
+    breaker is open (or half-open with its probe already running). Nothing was attempted,
+    so a retry with the same command id is safe (UNAVAILABLE)."""
+
+    def __init__(self, message: str, *, breaker: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.breaker = breaker
+        self.retry_after_ms = retry_after_ms
+
+
+class QuotaExceededError(ResourceExhaustedError, RetryLater):
+    """Raised when a tenant is over its quota (commands per second or commands in
+    flight); the command was not run (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, message: str, *, tenant_id: str, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.tenant_id = tenant_id
+        self.retry_after_ms = retry_after_ms
+
+
+class OverloadedError(ResourceExhaustedError, RetryLater):
+    """Raised when the node is at its in-flight limit and sheds a new command at once
+    rather than queue it; the command was not run (RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, message: str, *, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
 class CorruptDataError(AggregateError):
     """Raised when stored data cannot be decoded or breaks an invariant (INTERNAL)."""
 

@@ -23,8 +23,11 @@ _TABLE: tuple[tuple[type[BaseException], str, int], ...] = (
     (e.AggregateNotFoundError, "NOT_FOUND", 404),
     (e.TenantAccessDeniedError, "PERMISSION_DENIED", 403),
     (e.TenantUnavailableError, "UNAVAILABLE", 503),
+    (e.CircuitOpenError, "UNAVAILABLE", 503),
     (e.BackendUnavailableError, "UNAVAILABLE", 503),
     (e.ProgramLimitError, "RESOURCE_EXHAUSTED", 429),
+    (e.QuotaExceededError, "RESOURCE_EXHAUSTED", 429),
+    (e.OverloadedError, "RESOURCE_EXHAUSTED", 429),
     (e.ResourceExhaustedError, "RESOURCE_EXHAUSTED", 429),
     (e.ProgramError, "INTERNAL", 500),
     (e.CorruptDataError, "INTERNAL", 500),
@@ -39,6 +42,16 @@ def status_of(exc: BaseException) -> tuple[str, int]:
         if isinstance(exc, kind):
             return name, http
     return "INTERNAL", 500
+
+
+RETRY_AFTER_HEADER = "retry-after-ms"
+"""Trailing metadata of a refusal that says when to retry: integer milliseconds."""
+
+
+def retry_after_ms_of(exc: BaseException) -> int | None:
+    """How long the client should wait before retrying, for the refusals that know
+    (open breaker, quota, load shedding); None for every other error."""
+    return exc.retry_after_ms if isinstance(exc, e.RetryLater) else None
 
 
 def outcome_of(exc: BaseException | None) -> str:

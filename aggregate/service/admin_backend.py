@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 from aggregate import __version__
 from aggregate.application import tenant_views
 from aggregate.application.admin import TenantListing
+from aggregate.application.breaker import BreakerState
 from aggregate.domain.errors import BackendUnavailableError
 from aggregate.domain.placement import PlacementMap
 from aggregate.service.programs import reload_programs
@@ -64,7 +65,9 @@ class IslandAdminBackend:
         connected = self.core.connected
         storage = self._storage()
         state = self.service.state
-        healthy = connected and storage["writable"] is not False
+        breakers = self.service.breakers.statuses()
+        tripped = any(b.state is not BreakerState.CLOSED for b in breakers)
+        healthy = connected and storage["writable"] is not False and not tripped
         status = "degraded" if state == "serving" and not healthy else state
         if status == "serving":
             status = "ok"
@@ -84,6 +87,7 @@ class IslandAdminBackend:
             "active_aggregates": len(handler.cache) if handler is not None else 0,
             "snapshot_lag": pending,
             "snapshot_lag_seconds": round(lag, 3),
+            "breakers": [b.as_dict() for b in breakers],
         }
 
     def _storage(self) -> StorageReport:
@@ -118,6 +122,7 @@ class IslandAdminBackend:
             tenant_views.status_view, gate, handler.cache, self.core.activity, tenant_id
         )
         (view,) = await self._with_snapshot_counts([view])
+        view["quota"] = await self.island.call(self.core.quota_payload, tenant_id)
         return view
 
     async def _with_snapshot_counts(self, views: list[TenantStatusView]) -> list[TenantStatusView]:

@@ -23,14 +23,17 @@ from prometheus_client import CollectorRegistry
 from aggregate.adapters.admin_guard import HttpLimits
 from aggregate.adapters.admin_http import AdminServer
 from aggregate.adapters.metrics import Metrics
+from aggregate.adapters.protection_metrics import ProtectionMetrics
 from aggregate.adapters.snapshotter import Snapshotter
 from aggregate.adapters.sqlite_snapshots import SqliteSnapshotStore
 from aggregate.adapters.storage_probe import StorageProbe
 from aggregate.adapters.tracing import open_tracing
+from aggregate.application.protected import BreakerSnapshotStore
 from aggregate.bridge import Island
 from aggregate.service.admin_backend import VERSION, IslandAdminBackend
 from aggregate.service.core import CoreInfo, IslandCore
 from aggregate.service.embedded import EmbeddedNats
+from aggregate.service.protection import build_breakers
 
 if TYPE_CHECKING:
     from aggregate.config import Settings
@@ -59,6 +62,10 @@ class Service:
         self.metrics = Metrics(
             self.registry, tenant_labels=settings.metrics_tenant_labels, version=VERSION
         )
+        self.protection_metrics = ProtectionMetrics(
+            self.registry, tenant_labels=settings.metrics_tenant_labels
+        )
+        self.breakers = build_breakers(settings, self.protection_metrics)
         self.tracing = open_tracing(settings, version=VERSION)
         self.tracer = self.tracing.tracer if self.tracing is not None else None
         self.state = "starting"
@@ -82,9 +89,15 @@ class Service:
         )
 
     def ready(self) -> bool:
-        """True only while serving and connected to NATS (read from any thread)."""
+        """True only while serving, connected to NATS and no circuit breaker is open (read
+        from any thread)."""
         core = self.core
-        return self.state == "serving" and core is not None and core.connected
+        return (
+            self.state == "serving"
+            and core is not None
+            and core.connected
+            and not self.breakers.open_names()
+        )
 
     def request_shutdown(self) -> None:
         """Begin the graceful shutdown (call on the Trio thread). Before the service
@@ -161,17 +174,20 @@ class Service:
         task_status: trio.TaskStatus[ServiceInfo],
     ) -> None:
         settings = self.settings
+        guarded = BreakerSnapshotStore(snapshots, self.breakers.snapshot_store)
         snapshotter = Snapshotter(
-            snapshots, flush_timeout=settings.snapshot_flush_timeout_seconds, tracer=self.tracer
+            guarded, flush_timeout=settings.snapshot_flush_timeout_seconds, tracer=self.tracer
         )
         self.metrics.set_snapshot_lag_source(lambda: snapshotter.stats.lag_seconds)
         self.metrics.set_snapshots_pending_source(lambda: snapshotter.stats.pending)
         core = IslandCore(
             settings,
             nats_url=nats_url,
-            snapshots=snapshots,
+            snapshots=guarded,
             snapshot_sink=snapshotter,
             metrics=self.metrics,
+            breakers=self.breakers,
+            protection_metrics=self.protection_metrics,
             tracer=self.tracer,
         )
         async with trio.open_nursery() as island_nursery:

@@ -24,28 +24,36 @@ from aggregate.adapters.grpc.service import GrpcOptions
 from aggregate.adapters.jetstream import JetStreamEventStore, StreamPolicy, ensure_stream
 from aggregate.adapters.jetstream.connect import open_connection
 from aggregate.adapters.placement_kv import PlacementWatcher
+from aggregate.adapters.quota_kv import QuotaWatcher
 from aggregate.application.activity import ActivityTracker
 from aggregate.application.gate import TenantGate
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.application.placement import PlacementController
+from aggregate.application.protected import BreakerEventStore
 from aggregate.config import manifest_from_settings
 from aggregate.config.values import redact_url_credentials
 from aggregate.domain.placement import PlacementDecision
 from aggregate.programs.base import ProgramLimits
 from aggregate.programs.reload import ProgramCatalog
+from aggregate.service.protection import build_protection
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from anyio.abc import TaskStatus
     from nats.aio.client import Client
     from opentelemetry.trace import Tracer
 
     from aggregate.adapters.metrics import Metrics
+    from aggregate.adapters.protection_metrics import ProtectionMetrics
     from aggregate.application.placement import PlacementChange
     from aggregate.application.ports import SnapshotSink, SnapshotStore
+    from aggregate.application.quota import Protection
     from aggregate.config import Settings
+    from aggregate.domain.quota import QuotaOverrides
     from aggregate.programs.registry import ProgramRegistry
     from aggregate.programs.reload import ReloadOutcome
+    from aggregate.service.protection import Breakers
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +99,15 @@ class IslandCore:
         snapshots: SnapshotStore,
         snapshot_sink: SnapshotSink,
         metrics: Metrics,
+        breakers: Breakers,
+        protection_metrics: ProtectionMetrics,
         tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
+        self.breakers = breakers
+        self.protection_metrics = protection_metrics
+        self.protection: Protection | None = None
+        self.quota_watcher: QuotaWatcher | None = None
         self.tracer = tracer
         self.nats_url = nats_url
         self.snapshots = snapshots
@@ -137,10 +151,19 @@ class IslandCore:
                 ),
                 timeout_s=settings.nats_connect_timeout_seconds,
             )
-            store = JetStreamEventStore(
+            inner_store = JetStreamEventStore(
                 nc, stream=settings.stream_name, request_timeout_s=settings.nats_timeout_seconds
             )
-            stack.push_async_callback(store.aclose)
+            stack.push_async_callback(inner_store.aclose)
+            store = BreakerEventStore(inner_store, self.breakers.event_store)
+            self.protection = build_protection(settings, self.breakers, self.protection_metrics)
+            self.quota_watcher = QuotaWatcher(
+                nc,
+                bucket=settings.placement_bucket,
+                key=settings.quota_key,
+                request_timeout=settings.nats_timeout_seconds,
+                replicas=settings.stream_replicas,
+            )
 
             # Every Starlark program is compiled in a worker first (inline ones too: a
             # hostile text must not exhaust this process while compiling).
@@ -166,6 +189,7 @@ class IslandCore:
                 snapshots=self.snapshots,
                 snapshot_sink=self.snapshot_sink,
                 gate=self.gate,
+                protection=self.protection,
                 settings=handler_settings(settings),
                 observer=self.metrics,
                 tracer=self.tracer,
@@ -173,14 +197,19 @@ class IslandCore:
             )
             handler = self.handler
             self.metrics.set_cache_size_source(lambda: len(handler.cache))
+            self.protection_metrics.set_queue_depth_source(lambda: handler.locks.waiting)
+            self.protection_metrics.set_load_limit(settings.max_in_flight)
             self.server = CommandServer(
                 self.handler,
                 GrpcOptions.from_settings(settings),
                 observer=self.metrics,
                 tracer=self.tracer,
             )
+            server = self.server
+            self.protection_metrics.set_shed_source(lambda: server.service.shed)
             async with anyio.create_task_group() as tg:
                 await tg.start(self.controller.run, self.watcher.updates())
+                await tg.start(self._follow_quotas)
                 host, port = await self.server.start()
                 stack.push_async_callback(self.server.aclose)
                 self._publish_readiness()  # NOT_SERVING until the service says it serves
@@ -228,6 +257,8 @@ class IslandCore:
             log.info("NATS reconnected")
             if self.watcher is not None:
                 self.watcher.notify_reconnected()
+            if self.quota_watcher is not None:
+                self.quota_watcher.notify_reconnected()
 
         async def error(exc: Exception) -> None:
             log.warning("NATS error: %r", exc)
@@ -261,6 +292,29 @@ class IslandCore:
         if not nc.is_closed:
             with contextlib.suppress(OSError, nats.errors.Error):
                 await nc.close()
+
+    # ---- quotas ------------------------------------------------------------------
+    async def _follow_quotas(self, *, task_status: TaskStatus[None]) -> None:
+        """Apply the live quota overrides; ``started`` once the first read is applied."""
+        assert self.quota_watcher is not None
+        assert self.protection is not None
+        started = False
+        async for overrides in self.quota_watcher.quota_updates():
+            self._apply_quotas(overrides)
+            if not started:
+                started = True
+                task_status.started()
+
+    def _apply_quotas(self, overrides: QuotaOverrides | None) -> None:
+        assert self.protection is not None
+        self.protection.set_kv_overrides(overrides)
+        log.info("quota overrides in force: %d tenants", len(overrides or {}))
+
+    def quota_payload(self, tenant_id: str) -> dict[str, Any] | None:
+        """The tenant's quota and usage (None before the core serves)."""
+        if self.protection is None:
+            return None
+        return self.protection.status(tenant_id).as_dict()
 
     # ---- placement ---------------------------------------------------------------
     def _changed(self, change: PlacementChange) -> None:

@@ -13,6 +13,7 @@ import itertools
 import json
 import uuid
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
@@ -31,22 +32,29 @@ from hypothesis.stateful import (
 from aggregate.adapters.grpc import convert
 from aggregate.application.activity import ActivityTracker
 from aggregate.application.handler import CommandHandler, HandlerSettings
+from aggregate.application.quota import Protection
 from aggregate.domain.context import RequestContext
 from aggregate.domain.envelopes import Command, CommandResult
 from aggregate.domain.errors import (
     AggregateError,
     AggregateNotFoundError,
     BackendUnavailableError,
+    InvalidArgumentError,
+    QuotaExceededError,
 )
 from aggregate.domain.ids import AggregateKey, uuid7_at
+from aggregate.domain.quota import parse_quota_overrides
 from aggregate.gateway.v1 import aggregate_pb2 as pb
 from aggregate.programs.base import AggregateTypeSpec
 from aggregate.programs.registry import ProgramRegistry
 from aggregate.testing.memory_snapshots import InMemorySnapshotStore
 from aggregate.testing.memory_store import InMemoryEventStore
 from aggregate.testing.programs import FunctionProgram
-from specs import bank
+from specs import bank, boundary
 from specs.model import Model, ModelResult, ModelType
+from specs.protection import Limits, QuotaModel, TenantUsage
+
+_IDLE = TenantUsage(Fraction(0))
 
 if TYPE_CHECKING:
     from anyio.from_thread import BlockingPortal
@@ -57,6 +65,9 @@ TYPE = "bank-account"
 FIRST_VERSION = "standard-0"
 HISTORY_LIMIT = 4
 SNAPSHOT_THRESHOLD = 3
+QUOTAS = {"acme": Limits(rate=2, burst=3, max_in_flight=1)}
+"""Per node: acme is rate-limited (2/s, burst 3) and runs one command at a time; globex is
+unlimited."""
 
 
 @dataclass
@@ -82,12 +93,13 @@ class World:
             self.registry = ProgramRegistry({TYPE: spec})
         return self.registry
 
-    def new_handler(self) -> CommandHandler:
+    def new_handler(self, protection: Protection | None = None) -> CommandHandler:
         return CommandHandler(
             store=self.store,
             types=self.types(),
             snapshots=self.snapshots,
             snapshot_sink=self.snapshots,
+            protection=protection,
             settings=HandlerSettings(
                 max_retries=3,
                 snapshot_threshold=SNAPSHOT_THRESHOLD,
@@ -171,11 +183,28 @@ class HandlerMachine(RuleBasedStateMachine):
             {TYPE: ModelType(bank.decide, bank.apply, version=FIRST_VERSION)}, HISTORY_LIMIT
         )
         self.reloads = itertools.count(1)
-        self.nodes = [self.world.new_handler(), self.world.new_handler()]
+        self.quota_now = 0.0  # the quotas' clock (seconds), advanced by a rule
+        self.quotas = [QuotaModel(dict(QUOTAS)), QuotaModel(dict(QUOTAS))]
+        self.held: list[list[Any]] = [[], []]  # admissions held open: commands in flight
+        self.protections = [self.new_protection(), self.new_protection()]
+        self.nodes = [self.world.new_handler(p) for p in self.protections]
         self.clock_ms = 1_750_000_000_000
         self.counter = itertools.count()
         self.retired_activity: dict[str, int] = {}
         """Commands counted by handlers a restart replaced."""
+
+    def new_protection(self) -> Protection:
+        overrides = {
+            self.world.tenant_prefix + tenant: {
+                "commands_per_second": limits.rate,
+                "burst": limits.burst,
+                "max_in_flight": limits.max_in_flight,
+            }
+            for tenant, limits in QUOTAS.items()
+        }
+        return Protection(
+            file_overrides=parse_quota_overrides(overrides), clock=lambda: self.quota_now
+        )
 
     def teardown(self) -> None:
         self.world.close()
@@ -189,6 +218,15 @@ class HandlerMachine(RuleBasedStateMachine):
 
     def key(self, tenant: str, agg: uuid.UUID, kind: str = TYPE) -> AggregateKey:
         return AggregateKey(self.world.tenant_prefix + tenant, kind, agg)
+
+    def admitted(self, node: int, tenant: str, kind: str = TYPE) -> bool:
+        """The model's quota decision for a command about to run on ``node`` (an unknown
+        type is refused before the quota is asked); ``finish`` it after the run."""
+        return kind not in self.model.types or self.quotas[node].admit(tenant)
+
+    def finish(self, node: int, tenant: str, kind: str = TYPE) -> None:
+        if kind in self.model.types:
+            self.quotas[node].finish(tenant)
 
     def run(self, node: int, command: Command) -> CommandResult | AggregateError:
         try:
@@ -219,7 +257,12 @@ class HandlerMachine(RuleBasedStateMachine):
         expected_version: int | None = None,
         kind: str = TYPE,
     ) -> None:
-        want = self.model.submit((tenant, kind, agg), command_id, payload, expected_version)
+        admitted = self.admitted(node, tenant, kind)
+        want = (
+            self.model.submit((tenant, kind, agg), command_id, payload, expected_version)
+            if admitted
+            else QuotaExceededError
+        )
         command = Command(
             self.key(tenant, agg, kind),
             command_id,
@@ -230,7 +273,10 @@ class HandlerMachine(RuleBasedStateMachine):
         note(
             f"node {node}: {payload} id={command_id} expected={expected_version} on {tenant}/{agg}"
         )
-        self.check(self.run(node, command), want)
+        got = self.run(node, command)
+        if admitted:
+            self.finish(node, tenant, kind)
+        self.check(got, want)
 
     # ---- rules ----------------------------------------------------------------------
     @initialize(target=tenants)
@@ -293,7 +339,13 @@ class HandlerMachine(RuleBasedStateMachine):
     ) -> None:
         """A request as text, through the real boundary (``command_from_request``) then
         the handler; the model decides from the same text."""
-        want = self.model.submit_request(tenant, TYPE, aggregate_id, command_id, payload_json)
+        accepted = boundary.request(aggregate_id, command_id, payload_json) is not None
+        admitted = accepted and self.admitted(node, tenant)
+        if accepted and not admitted:
+            want: Any = QuotaExceededError
+        else:
+            want = self.model.submit_request(tenant, TYPE, aggregate_id, command_id, payload_json)
+        assert accepted or want is InvalidArgumentError
         request = pb.SubmitCommandRequest(
             command_id=command_id,
             aggregate_type=TYPE,
@@ -311,7 +363,10 @@ class HandlerMachine(RuleBasedStateMachine):
         except AggregateError as exc:
             self.check(exc, want)
             return
-        self.check(self.run(node, command), want)
+        got = self.run(node, command)
+        if admitted:
+            self.finish(node, tenant)
+        self.check(got, want)
 
     @rule(
         target=sent,
@@ -368,6 +423,7 @@ class HandlerMachine(RuleBasedStateMachine):
         ids = [self.fresh_id(), self.fresh_id()]
         payloads = [first, second]
         results: list[Any] = [None, None]
+        admitted = [self.admitted(i, tenant) for i in (0, 1)]
 
         async def both() -> None:
             async def one(i: int) -> None:
@@ -383,10 +439,18 @@ class HandlerMachine(RuleBasedStateMachine):
                 tg.start_soon(one, 1)
 
         self.world.portal.call(both)
-        note(f"concurrent {payloads} -> {results}")
+        for i in (0, 1):
+            if admitted[i]:
+                self.finish(i, tenant)
+        note(f"concurrent {payloads} -> {results} (admitted {admitted})")
         for order in ((0, 1), (1, 0)):
             trial = copy.deepcopy(self.model)
-            wants = {i: trial.submit((tenant, TYPE, agg), ids[i], payloads[i]) for i in order}
+            wants: dict[int, Any] = {
+                i: trial.submit((tenant, TYPE, agg), ids[i], payloads[i])
+                if admitted[i]
+                else QuotaExceededError
+                for i in order
+            }
             try:
                 for i in (0, 1):
                     self.check(results[i], wants[i])
@@ -427,7 +491,12 @@ class HandlerMachine(RuleBasedStateMachine):
         """A reload lands while a command is in flight: the command finishes on the version
         it started with, the next ones run the new one."""
         command_id = self.fresh_id()
-        want = self.model.submit((tenant, TYPE, agg), command_id, payload)
+        admitted = self.admitted(node, tenant)
+        want = (
+            self.model.submit((tenant, TYPE, agg), command_id, payload)
+            if admitted
+            else QuotaExceededError
+        )
         command = Command(self.key(tenant, agg), command_id, payload, RequestContext.new())
         registry = self.world.types()
         lookup = registry.get
@@ -441,9 +510,12 @@ class HandlerMachine(RuleBasedStateMachine):
         registry.get = look_up_then_reload  # type: ignore[method-assign]
         note(f"node {node}: {payload} id={command_id}, {rules} programs reloaded once it started")
         try:
-            self.check(self.run(node, command), want)
+            got = self.run(node, command)
         finally:
             vars(registry).pop("get", None)
+        if admitted:
+            self.finish(node, tenant)
+        self.check(got, want)
 
     @rule(node=st.integers(0, 1))
     def restart_node(self, node: int) -> None:
@@ -451,7 +523,12 @@ class HandlerMachine(RuleBasedStateMachine):
         for tenant in self.model.activity:
             counted = self._activity(self.nodes[node], tenant)
             self.retired_activity[tenant] = self.retired_activity.get(tenant, 0) + counted
-        self.nodes[node] = self.world.new_handler()
+        for _, admission in self.held[node]:
+            admission.__exit__(None, None, None)
+        self.held[node] = []
+        self.protections[node] = self.new_protection()
+        self.quotas[node] = QuotaModel(dict(QUOTAS))
+        self.nodes[node] = self.world.new_handler(self.protections[node])
 
     @rule()
     def delete_snapshots(self) -> None:
@@ -469,10 +546,14 @@ class HandlerMachine(RuleBasedStateMachine):
         want = trial.submit((tenant, TYPE, agg), command_id, payload)
         if not (isinstance(want, ModelResult) and want.events and not want.duplicate):
             return multiple()
+        if not self.quotas[node].admits(tenant):
+            return multiple()
+        self.admitted(node, tenant)
         self.world.store.lose_next_ack()  # type: ignore[attr-defined]
         got = self.run(
             node, Command(self.key(tenant, agg), command_id, payload, RequestContext.new())
         )
+        self.finish(node, tenant)
         note(f"lost ack: {payload} -> {got!r}")
         assert isinstance(got, BackendUnavailableError)
         self.model = trial
@@ -489,6 +570,8 @@ class HandlerMachine(RuleBasedStateMachine):
         want = trial.submit((tenant, TYPE, agg), self.fresh_id(), payload)
         if not (isinstance(want, ModelResult) and want.events):
             return
+        if not self.quotas[node].admits(tenant):
+            return
         self.world.store.conflict_next_ack()  # type: ignore[attr-defined]
         self.submit(node, tenant, agg, self.fresh_id(), payload)
 
@@ -496,6 +579,38 @@ class HandlerMachine(RuleBasedStateMachine):
         tracker = handler.activity
         assert isinstance(tracker, ActivityTracker)
         return tracker.of(self.world.tenant_prefix + tenant).commands_total
+
+    @rule(quarters=st.integers(1, 12))
+    def time_passes(self, quarters: int) -> None:
+        """The quotas' clock moves on: buckets refill."""
+        self.quota_now += quarters / 4
+        for quotas in self.quotas:
+            quotas.advance(Fraction(quarters, 4))
+
+    @rule(node=st.integers(0, 1), tenant=tenants)
+    def command_in_flight(self, node: int, tenant: str) -> None:
+        """A command of ``tenant`` is admitted and stays in flight (its admission is held
+        open), or is refused: as the model says."""
+        want = self.quotas[node].admit(tenant)
+        try:
+            admission = self.protections[node].admit(self.world.tenant_prefix + tenant)
+            admission.__enter__()
+        except QuotaExceededError:
+            got = False
+        else:
+            got = True
+            self.held[node].append((tenant, admission))
+        note(f"node {node}: {tenant} in flight: admitted {got}, model {want}")
+        assert got == want
+
+    @precondition(lambda self: any(self.held))
+    @rule(node=st.integers(0, 1))
+    def command_in_flight_finishes(self, node: int) -> None:
+        if not self.held[node]:
+            return
+        tenant, admission = self.held[node].pop(0)
+        admission.__exit__(None, None, None)
+        self.quotas[node].finish(tenant)
 
     # ---- invariants -----------------------------------------------------------------
     @invariant()
@@ -514,6 +629,15 @@ class HandlerMachine(RuleBasedStateMachine):
                 recount[key.tenant_id] = recount.get(key.tenant_id, 0) + 1
             for tenant in {*recount, *(self.world.tenant_prefix + t for t in self.model.activity)}:
                 assert cache.tenant_count(tenant) == recount.get(tenant, 0), tenant
+
+    @invariant()
+    def quotas_match_the_model(self) -> None:
+        for node in (0, 1):
+            for tenant in QUOTAS:
+                status = self.protections[node].status(self.world.tenant_prefix + tenant)
+                model = self.quotas[node]
+                assert status.tokens == model.tokens(tenant), (node, tenant)
+                assert status.in_flight == model.usage.get(tenant, _IDLE).in_flight
 
     @invariant()
     def every_aggregate_matches_the_model(self) -> None:

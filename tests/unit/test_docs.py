@@ -8,6 +8,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from aggregate.adapters.metrics import Metrics
+from aggregate.adapters.protection_metrics import ProtectionMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -31,6 +32,7 @@ def exposed_metric_names() -> set[str]:
     """The names a scrape shows: counters with ``_total``, histograms by family name."""
     registry = CollectorRegistry()
     Metrics(registry)
+    ProtectionMetrics(registry)
     names = set()
     for family in registry.collect():
         if family.type == "counter":

@@ -27,6 +27,7 @@ from aggregate.domain.ids import (
     validate_tenant_id,
 )
 from aggregate.domain.json_input import DEFAULT_MAX_DEPTH, DEFAULT_MAX_INT_DIGITS
+from aggregate.domain.status import RETRY_AFTER_HEADER
 from aggregate.gateway.v1 import aggregate_pb2 as pb
 
 if TYPE_CHECKING:
@@ -58,10 +59,28 @@ class Failure(NamedTuple):
 
     code: str
     message: str
+    retry_after_ms: int | None = None
+    """When to retry (open breaker, quota, shedding): the ``retry-after-ms`` trailer."""
 
     def grpc_error(self) -> GRPCError:
-        """The error that ends a call with this status and message."""
+        """The error that ends a call with this status and message (no trailers: use
+        ``send_failure`` to send ``retry-after-ms`` too)."""
         return GRPCError(Status[self.code], self.message)
+
+    def trailers(self) -> dict[str, str]:
+        """The trailing metadata of this failure (``retry-after-ms`` when known)."""
+        if self.retry_after_ms is None:
+            return {}
+        return {RETRY_AFTER_HEADER: str(self.retry_after_ms)}
+
+
+async def send_failure(stream: Stream[Any, Any], failure: Failure) -> None:
+    """End a call with ``failure``: status, message and its trailing metadata."""
+    await stream.send_trailing_metadata(
+        status=Status[failure.code],
+        status_message=failure.message,
+        metadata=failure.trailers(),
+    )
 
 
 async def receive(stream: Stream[_Request, Any]) -> _Request | None:

@@ -33,12 +33,18 @@ from aggregate.domain.context import TENANT_HEADER, RequestContext
 from aggregate.domain.errors import (
     AggregateError,
     InvalidArgumentError,
-    ResourceExhaustedError,
+    OverloadedError,
     TenantAccessDeniedError,
     TenantUnavailableError,
 )
 from aggregate.domain.ids import DEFAULT_TENANT, canonical_uuid_text
-from aggregate.domain.status import new_error_id, outcome_of, public_message, status_of
+from aggregate.domain.status import (
+    new_error_id,
+    outcome_of,
+    public_message,
+    retry_after_ms_of,
+    status_of,
+)
 from aggregate.gateway.v1 import aggregate_grpc
 from aggregate.logcontext import log_context
 
@@ -93,6 +99,7 @@ class GrpcOptions:
     max_header_list_bytes: int = 16_384
     max_concurrent_streams: int = 100
     request_limits: convert.RequestLimits = field(default_factory=convert.RequestLimits)
+    overload_retry_after_ms: int = 100
 
     def __post_init__(self) -> None:
         if not self.multi_tenant and self.default_tenant_id is None:
@@ -128,6 +135,7 @@ class GrpcOptions:
             max_message_bytes=settings.max_message_bytes,
             max_header_list_bytes=settings.grpc_max_header_list_bytes,
             max_concurrent_streams=settings.grpc_max_concurrent_streams,
+            overload_retry_after_ms=settings.overload_retry_after_ms,
             request_limits=convert.RequestLimits(
                 max_json_depth=settings.max_json_depth,
                 max_json_int_digits=settings.max_json_int_digits,
@@ -158,6 +166,8 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         """Tracing on: the server wraps each method in a server span, and a call's context
         takes its trace from that span (``aggregate.adapters.tracing``)."""
         self._in_flight = 0
+        self.shed = 0
+        """Commands refused because the node was at ``max_in_flight`` (load shedding)."""
         self._streams: set[CommandStream] = set()
         self._stopping = False
         self.settle: Callable[[], Awaitable[None]] = _nothing_to_settle
@@ -190,6 +200,9 @@ class CommandService(aggregate_grpc.CommandServiceBase):
             raise GRPCError(Status.INVALID_ARGUMENT, "SubmitCommand needs a request message")
         outcome = await self.run_command(request, tenant_id, context, stream.deadline)
         if isinstance(outcome, Failure):
+            if outcome.retry_after_ms is not None:
+                await convert.send_failure(stream, outcome)
+                return
             raise outcome.grpc_error()
         await stream.send_message(convert.response_message(outcome))
 
@@ -217,6 +230,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         started = time.perf_counter()
         outcome = "cancelled"
         key = None
+        refused: Failure | None = None  # a refusal that says when to retry (open breaker)
         try:
             with log_context(
                 tenant_id=tenant_id,
@@ -229,8 +243,11 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                     view = await self.handler.get(key)
                 except Exception as exc:
                     outcome = outcome_of(exc)
-                    raise self.failure_of(exc, tenant_id, context).grpc_error() from None
-            outcome = "ok"
+                    refused = self.failure_of(exc, tenant_id, context)
+                    if refused.retry_after_ms is None:
+                        raise refused.grpc_error() from None
+            if refused is None:
+                outcome = "ok"
         except BaseException:
             if outcome == "cancelled" and stream.deadline and not stream.deadline.time_remaining():
                 outcome = "deadline_exceeded"
@@ -250,6 +267,9 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                     seconds=seconds,
                     context=context,
                 )
+        if refused is not None:
+            await convert.send_failure(stream, refused)
+            return
         await stream.send_message(convert.view_message(view))
 
     # --- shared by unary calls and stream items ---
@@ -283,6 +303,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                 command_id=command_id,
             ):
                 try:
+                    self.handler.precheck(tenant_id)
                     command = convert.command_from_request(
                         request,
                         tenant_id=tenant_id,
@@ -357,7 +378,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                     "request_id": context.request_id,
                 },
             )
-        return Failure(code, message)
+        return Failure(code, message, retry_after_ms_of(exc))
 
     # --- helpers ---
 
@@ -400,13 +421,17 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         """Count one command in flight on this server.
 
         Raises:
-            ResourceExhaustedError: ``max_in_flight`` commands are already being handled.
+            OverloadedError: ``max_in_flight`` commands are already being handled (shed at
+                once, never queued).
         """
         limit = self.options.max_in_flight
         if self._in_flight >= limit:
-            raise ResourceExhaustedError(
+            self.shed += 1
+            retry = self.options.overload_retry_after_ms
+            raise OverloadedError(
                 f"this server is handling {limit} commands already (max_in_flight); "
-                "retry after a short backoff or on another node"
+                f"retry after {retry} ms or on another node",
+                retry_after_ms=retry,
             )
         self._in_flight += 1
         try:

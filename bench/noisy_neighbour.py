@@ -1,0 +1,210 @@
+"""Noisy neighbour: does a tenant flooding past its quota move a steady tenant's latency?
+
+    .venv/bin/python bench/noisy_neighbour.py [--quick] [--rounds N] [--quota N]
+                                              [--steady-rate N] [--flood-factor N] [--keep]
+
+Starts the real service (``aggregate serve``, embedded nats-server, the bank example inline)
+with a per-tenant quota of ``--quota`` commands per second (burst: one second's worth) and
+drives it with the load generator (``bench/loadgen.py``), each client a separate process.
+Per round, in the same run: the steady tenant alone, an open loop at ``--steady-rate``
+commands/s (default 100); then the same steady loop while another tenant offers
+``--flood-factor`` (default 10) times its quota on an open loop of its own. Latency counts
+from each command's scheduled send time (no coordinated omission).
+
+The table compares the steady tenant's p50/p99 alone and beside the flooder (the target:
+p99 beside within 1.5x of p99 alone), and shows what the flooder got (admitted rate,
+RESOURCE_EXHAUSTED count). The steady tenant must get no error at all. Writes
+``bench/results/noisy-neighbour-<timestamp>.json``. ``--quick`` is a smoke run (one short
+round at a tenth of the rates) that proves the harness works; figures worth quoting need a
+quiet machine and the default budget. A steady window with no completed command (the
+machine could not carry the load) shows as ``None`` and ``nan``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aggregate.config import example_manifest_path
+from aggregate.domain.ids import uuid7
+from bench.procs import ROOT, ServiceProcess, run_client
+
+RESULTS = ROOT / "bench" / "results"
+STEADY, FLOODER = "steady", "flooder"
+T0 = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"[{time.monotonic() - T0:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def manifest(workdir: Path) -> Path:
+    programs = example_manifest_path("bank").parent
+    path = workdir / "inline.yaml"
+    path.write_text(
+        "aggregate_types:\n"
+        "  bank-account:\n"
+        "    language: starlark\n"
+        "    isolation: inline\n"
+        f"    decide: {programs / 'decide.star'}\n"
+        f"    apply: {programs / 'apply.star'}\n"
+        "    initial_state: {}\n"
+    )
+    return path
+
+
+def open_accounts(svc: ServiceProcess, tenant: str, count: int) -> list[str]:
+    """``count`` opened accounts of ``tenant`` (one stream, well under any quota's burst).
+
+    Raises:
+        RuntimeError: an open failed.
+    """
+    ids = [str(uuid7()) for _ in range(count)]
+    spec = {
+        "host": "127.0.0.1",
+        "port": svc.grpc_port,
+        "tenant": tenant,
+        "kind": "batch",
+        "command": "open",
+        "targets": [[i, 1] for i in ids],
+        "streams": 1,
+        "timeout_s": 60,
+    }
+    result = run_client("bench.loadgen", spec, timeout=90)
+    if result["errors"] or result["count"] != count:
+        raise RuntimeError(f"opening {tenant}'s accounts: {result}")
+    return ids
+
+
+def open_loop(
+    svc: ServiceProcess, tenant: str, accounts: list[str], rate: float, warmup_s: float, s: float
+) -> dict[str, Any]:
+    spec = {
+        "host": "127.0.0.1",
+        "port": svc.grpc_port,
+        "tenant": tenant,
+        "kind": "open_loop",
+        "rate": rate,
+        "accounts": accounts,
+        "warmup_s": warmup_s,
+        "duration_s": s,
+        "timeout_s": warmup_s + s + 60,
+    }
+    return run_client("bench.loadgen", spec, timeout=warmup_s + s + 120)
+
+
+def one_round(
+    svc: ServiceProcess, args: argparse.Namespace, steady: list[str], flood: list[str]
+) -> dict[str, Any]:
+    warmup, duration = args.warmup, args.duration
+    alone = open_loop(svc, STEADY, steady, args.steady_rate, warmup, duration)
+    say(f"  steady alone: {alone['latency_ms']} errors {alone['errors']}")
+    flooder: dict[str, Any] = {}
+
+    def flooding() -> None:
+        # The flooder starts first and runs longer: the steady window is inside it.
+        flooder.update(
+            open_loop(
+                svc, FLOODER, flood, args.quota * args.flood_factor, warmup / 2, duration + warmup
+            )
+        )
+
+    thread = threading.Thread(target=flooding)
+    thread.start()
+    beside = open_loop(svc, STEADY, steady, args.steady_rate, warmup, duration)
+    thread.join()
+    say(f"  steady beside: {beside['latency_ms']} errors {beside['errors']}")
+    say(f"  flooder: {flooder['rate']}/s admitted, errors {flooder['errors']}")
+    return {"steady_alone": alone, "steady_beside_flooder": beside, "flooder": flooder}
+
+
+def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [
+        f"steady tenant at {args.steady_rate}/s; flooder offering {args.flood_factor}x its "
+        f"quota of {args.quota}/s",
+        "| round | p50 alone (ms) | p99 alone (ms) | p50 beside (ms) | p99 beside (ms) "
+        "| p99 ratio | steady errors | flooder admitted/s | flooder refused |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, rnd in enumerate(rounds, 1):
+        alone, beside = (
+            rnd["steady_alone"]["latency_ms"],
+            rnd["steady_beside_flooder"]["latency_ms"],
+        )
+        errors = {**rnd["steady_alone"]["errors"], **rnd["steady_beside_flooder"]["errors"]}
+        ratio = beside.get("p99", math.nan) / alone.get("p99", math.nan)
+        flooder = rnd["flooder"]
+        lines.append(
+            f"| {i} | {alone.get('p50')} | {alone.get('p99')} | {beside.get('p50')} "
+            f"| {beside.get('p99')} "
+            f"| {ratio:.2f} | {sum(errors.values())} | {flooder['rate']} "
+            f"| {flooder['errors'].get('RESOURCE_EXHAUSTED', 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="one short smoke round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per window")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--quota", type=int, default=200, help="commands/s per tenant")
+    parser.add_argument("--steady-rate", type=float, default=100.0)
+    parser.add_argument("--flood-factor", type=float, default=10.0)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    if args.quick:  # the same shape at a tenth of the rates: it proves the harness only
+        args.rounds, args.duration, args.warmup = 1, 3.0, 0.5
+        args.quota, args.steady_rate = max(1, args.quota // 10), args.steady_rate / 10
+    workdir = Path(tempfile.mkdtemp(prefix="noisy-neighbour-"))
+    svc = ServiceProcess(
+        workdir / "storage",
+        manifest(workdir),
+        env={"AGGREGATE_QUOTA_COMMANDS_PER_SECOND": str(args.quota)},
+    )
+    rounds: list[dict[str, Any]] = []
+    svc.start()
+    try:
+        count = max(1, min(32, args.quota // 2))  # within the quota's burst
+        steady = open_accounts(svc, STEADY, count)
+        flood = open_accounts(svc, FLOODER, count)
+        for n in range(args.rounds):
+            say(f"round {n + 1}/{args.rounds}")
+            rounds.append(one_round(svc, args, steady, flood))
+    finally:
+        svc.stop()
+    report = table(rounds, args)
+    print(report)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / f"noisy-neighbour-{stamp}{'-quick' if args.quick else ''}.json"
+    out.write_text(json.dumps({"args": vars(args), "rounds": rounds, "table": report}, indent=2))
+    say(f"wrote {out}")
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    steady_errors = sum(
+        sum(r[k]["errors"].values())
+        for r in rounds
+        for k in ("steady_alone", "steady_beside_flooder")
+    )
+    refused = sum(r["flooder"]["errors"].get("RESOURCE_EXHAUSTED", 0) for r in rounds)
+    if steady_errors or not refused:
+        say("FAILED: the steady tenant got errors, or the flooder was never refused")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
