@@ -47,7 +47,7 @@ from aggregate.adapters.admin_guard import (
     shorten,
 )
 from aggregate.adapters.logging import log_levels, set_log_levels
-from aggregate.application.admin import parse_drain, parse_log_levels, parse_reload
+from aggregate.application.admin import parse_drain, parse_log_levels, parse_move, parse_reload
 from aggregate.domain.context import RequestContext
 from aggregate.domain.errors import ConfigError, TenantUnavailableError
 from aggregate.domain.ids import validate_tenant_id
@@ -156,8 +156,8 @@ def _http_error_reason(exc: HTTPException, limits: HttpLimits) -> str:
     if isinstance(exc, NotFound):
         return (
             f"no endpoint at {path}; this server answers /health, /ready, /metrics, "
-            "/admin/tenants, /admin/drain, /admin/reload, /admin/log-level and "
-            "/admin/tenant/{id}/status, /ready, /drain"
+            "/admin/tenants, /admin/drain, /admin/reload, /admin/log-level, /admin/shards and "
+            "/admin/tenant/{id}/status, /ready, /drain, /accept, /move"
         )
     if isinstance(exc, MethodNotAllowed):
         allowed = ", ".join(sorted(exc.valid_methods or ()))
@@ -176,6 +176,7 @@ def build_app(
     metrics: MetricsRenderer,
     drain_timeout_s: float,
     limits: HttpLimits,
+    move_timeout_s: float = 30.0,
 ) -> Quart:
     """The Quart app of the admin API (without the guard and context middlewares)."""
     app: Quart = QuartTrio(__name__)
@@ -274,6 +275,27 @@ def build_app(
         return await _drain(
             parse_drain(body, tenant_id=tenant_id, default_timeout_s=drain_timeout_s)
         )
+
+    @app.post("/admin/tenant/<tenant_id>/accept")
+    async def tenant_accept(tenant_id: str) -> Response:
+        return _json(await backend.accept_tenant(validate_tenant_id(tenant_id)))
+
+    @app.post("/admin/tenant/<tenant_id>/move")
+    async def tenant_move(tenant_id: str) -> Response:
+        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        wanted = parse_move(body, tenant_id=tenant_id, default_timeout_s=move_timeout_s)
+        log.info(
+            "admin move of tenant %s to shard %s (up to %.3fs)",
+            wanted.tenant_id,
+            wanted.to_shard,
+            wanted.timeout_s,
+            extra={"tenant_id": wanted.tenant_id},
+        )
+        return _json(await backend.move_tenant(wanted.tenant_id, wanted.to_shard, wanted.timeout_s))
+
+    @app.get("/admin/shards")
+    async def shards() -> Response:
+        return _json(await backend.shards())
 
     async def _drain(wanted: DrainRequest) -> Response:
         log.info(
@@ -378,6 +400,7 @@ class AdminServer:
         drain_timeout_s: float = 10.0,
         graceful_timeout_s: float = 2.0,
         limits: HttpLimits | None = None,
+        move_timeout_s: float = 30.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -389,6 +412,7 @@ class AdminServer:
             metrics=metrics,
             drain_timeout_s=drain_timeout_s,
             limits=self.limits,
+            move_timeout_s=move_timeout_s,
         )
         self.app = RequestContextMiddleware(RequestGuard(self.quart_app, self.limits))
         self.address: tuple[str, int] | None = None

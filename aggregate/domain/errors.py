@@ -223,3 +223,10 @@ class ResourceExhaustedError(AggregateError):
 
 class CorruptDataError(AggregateError):
     """Raised when stored data cannot be decoded or breaks an invariant (INTERNAL)."""
+
+
+class TenantMoveError(AggregateError):
+    """Raised when a tenant move cannot be done or finished: the target shard is not in the
+    shard directory, an owner refused the drain, or the new owner did not accept the tenant
+    before the move's deadline (FAILED_PRECONDITION). What was done stays done: the map
+    names the new owner once written."""

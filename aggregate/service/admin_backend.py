@@ -7,12 +7,15 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aggregate import __version__
 from aggregate.domain.placement import PlacementMap
+from aggregate.service.shards import TenantMover
 
 if TYPE_CHECKING:
     from aggregate.application.admin import (
         DrainReport,
         HealthReport,
+        MoveReportView,
         ReloadReport,
+        ShardView,
         TenantStatusView,
     )
     from aggregate.bridge import Island
@@ -29,6 +32,7 @@ class IslandAdminBackend:
         self.service = service
         self.island = island
         self.core = core
+        self.mover = TenantMover(island, core, token=service.settings.admin_token)
 
     def health(self) -> HealthReport:
         import time
@@ -91,3 +95,24 @@ class IslandAdminBackend:
                 reopened.append(tenant)
         arrived = sorted({*change.arrived, *reopened})
         return {"arrived": arrived, "left": list(change.left)}
+
+    async def accept_tenant(self, tenant_id: str) -> TenantStatusView:
+        gate = self.core.gate
+        assert gate is not None
+        status = await self.island.call(gate.accept, tenant_id)
+        return cast("TenantStatusView", status.as_dict())
+
+    async def move_tenant(self, tenant_id: str, to_shard: str, timeout_s: float) -> MoveReportView:
+        report = await self.mover.move(tenant_id, to_shard, timeout_s)
+        return cast("MoveReportView", report.as_dict())
+
+    async def shards(self) -> list[ShardView]:
+        directory = self.core.directory
+        if directory is None:
+            return []
+
+        def read() -> list[ShardView]:
+            entries = (directory.entry(shard) for shard in sorted(directory.live_shards()))
+            return [cast("ShardView", e.as_dict()) for e in entries if e is not None]
+
+        return await self.island.call(read)

@@ -53,14 +53,27 @@ class RequestLimits:
     max_metadata_bytes: int = 16_384
 
 
+class TrailedError(GRPCError):
+    """A ``GRPCError`` whose trailers carry metadata too (``x-owner-shard``,
+    ``x-owner-addr`` on UNAVAILABLE for a tenant hosted elsewhere); the server sends them."""
+
+    def __init__(self, status: Status, message: str, trailers: tuple[tuple[str, str], ...]):
+        super().__init__(status, message)
+        self.trailers = trailers
+
+
 class Failure(NamedTuple):
-    """A command's error as the client sees it: gRPC status name and public message."""
+    """A command's error as the client sees it: gRPC status name, public message and, for
+    unary calls, trailing metadata (validated values only)."""
 
     code: str
     message: str
+    trailers: tuple[tuple[str, str], ...] = ()
 
     def grpc_error(self) -> GRPCError:
-        """The error that ends a call with this status and message."""
+        """The error that ends a call with this status, message and trailers."""
+        if self.trailers:
+            return TrailedError(Status[self.code], self.message, self.trailers)
         return GRPCError(Status[self.code], self.message)
 
 
