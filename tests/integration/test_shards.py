@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import grpclib.client
@@ -14,13 +18,17 @@ import grpclib.exceptions
 import pytest
 from grpclib.const import Status
 
-from aggregate.client import ShardedClient
+from aggregate.adapters.nats_server import free_port
+from aggregate.client import CommandFailedError, ShardedClient
 from aggregate.domain.placement import HashRing
 from aggregate.gateway.v1 import aggregate_grpc
 from aggregate.gateway.v1 import aggregate_pb2 as pb
+from tests.integration.service_harness import launch_service
 from tests.integration.shards_harness import (
     SHARDS,
     TYPE,
+    Account,
+    Shard,
     Topology,
     Writers,
     verify,
@@ -216,3 +224,101 @@ def test_sigterm_removes_the_entry_and_the_survivor_takes_the_ring_tenants(
             return reply.version
 
     assert asyncio.run(submit()) == 1  # shard-b is gone: only shard-a can have answered
+
+
+def test_two_nodes_that_both_think_they_own_a_tenant_lose_and_double_nothing(
+    topology: Topology, tmp_path: Path
+) -> None:
+    """A partitioned old owner that still writes: a second process claims shard-a too (so
+    both host shard-a's tenants) and both write the same aggregates at once. The
+    conditional append serialises them: every acknowledged command is stored once, and
+    versions stay contiguous."""
+    twin = Shard("shard-a", tmp_path / "twin", free_port(), free_port())
+    topology.shards["twin"] = twin
+    twin.process = launch_service(
+        twin.storage,
+        env=topology.environment(twin),
+        grpc_port=twin.grpc_port,
+        http_port=twin.http_port,
+    )
+    twin.process.wait_for_log("serving gRPC on")
+    tenant = ring_tenant("shard-a")
+    accounts = [Account(tenant, uuid.uuid4()) for _ in range(3)]
+
+    async def write(addr: str, rounds: int) -> list[str]:
+        refused: list[str] = []
+        async with ShardedClient([addr], tenant_id=tenant, max_attempts=1) as client:
+            for _ in range(rounds):
+                for account in accounts:
+                    payload = (
+                        {"type": "Deposit", "amount": 1}
+                        if account.acked
+                        else {"type": "OpenAccount", "owner": "ann"}
+                    )
+                    command_id = str(uuid.uuid4())
+                    try:
+                        await client.submit(
+                            TYPE, str(account.aggregate_id), payload, command_id=command_id
+                        )
+                    except CommandFailedError as exc:
+                        refused.append(exc.status)
+                        continue
+                    account.acked.append(command_id)
+        return refused
+
+    async def both() -> list[list[str]]:
+        a = topology.shards["shard-a"]
+        return list(await asyncio.gather(write(a.grpc_addr, 40), write(twin.grpc_addr, 40)))
+
+    refusals = asyncio.run(both())
+    verdict = verify(topology.cluster, accounts)
+    assert verdict.acked > 0
+    assert (verdict.lost, verdict.doubled, verdict.gaps) == (0, 0, 0), verdict
+    # Only the conflicts of the race itself may refuse a command, never a lost write.
+    assert set(refusals[0] + refusals[1]) <= {"ABORTED", "FAILED_PRECONDITION"}
+    assert verdict.stored == verdict.acked
+
+
+def test_the_cli_lists_shards_routes_a_tenant_and_moves_it(topology: Topology) -> None:
+    a, b = topology.shards["shard-a"], topology.shards["shard-b"]
+    topology.wait_live("shard-a", set(SHARDS))
+    nats_url = ",".join(topology.cluster.urls)
+
+    def cli(*argv: str) -> tuple[int, Any]:
+        done = subprocess.run(
+            [sys.executable, "-m", "aggregate.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith("AGGREGATE_")},
+            check=False,
+        )
+        return done.returncode, json.loads(done.stdout) if done.stdout.strip() else done.stderr
+
+    code, shards = cli("shards", "--nats-url", nats_url)
+    assert code == 0
+    assert [(s["shard_id"], s["grpc_addr"]) for s in shards] == [
+        ("shard-a", a.grpc_addr),
+        ("shard-b", b.grpc_addr),
+    ]
+    tenant = ring_tenant("shard-a", 2)
+    code, route = cli("route", tenant, "--nats-url", nats_url)
+    assert (code, route["owner"], route["grpc_addr"], route["pinned"]) == (
+        0,
+        "shard-a",
+        a.grpc_addr,
+        False,
+    )
+    code, moved = cli(
+        "tenant", "move", tenant, "--to", "shard-b", "--http-addr", f"127.0.0.1:{a.http_port}"
+    )
+    assert code == 0, moved
+    assert (moved["from"], moved["to"], moved["moved"]) == ("shard-a", "shard-b", True)
+    assert moved["window_ms"] > 0
+    code, route = cli("route", tenant, "--nats-url", nats_url)
+    assert (route["owner"], route["grpc_addr"], route["pinned"]) == ("shard-b", b.grpc_addr, True)
+    code, refused = cli(
+        "tenant", "move", tenant, "--to", "shard-z", "--http-addr", f"127.0.0.1:{b.http_port}"
+    )
+    assert code == 1
+    assert "shard 'shard-z' is not in the shard directory" in refused

@@ -33,6 +33,7 @@ ASYNCIO_ALLOWED = (
     "adapters/grpc",
     "adapters/placement_kv",
     "adapters/shard_directory",
+    "adapters/routing",
     "bridge",
     "client.py",  # the client library: grpclib, asyncio only
 )
