@@ -129,6 +129,9 @@ def test_a_move_and_a_shard_kill_lose_and_double_nothing(topology: Topology) -> 
     assert report["verdict"]["gaps"] == 0
     assert report["verdict"]["acked"] > 0
     assert all(move["moved"] for move in report["moves"])
+    # Failover within TTL (2 s) + one refresh (0.2 s), with a generous margin for a busy
+    # machine (the server expires entries on its own timer).
+    assert report["failover"]["expired_after_s"] < 2.0 + 0.2 + 3.0
 
 
 @pytest.mark.slow
@@ -211,6 +214,8 @@ def test_sigterm_removes_the_entry_and_the_survivor_takes_the_ring_tenants(
     a, b = topology.shards["shard-a"], topology.shards["shard-b"]
     topology.wait_live("shard-a", set(SHARDS))
     tenant = ring_tenant("shard-b", 1)
+    code, _, trailers = asyncio.run(raw_submit(a.grpc_addr, tenant))
+    assert (code, trailers.get("x-owner-shard")) == (Status.UNAVAILABLE, "shard-b")
     assert b.process is not None
     b.process.stop(signal.SIGTERM)
     b.process.wait_for_log("shard shard-b left the shard directory", timeout=1)
