@@ -180,9 +180,14 @@ async def fault_run(
                 "back_after_s": round(back, 3),
             }
     stalls = [s for c in writers.clients for s in c.stats.unavailable_seconds]
+    per_tenant: dict[str, float] = {}
+    for client in writers.clients:
+        longest = max(client.stats.unavailable_seconds, default=0.0) * 1000
+        per_tenant[client.tenant_id] = round(max(per_tenant.get(client.tenant_id, 0), longest), 1)
     report["client_windows_ms"] = {
         "count": len(stalls),
         "max": round(max(stalls, default=0) * 1000, 1),
+        "per_tenant_max": {t: ms for t, ms in sorted(per_tenant.items()) if ms},
     }
     report["failures"] = writers.failures[:5]
     verdict = await asyncio.to_thread(verify, topology.cluster, writers.accounts)
