@@ -43,6 +43,7 @@ from aggregate.domain.errors import (
     ConfigError,
     InvalidArgumentError,
     TenantMoveError,
+    VersionConflictError,
 )
 from aggregate.domain.placement import PlacementMap
 
@@ -247,14 +248,15 @@ class TenantMover:
         watcher = self._core.watcher
         assert watcher is not None
 
-        async def put() -> None:
-            current = watcher.current
+        def pin(current: PlacementMap | None) -> PlacementMap:
             entries = dict(current.assignments) if current is not None else {}
             entries[tenant_id] = target
-            await watcher.put_placement(PlacementMap.of(entries))
+            return PlacementMap.of(entries)
 
         try:
-            await self._island.run(put)
+            await self._island.run(watcher.update_placement, pin)
+        except (InvalidArgumentError, VersionConflictError) as exc:
+            raise TenantMoveError(f"the placement map was not written: {exc.message}") from None
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             raise BackendUnavailableError(
                 f"the placement map could not be written: {type(exc).__name__}"
