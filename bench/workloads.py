@@ -99,13 +99,17 @@ def _client(module: str, spec: dict[str, Any], cpu: Callable[[], CpuSample]) -> 
     return result
 
 
-def _target(port: int) -> dict[str, Any]:
-    return {"host": "127.0.0.1", "port": port, "tenant": TENANT}
+def _target(port: int, tenant: str = TENANT) -> dict[str, Any]:
+    return {"host": "127.0.0.1", "port": port, "tenant": tenant}
 
 
 # ---- the service -----------------------------------------------------------------------
 def batch(
-    svc: ServiceProcess, command: str, targets: list[tuple[str, int]], streams: int = 4
+    svc: ServiceProcess,
+    command: str,
+    targets: list[tuple[str, int]],
+    streams: int = 4,
+    tenant: str = TENANT,
 ) -> None:
     """Set-up commands (open accounts, fill histories), pipelined; every one must succeed.
 
@@ -116,7 +120,7 @@ def batch(
         return
     expected = sum(n for _, n in targets)
     spec = {
-        **_target(svc.grpc_port),
+        **_target(svc.grpc_port, tenant),
         "kind": "batch",
         "command": command,
         "targets": [list(t) for t in targets],
@@ -128,7 +132,9 @@ def batch(
         raise RuntimeError(f"set-up {command}: {result['count']}/{expected} ok, {result['errors']}")
 
 
-def open_accounts(svc: ServiceProcess, plan: Plan, *, with_histories: bool) -> Accounts:
+def open_accounts(
+    svc: ServiceProcess, plan: Plan, *, with_histories: bool, tenant: str = TENANT
+) -> Accounts:
     """Open the accounts every workload uses; fill the history aggregates."""
     accounts = Accounts(
         unary=[str(uuid7()) for _ in range(plan.clients)],
@@ -140,22 +146,29 @@ def open_accounts(svc: ServiceProcess, plan: Plan, *, with_histories: bool) -> A
         for length in plan.histories:
             for _ in range(plan.per_history):
                 accounts.histories.append((str(uuid7()), str(length), length + 1))
-    batch(svc, "open", [(a, 1) for a in accounts.all() + [h[0] for h in accounts.histories]])
-    batch(svc, "deposit", [(h[0], h[2] - 1) for h in accounts.histories], streams=16)
+    opened = [(a, 1) for a in accounts.all() + [h[0] for h in accounts.histories]]
+    batch(svc, "open", opened, tenant=tenant)
+    filled = [(h[0], h[2] - 1) for h in accounts.histories]
+    batch(svc, "deposit", filled, streams=16, tenant=tenant)
     return accounts
 
 
-def warm(svc: ServiceProcess, accounts: Accounts) -> None:
+def warm(svc: ServiceProcess, accounts: Accounts, tenant: str = TENANT) -> None:
     """One deposit to every account: after a restart, every one is cached again."""
-    batch(svc, "deposit", [(a, 1) for a in accounts.all()])
+    batch(svc, "deposit", [(a, 1) for a in accounts.all()], tenant=tenant)
 
 
 def service_unary(
-    svc: ServiceProcess, plan: Plan, accounts: list[str], clients: int, duration_s: float
+    svc: ServiceProcess,
+    plan: Plan,
+    accounts: list[str],
+    clients: int,
+    duration_s: float,
+    tenant: str = TENANT,
 ) -> dict[str, Any]:
     conflicts_before = svc.metric("aggregate_version_conflicts_total")
     spec = {
-        **_target(svc.grpc_port),
+        **_target(svc.grpc_port, tenant),
         "kind": "unary",
         "clients": clients,
         "accounts": accounts,
@@ -167,9 +180,11 @@ def service_unary(
     return result
 
 
-def service_stream(svc: ServiceProcess, plan: Plan, accounts: list[str]) -> dict[str, Any]:
+def service_stream(
+    svc: ServiceProcess, plan: Plan, accounts: list[str], tenant: str = TENANT
+) -> dict[str, Any]:
     spec = {
-        **_target(svc.grpc_port),
+        **_target(svc.grpc_port, tenant),
         "kind": "stream",
         "streams": plan.streams,
         "window": plan.stream_window,

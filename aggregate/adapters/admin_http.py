@@ -50,6 +50,7 @@ from aggregate.adapters.logging import log_levels, set_log_levels
 from aggregate.application.admin import (
     parse_drain,
     parse_log_levels,
+    parse_move,
     parse_programs_reload,
     parse_reload,
     parse_tenant_page,
@@ -163,8 +164,8 @@ def _http_error_reason(exc: HTTPException, limits: HttpLimits) -> str:
         return (
             f"no endpoint at {path}; this server answers /health, /ready, /metrics, "
             "/admin/tenants, /admin/drain, /admin/reload, /admin/log-level, /admin/programs, "
-            "/admin/programs/reload and "
-            "/admin/tenant/{id}/status, /ready, /drain"
+            "/admin/programs/reload, /admin/shards and "
+            "/admin/tenant/{id}/status, /ready, /drain, /accept, /move"
         )
     if isinstance(exc, MethodNotAllowed):
         allowed = ", ".join(sorted(exc.valid_methods or ()))
@@ -184,6 +185,7 @@ def build_app(
     drain_timeout_s: float,
     limits: HttpLimits,
     programs: ProgramsBackend | None = None,
+    move_timeout_s: float = 30.0,
 ) -> Quart:
     """The Quart app of the admin API (without the guard and context middlewares);
     ``/admin/programs`` routes only with ``programs``."""
@@ -305,6 +307,27 @@ def build_app(
             log.info("admin program reload requested (rebuild: %s)", rebuild)
             return _json(await programs.reload_programs(rebuild))
 
+    @app.post("/admin/tenant/<tenant_id>/accept")
+    async def tenant_accept(tenant_id: str) -> Response:
+        return _json(await backend.accept_tenant(validate_tenant_id(tenant_id)))
+
+    @app.post("/admin/tenant/<tenant_id>/move")
+    async def tenant_move(tenant_id: str) -> Response:
+        body = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        wanted = parse_move(body, tenant_id=tenant_id, default_timeout_s=move_timeout_s)
+        log.info(
+            "admin move of tenant %s to shard %s (up to %.3fs)",
+            wanted.tenant_id,
+            wanted.to_shard,
+            wanted.timeout_s,
+            extra={"tenant_id": wanted.tenant_id},
+        )
+        return _json(await backend.move_tenant(wanted.tenant_id, wanted.to_shard, wanted.timeout_s))
+
+    @app.get("/admin/shards")
+    async def shards() -> Response:
+        return _json(await backend.shards())
+
     async def _drain(wanted: DrainRequest) -> Response:
         log.info(
             "admin drain of tenant %s (waiting up to %.3fs)",
@@ -409,6 +432,7 @@ class AdminServer:
         graceful_timeout_s: float = 2.0,
         limits: HttpLimits | None = None,
         programs: ProgramsBackend | None = None,
+        move_timeout_s: float = 30.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -421,6 +445,7 @@ class AdminServer:
             drain_timeout_s=drain_timeout_s,
             limits=self.limits,
             programs=programs,
+            move_timeout_s=move_timeout_s,
         )
         self.app = RequestContextMiddleware(RequestGuard(self.quart_app, self.limits))
         self.address: tuple[str, int] | None = None

@@ -31,11 +31,16 @@ import nats.js.errors
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from aggregate.domain.errors import AggregateError, BackendUnavailableError, ConfigError
+from aggregate.domain.errors import (
+    AggregateError,
+    BackendUnavailableError,
+    ConfigError,
+    VersionConflictError,
+)
 from aggregate.domain.placement import PlacementMap, parse_placement
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from nats.aio.client import Client
 
@@ -142,6 +147,39 @@ class PlacementWatcher:
                 await kv.delete(self.key)
                 return 0
             return await kv.put(self.key, placement.to_json().encode())
+
+    async def update_placement(
+        self, change: Callable[[PlacementMap | None], PlacementMap], attempts: int = 5
+    ) -> int:
+        """Read the key, store ``change(current)``, conditional on the revision read (a
+        concurrent writer makes it read and try again, up to ``attempts`` times). Returns
+        the new revision.
+
+        Raises:
+            InvalidArgumentError: the stored value is not a valid placement map.
+            VersionConflictError: the key changed under every attempt.
+            nats.errors.Error, TimeoutError: NATS did not answer.
+        """
+        kv = await self.ensure_bucket()
+        for _ in range(max(1, attempts)):
+            revision: int | None
+            async with asyncio.timeout(self._timeout * 2):
+                try:
+                    entry = await kv.get(self.key)
+                    current, revision = parse_placement(entry.value or b""), entry.revision
+                except nats.js.errors.KeyNotFoundError as exc:
+                    deleted = exc.entry
+                    current, revision = None, deleted.revision if deleted is not None else None
+                value = change(current).to_json().encode()
+                try:
+                    if revision:
+                        return await kv.update(self.key, value, last=revision)
+                    return await kv.create(self.key, value)
+                except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
+                    continue
+        raise VersionConflictError(
+            f"placement key {self.key!r} changed under every one of {attempts} attempts"
+        )
 
     async def updates(self) -> AsyncIterator[PlacementMap | None]:
         """Yield the current placement (first: the state read at start, so the consumer

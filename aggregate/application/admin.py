@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 from aggregate.domain.errors import InvalidArgumentError, quote, quote_list
 from aggregate.domain.ids import validate_tenant_id
 from aggregate.domain.json_input import loads_json
-from aggregate.domain.placement import validate_placement
+from aggregate.domain.placement import validate_placement, validate_shard_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -124,6 +124,28 @@ class DrainReport(TypedDict):
     owner: str | None
 
 
+class MoveReportView(TypedDict):
+    """How a tenant move ended (``POST /admin/tenant/{id}/move``): ``window_ms`` is the time
+    no shard accepted the tenant; ``moved`` is false when it already lived on the target."""
+
+    tenant_id: str
+    to: str
+    moved: bool
+    drained: bool
+    in_flight: int
+    window_ms: float
+
+
+class ShardView(TypedDict):
+    """One live shard of the directory (``GET /admin/shards``)."""
+
+    shard_id: str
+    grpc_addr: str
+    http_addr: str
+    started_at: float
+    version: str
+
+
 class ReloadReport(TypedDict):
     """Tenants this node started (``arrived``) and stopped (``left``) hosting."""
 
@@ -165,6 +187,22 @@ class AdminBackend(Protocol):
         Raises:
             InvalidArgumentError: the service refuses the new placement.
         """
+        ...
+
+    async def accept_tenant(self, tenant_id: str) -> TenantStatusView:
+        """End a hand drain of the tenant (it is admitted again if placement hosts it)."""
+        ...
+
+    async def move_tenant(self, tenant_id: str, to_shard: str, timeout_s: float) -> MoveReportView:
+        """Move the tenant to shard ``to_shard`` (drain, map, new owner ready).
+
+        Raises:
+            TenantMoveError: the move cannot be done or did not finish in time.
+        """
+        ...
+
+    async def shards(self) -> list[ShardView]:
+        """The live shards of the directory, sorted by id (empty: the directory is off)."""
         ...
 
 
@@ -382,6 +420,35 @@ def parse_reload(body: bytes) -> ReloadRequest:
         return ReloadRequest(sorted(set(tenants)), None)
     raw = fields["placement"]
     return ReloadRequest(None, dict(validate_placement(raw).assignments))
+
+
+@dataclass(frozen=True, slots=True)
+class MoveRequest:
+    """A validated tenant move: which tenant (from the path), to which shard, and the
+    move's deadline in seconds."""
+
+    tenant_id: str
+    to_shard: str
+    timeout_s: float
+
+
+def parse_move(body: bytes, *, tenant_id: str, default_timeout_s: float) -> MoveRequest:
+    """Validate ``{"to": "shard-b", "timeout_ms": 30000}`` (``timeout_ms`` optional).
+
+    Raises:
+        InvalidArgumentError: malformed body, no or a bad shard id, a bad timeout.
+    """
+    fields = parse_json_object(body, allow_empty=False)
+    _check_keys(fields, ("to", "timeout_ms"))
+    if "to" not in fields:
+        raise InvalidArgumentError('missing field "to": say which shard takes the tenant')
+    try:
+        shard = validate_shard_id(fields["to"])
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"to: {exc.message}") from None
+    return MoveRequest(
+        _tenant(tenant_id, "tenant id in the path"), shard, _timeout_s(fields, default_timeout_s)
+    )
 
 
 def parse_log_levels(body: bytes) -> LogLevelRequest:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+
+from aggregate.domain.placement import PlacementDecision
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Callable, Iterable
@@ -23,9 +25,10 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from aggregate.application.gate import DrainResult, TenantGate
-    from aggregate.domain.placement import PlacementDecision, PlacementMap
+    from aggregate.domain.placement import PlacementMap
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +130,32 @@ class PlacementController:
         Cancellation: stops applying maps and abandons drains in progress (the gate keeps
         the last decision; tenants that left stay closed).
         """
+        await self._follow(updates, PlacementDecision.with_placement, task_status)
+
+    async def follow_live_shards(
+        self,
+        updates: AsyncIterable[frozenset[str]],
+        *,
+        task_status: TaskStatus[PlacementDecision] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Like ``run``, for the shard directory: every set of live shards from ``updates``
+        becomes the ring that places the tenants absent from the map (failover when a
+        shard's entry expires, failback when it returns).
+
+        Cancellation: as ``run``.
+        """
+        await self._follow(updates, PlacementDecision.with_live_shards, task_status)
+
+    async def _follow(
+        self,
+        updates: AsyncIterable[_T],
+        step: Callable[[PlacementDecision, _T], PlacementDecision],
+        task_status: TaskStatus[PlacementDecision],
+    ) -> None:
         started = False
         async with anyio.create_task_group() as tg:
-            async for placement in updates:
-                change = self._apply(self._gate.decision.with_placement(placement))
+            async for update in updates:
+                change = self._apply(step(self._gate.decision, update))
                 if change.left:
                     tg.start_soon(self._drain, change)
                 else:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from aggregate.config.files import read_mapping_file
 from aggregate.config.manifest import check_program_settings, parse_aggregate_types
 from aggregate.config.settings import ENV_PREFIX, Settings, env_name, settable_fields
-from aggregate.domain.errors import ConfigError
+from aggregate.domain.directory import validate_dial_address
+from aggregate.domain.errors import ConfigError, InvalidArgumentError
 
 if TYPE_CHECKING:
     import dataclasses
@@ -153,6 +154,7 @@ def load_settings(
 
     settings = Settings(**values, origins=origins)
     _check_relations(settings)
+    _check_advertised(settings)
     _check_admin_token(settings)
     check_program_settings(settings)
     return settings
@@ -164,6 +166,7 @@ def _check_relations(settings: Settings) -> None:
         ("program_timeout_ms", "program_hard_timeout_ms"),
         ("retry_backoff_ms", "retry_backoff_max_ms"),
         ("max_payload_bytes", "max_message_bytes"),
+        ("shard_heartbeat_ms", "shard_ttl_ms"),
     )
     for low, high in pairs:
         low_value, high_value = getattr(settings, low), getattr(settings, high)
@@ -172,6 +175,19 @@ def _check_relations(settings: Settings) -> None:
                 f"{high} = {high_value} ({settings.origin_of(high)}) is less than "
                 f"{low} = {low_value} ({settings.origin_of(low)}); raise {high} or lower {low}"
             )
+
+
+def _check_advertised(settings: Settings) -> None:
+    """An advertised address goes into the shard directory for clients to dial: it must
+    name a real host, never a wildcard such as 0.0.0.0, and a port other than 0."""
+    for name in ("advertise_grpc_addr", "advertise_http_addr"):
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        try:
+            validate_dial_address(value, name)
+        except InvalidArgumentError as exc:
+            raise ConfigError(f"{exc.message} ({settings.origin_of(name)})") from None
 
 
 ADMIN_TOKEN_MIN_LENGTH = 16

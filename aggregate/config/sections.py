@@ -171,6 +171,54 @@ class TenancySettings(CoreSettings):
             kind="KV key",
         ),
     )
+    shard_directory: bool = field(
+        default=True,
+        metadata=meta(
+            v.parse_bool,
+            "Register in the shard directory and place tenants absent from the map over its "
+            "live shards. Off: no entry, ring over the map's shards.",
+            kind="bool",
+        ),
+    )
+    shard_directory_bucket: str = field(
+        default="AGGREGATE_SHARDS",
+        metadata=meta(
+            v.name_parser("KV bucket"),
+            "NATS KV bucket of the shard directory (key: shard id).",
+            kind="name",
+        ),
+    )
+    shard_ttl_ms: int = field(
+        default=10_000,
+        metadata=ms("A directory entry not refreshed for this long expires (bucket max_age)."),
+    )
+    shard_heartbeat_ms: int = field(
+        default=2000, metadata=ms("Period of this node's directory entry refresh (< shard_ttl_ms).")
+    )
+    shard_refresh_ms: int = field(
+        default=1000, metadata=ms("Period of the re-read of the directory's live shards.")
+    )
+    advertise_grpc_addr: str | None = field(
+        default=None,
+        metadata=meta(
+            v.optional(v.parse_host_port),
+            "gRPC host:port clients dial, as written in the directory. Unset: the bound address, "
+            "with a wildcard host replaced by this machine's host name.",
+            kind="host:port",
+        ),
+    )
+    advertise_http_addr: str | None = field(
+        default=None,
+        metadata=meta(
+            v.optional(v.parse_host_port),
+            "Admin HTTP host:port other nodes dial (tenant moves). Unset: as advertise_grpc_addr.",
+            kind="host:port",
+        ),
+    )
+    move_timeout_ms: int = field(
+        default=30_000,
+        metadata=ms("Default deadline of a tenant move (drain, map write, new owner ready)."),
+    )
 
 
 @dataclass(frozen=True, slots=True, repr=False)

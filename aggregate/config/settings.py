@@ -345,6 +345,26 @@ class Settings(LifecycleSettings):
         """``storage_check_timeout_ms`` in seconds."""
         return self.storage_check_timeout_ms / 1000
 
+    @property
+    def shard_ttl_seconds(self) -> float:
+        """``shard_ttl_ms`` in seconds."""
+        return self.shard_ttl_ms / 1000
+
+    @property
+    def shard_heartbeat_seconds(self) -> float:
+        """``shard_heartbeat_ms`` in seconds."""
+        return self.shard_heartbeat_ms / 1000
+
+    @property
+    def shard_refresh_seconds(self) -> float:
+        """``shard_refresh_ms`` in seconds."""
+        return self.shard_refresh_ms / 1000
+
+    @property
+    def move_timeout_seconds(self) -> float:
+        """``move_timeout_ms`` in seconds."""
+        return self.move_timeout_ms / 1000
+
 
 _ENV_NAMES = {
     f.name: f.metadata["env"] for f in dataclasses.fields(Settings) if "env" in f.metadata

@@ -282,3 +282,10 @@ class ProgramReloadError(AggregateError):
         self.program = program
         self.line = line
         self.column = column
+
+
+class TenantMoveError(AggregateError):
+    """Raised when a tenant move cannot be done or finished: the target shard is not in the
+    shard directory, an owner refused the drain, or the new owner did not accept the tenant
+    before the move's deadline (FAILED_PRECONDITION). What was done stays done: the map
+    names the new owner once written."""

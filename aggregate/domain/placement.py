@@ -61,6 +61,14 @@ class HashRing:
         self._points = [point for point, _ in points]
         self._owners = [shard for _, shard in points]
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, HashRing):
+            return NotImplemented
+        return self.shards == other.shards and len(self._points) == len(other._points)
+
+    def __hash__(self) -> int:
+        return hash(self.shards)
+
     def owner(self, key: str) -> str | None:
         """The shard owning ``key``, or None when the ring has no shard."""
         if not self._points:
@@ -188,26 +196,39 @@ class Hosting(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class PlacementDecision:
-    """What one node hosts: its shard id, the current placement map and an optional
-    hosted-tenant allowlist (``POST /admin/reload {"hosted_tenants": [...]}``).
+    """What one node hosts: its shard id, the current placement map, an optional
+    hosted-tenant allowlist (``POST /admin/reload {"hosted_tenants": [...]}``) and, when
+    the shard directory is followed, the ring over the live shards.
 
-    ``placement=None`` (no map) hosts every tenant; ``hosted_tenants=None`` allows all.
+    ``placement=None`` (no map) hosts every tenant unless ``live`` is set;
+    ``hosted_tenants=None`` allows all. With ``live`` (a ring over the shards alive in the
+    directory), tenants absent from the map are placed on that ring instead of the ring
+    over the map's shards: a shard that dies loses its ring tenants to the live ones, and
+    tenants pinned by the map stay pinned (unavailable while their shard is down).
     """
 
     shard_id: str
     placement: PlacementMap | None = None
     hosted_tenants: frozenset[str] | None = None
+    live: HashRing | None = None
 
     def __post_init__(self) -> None:
         validate_shard_id(self.shard_id)
 
     def owner_of(self, tenant_id: str) -> str | None:
         """The shard owning ``tenant_id`` (None: any node may host it)."""
-        return owner_of(tenant_id, self.placement)
+        live = self.live
+        if live is None:
+            return owner_of(tenant_id, self.placement)
+        if self.placement is not None:
+            mapped = self.placement.assignments.get(tenant_id)
+            if mapped is not None:
+                return mapped
+        return live.owner(tenant_id)
 
     def hosting(self, tenant_id: str) -> Hosting:
         """Whether this node hosts ``tenant_id``, and if not, why."""
-        owner = owner_of(tenant_id, self.placement)
+        owner = self.owner_of(tenant_id)
         if owner is not None and owner != self.shard_id:
             return Hosting.ELSEWHERE
         if self.hosted_tenants is not None and tenant_id not in self.hosted_tenants:
@@ -225,7 +246,23 @@ class PlacementDecision:
         return frozenset(named)
 
     def with_placement(self, placement: PlacementMap | None) -> PlacementDecision:
-        return PlacementDecision(self.shard_id, placement, self.hosted_tenants)
+        return PlacementDecision(self.shard_id, placement, self.hosted_tenants, self.live)
+
+    def with_live_shards(self, shards: Iterable[str] | None) -> PlacementDecision:
+        """The same decision with ring placement over ``shards`` (None: over the map's
+        shards, as without a directory). The ring is rebuilt only when the set changes."""
+        if shards is None:
+            live = None
+        else:
+            wanted = frozenset(shards)
+            live = self.live if self.live is not None and self.live.shards == wanted else None
+            live = live or HashRing(wanted)
+        return PlacementDecision(self.shard_id, self.placement, self.hosted_tenants, live)
+
+    @property
+    def live_shards(self) -> frozenset[str] | None:
+        """The shards the ring places unmapped tenants on, when the directory is followed."""
+        return self.live.shards if self.live is not None else None
 
     def with_hosted_tenants(self, tenants: Iterable[str] | None) -> PlacementDecision:
         """The same decision with a new allowlist (None: allow every tenant).
@@ -234,7 +271,7 @@ class PlacementDecision:
             InvalidArgumentError: a tenant id is invalid.
         """
         if tenants is None:
-            return PlacementDecision(self.shard_id, self.placement, None)
+            return PlacementDecision(self.shard_id, self.placement, None, self.live)
         if isinstance(tenants, str):
             raise InvalidArgumentError("hosted tenants must be a list of tenant ids")
         allowed = set()
@@ -245,4 +282,4 @@ class PlacementDecision:
                     "use 1-64 characters of A-Z a-z 0-9 _ -"
                 )
             allowed.add(tenant)
-        return PlacementDecision(self.shard_id, self.placement, frozenset(allowed))
+        return PlacementDecision(self.shard_id, self.placement, frozenset(allowed), self.live)

@@ -18,6 +18,7 @@ _TABLE: tuple[tuple[type[BaseException], str, int], ...] = (
     (e.VersionConflictError, "ABORTED", 409),
     (e.CommandRejectedError, "FAILED_PRECONDITION", 422),
     (e.CommandIdTooOldError, "FAILED_PRECONDITION", 422),
+    (e.TenantMoveError, "FAILED_PRECONDITION", 409),
     (e.InvalidArgumentError, "INVALID_ARGUMENT", 400),
     (e.ProgramReloadError, "FAILED_PRECONDITION", 422),
     (e.AggregateNotFoundError, "NOT_FOUND", 404),

@@ -13,6 +13,7 @@ from aggregate.application.breaker import BreakerState
 from aggregate.domain.errors import BackendUnavailableError
 from aggregate.domain.placement import PlacementMap
 from aggregate.service.programs import reload_programs
+from aggregate.service.shards import TenantMover
 
 if TYPE_CHECKING:
     from aggregate.adapters.snapshotter import Snapshotter
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
     from aggregate.application.admin import (
         DrainReport,
         HealthReport,
+        MoveReportView,
         ReloadReport,
+        ShardView,
         StorageReport,
         TenantPage,
         TenantStatusView,
@@ -58,6 +61,7 @@ class IslandAdminBackend:
         self.snapshots = snapshots
         self.snapshotter = snapshotter
         self.storage = storage
+        self.mover = TenantMover(island, core, token=service.settings.admin_token)
 
     def health(self) -> HealthReport:
         import time
@@ -171,3 +175,24 @@ class IslandAdminBackend:
 
     async def reload_programs(self, rebuild: bool) -> dict[str, object]:
         return await reload_programs(self.service, rebuild=rebuild)
+
+    async def accept_tenant(self, tenant_id: str) -> TenantStatusView:
+        gate = self.core.gate
+        assert gate is not None
+        status = await self.island.call(gate.accept, tenant_id)
+        return cast("TenantStatusView", status.as_dict())
+
+    async def move_tenant(self, tenant_id: str, to_shard: str, timeout_s: float) -> MoveReportView:
+        report = await self.mover.move(tenant_id, to_shard, timeout_s)
+        return cast("MoveReportView", report.as_dict())
+
+    async def shards(self) -> list[ShardView]:
+        directory = self.core.directory
+        if directory is None:
+            return []
+
+        def read() -> list[ShardView]:
+            entries = (directory.entry(shard) for shard in sorted(directory.live_shards()))
+            return [cast("ShardView", e.as_dict()) for e in entries if e is not None]
+
+        return await self.island.call(read)

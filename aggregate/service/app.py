@@ -230,6 +230,7 @@ class Service:
                         body_timeout_s=settings.http_body_timeout_seconds,
                     ),
                     programs=backend,
+                    move_timeout_s=settings.move_timeout_seconds,
                 )
                 async with trio.open_nursery() as admin_nursery:
                     http_host, http_port = await admin_nursery.start(admin.serve)
@@ -240,6 +241,7 @@ class Service:
                     # (they paused the command path 30-120 ms on the benchmark machine).
                     gc.freeze()
                     log.info("froze %d startup objects out of the cyclic GC", gc.get_freeze_count())
+                    await island.run(core.join_directory, http_host, http_port)
                     await island.call(core.set_serving, True)
                     log.info(
                         "serving gRPC on %s:%d, admin HTTP on %s:%d, NATS %s, types %s",
@@ -263,6 +265,7 @@ class Service:
                     await self._shutdown.wait()
                     self.state = "draining"
                     await island.call(core.set_serving, False)
+                    await island.run(core.leave_directory)
                     grace = settings.shutdown_timeout_seconds
                     with trio.move_on_after(grace + 5) as scope:
                         self.clean_drain = await island.run(core.drain_commands, grace)

@@ -25,6 +25,7 @@ from aggregate.adapters.jetstream import JetStreamEventStore, StreamPolicy, ensu
 from aggregate.adapters.jetstream.connect import open_connection
 from aggregate.adapters.placement_kv import PlacementWatcher
 from aggregate.adapters.quota_kv import QuotaWatcher
+from aggregate.adapters.shard_directory import ShardDirectory
 from aggregate.application.activity import ActivityTracker
 from aggregate.application.gate import TenantGate
 from aggregate.application.handler import CommandHandler, HandlerSettings
@@ -36,11 +37,12 @@ from aggregate.domain.placement import PlacementDecision
 from aggregate.programs.base import ProgramLimits
 from aggregate.programs.reload import ProgramCatalog
 from aggregate.service.protection import build_protection
+from aggregate.service.shards import advertised_entry
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from anyio.abc import TaskStatus
+    from anyio.abc import TaskGroup, TaskStatus
     from nats.aio.client import Client
     from opentelemetry.trace import Tracer
 
@@ -125,6 +127,9 @@ class IslandCore:
         self.watcher: PlacementWatcher | None = None
         self.activity = ActivityTracker()
         """Per-tenant command counts and last activity (the admin views)."""
+        self.directory: ShardDirectory | None = None
+        self._grpc_bound: tuple[str, int] | None = None
+        self._tasks: TaskGroup | None = None
         self._stop: anyio.Event | None = None
         self._closing = False
 
@@ -207,15 +212,69 @@ class IslandCore:
             )
             server = self.server
             self.protection_metrics.set_shed_source(lambda: server.service.shed)
+            if settings.shard_directory:
+                self.directory = ShardDirectory(
+                    nc,
+                    shard_id=settings.shard_id,
+                    bucket=settings.shard_directory_bucket,
+                    ttl=settings.shard_ttl_seconds,
+                    heartbeat=settings.shard_heartbeat_seconds,
+                    refresh=settings.shard_refresh_seconds,
+                    request_timeout=settings.nats_timeout_seconds,
+                    replicas=settings.stream_replicas,
+                )
+                self.server.service.owner_address = self._owner_address
             async with anyio.create_task_group() as tg:
+                self._tasks = tg
                 await tg.start(self.controller.run, self.watcher.updates())
                 await tg.start(self._follow_quotas)
+                if self.directory is not None:
+                    await tg.start(
+                        self.controller.follow_live_shards, self.directory.live_updates()
+                    )
                 host, port = await self.server.start()
+                self._grpc_bound = (host, port)
                 stack.push_async_callback(self.server.aclose)
                 self._publish_readiness()  # NOT_SERVING until the service says it serves
                 report(CoreInfo(host, port, self.nats_url, tuple(self.registry.names())))
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
+
+    async def join_directory(self, http_host: str, http_port: int) -> str | None:
+        """Put this node's entry in the shard directory (advertised gRPC and admin HTTP
+        addresses) and start its heartbeat; returns the advertised gRPC address (None: the
+        directory is off).
+
+        Raises:
+            ConfigError: no dialable address can be derived; set the advertise settings.
+            nats.errors.Error, TimeoutError: NATS did not answer.
+        """
+        if self.directory is None or self._tasks is None or self._grpc_bound is None:
+            return None
+        entry = advertised_entry(self.settings, self._grpc_bound, (http_host, http_port))
+        try:
+            await self.directory.register(entry)
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            log.warning("shard directory entry not written yet (the heartbeat retries): %r", exc)
+        self._tasks.start_soon(self.directory.serve_heartbeat)
+        log.info(
+            "shard %s joined the shard directory %s as gRPC %s, admin HTTP %s",
+            entry.shard_id,
+            self.directory.bucket,
+            entry.grpc_addr,
+            entry.http_addr,
+        )
+        return entry.grpc_addr
+
+    async def leave_directory(self) -> None:
+        """Remove this node's entry (clean shutdown): other shards take its ring tenants."""
+        if self.directory is not None:
+            await self.directory.deregister()
+
+    def _owner_address(self, shard: str) -> str | None:
+        directory = self.directory
+        entry = directory.entry(shard) if directory is not None else None
+        return entry.grpc_addr if entry is not None else None
 
     def stop(self) -> None:
         """Ask ``run`` to unwind (call on the island)."""

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from aggregate.application.admin import (
         DrainReport,
         HealthReport,
+        MoveReportView,
         ReloadReport,
+        ShardView,
         TenantPage,
         TenantStatusView,
     )
@@ -120,6 +122,27 @@ class FakeBackend:
         self.calls.append(("reload", hosted_tenants, placement))
         self._maybe_fail()
         return {"arrived": sorted(hosted_tenants or []), "left": []}
+
+    async def accept_tenant(self, tenant_id: str) -> TenantStatusView:
+        self.calls.append(("accept_tenant", tenant_id))
+        self._maybe_fail()
+        return self.statuses.get(tenant_id, status_view(tenant_id, accepting=True))
+
+    async def move_tenant(self, tenant_id: str, to_shard: str, timeout_s: float) -> MoveReportView:
+        self.calls.append(("move_tenant", tenant_id, to_shard, timeout_s))
+        self._maybe_fail()
+        return {
+            "tenant_id": tenant_id,
+            "to": to_shard,
+            "moved": True,
+            "drained": True,
+            "in_flight": 0,
+            "window_ms": 1.5,
+        }
+
+    async def shards(self) -> list[ShardView]:
+        self.calls.append(("shards",))
+        return []
 
 
 @dataclass

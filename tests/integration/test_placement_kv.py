@@ -19,7 +19,12 @@ from aggregate.adapters.placement_kv import DEFAULT_BUCKET, DEFAULT_KEY, Placeme
 from aggregate.application.gate import TenantGate
 from aggregate.application.placement import PlacementChange, PlacementController
 from aggregate.domain.errors import TenantUnavailableError
-from aggregate.domain.placement import PlacementDecision, PlacementMap, validate_placement
+from aggregate.domain.placement import (
+    PlacementDecision,
+    PlacementMap,
+    parse_placement,
+    validate_placement,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
@@ -282,3 +287,31 @@ async def test_two_shards_over_one_map_host_every_tenant_exactly_once(
             with pytest.raises(TenantUnavailableError) as caught:
                 other.gate.admit(tenant)
             assert caught.value.owner == host.gate.decision.shard_id
+
+
+async def test_concurrent_pins_are_conditional_and_none_is_lost(
+    nats_server: NatsServerProcess, connect_nats: Any
+) -> None:
+    """Tenant moves pin tenants with a read-modify-write of the map; twenty at once must
+    all land (each write is conditional on the revision it read, and retried)."""
+    await put(connect_nats, nats_server.url, MAP)
+    async with connect_nats(nats_server.url) as nc:
+        watcher = PlacementWatcher(nc, request_timeout=2.0)
+
+        async def pin(tenant: str) -> None:
+            def change(current: PlacementMap | None) -> PlacementMap:
+                assert current is not None
+                return PlacementMap.of({**current.assignments, tenant: "shard-c"})
+
+            await watcher.update_placement(change, attempts=25)
+
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                for i in range(20):
+                    tg.start_soon(pin, f"t-{i}")
+        kv = await watcher.ensure_bucket()
+        stored = parse_placement((await kv.get(DEFAULT_KEY)).value or b"")
+    assert dict(stored.assignments) == {
+        **MAP.assignments,
+        **{f"t-{i}": "shard-c" for i in range(20)},
+    }

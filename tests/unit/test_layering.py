@@ -28,7 +28,15 @@ FORBIDDEN_IN_DOMAIN = {
     "aggregate.service",
     "aggregate.cli",
 }
-ASYNCIO_ALLOWED = ("adapters/jetstream", "adapters/grpc", "adapters/placement_kv", "bridge")
+ASYNCIO_ALLOWED = (
+    "adapters/jetstream",
+    "adapters/grpc",
+    "adapters/placement_kv",
+    "adapters/shard_directory",
+    "adapters/routing",
+    "bridge",
+    "client.py",  # the client library: grpclib, asyncio only
+)
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -54,24 +54,41 @@ class RequestLimits:
     max_metadata_bytes: int = 16_384
 
 
+class TrailedError(GRPCError):
+    """A ``GRPCError`` whose trailers carry metadata too (``x-owner-shard``,
+    ``x-owner-addr`` on UNAVAILABLE for a tenant hosted elsewhere); the server sends them."""
+
+    def __init__(self, status: Status, message: str, trailers: tuple[tuple[str, str], ...]):
+        super().__init__(status, message)
+        self.trailers = trailers
+
+
 class Failure(NamedTuple):
-    """A command's error as the client sees it: gRPC status name and public message."""
+    """A command's error as the client sees it: gRPC status name, public message and, for
+    unary calls, trailing metadata (validated values only)."""
 
     code: str
     message: str
     retry_after_ms: int | None = None
     """When to retry (open breaker, quota, shedding): the ``retry-after-ms`` trailer."""
+    owner: tuple[tuple[str, str], ...] = ()
+    """Where the tenant went (``x-owner-shard``, ``x-owner-addr``), validated values."""
 
     def grpc_error(self) -> GRPCError:
-        """The error that ends a call with this status and message (no trailers: use
-        ``send_failure`` to send ``retry-after-ms`` too)."""
+        """The error that ends a call with this status, message and trailers (the server
+        sends a ``TrailedError``'s trailers)."""
+        trailers = self.trailers()
+        if trailers:
+            return TrailedError(Status[self.code], self.message, tuple(trailers.items()))
         return GRPCError(Status[self.code], self.message)
 
     def trailers(self) -> dict[str, str]:
-        """The trailing metadata of this failure (``retry-after-ms`` when known)."""
-        if self.retry_after_ms is None:
-            return {}
-        return {RETRY_AFTER_HEADER: str(self.retry_after_ms)}
+        """The trailing metadata of this failure: ``retry-after-ms`` when known, the owner
+        of a tenant hosted elsewhere."""
+        trailers = dict(self.owner)
+        if self.retry_after_ms is not None:
+            trailers[RETRY_AFTER_HEADER] = str(self.retry_after_ms)
+        return trailers
 
 
 async def send_failure(stream: Stream[Any, Any], failure: Failure) -> None:

@@ -49,6 +49,7 @@ from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
 
 from aggregate.adapters.grpc.connections import SHUTTING_DOWN, DrainableServer, TrackedProtocol
+from aggregate.adapters.grpc.convert import TrailedError
 from aggregate.adapters.grpc.service import CommandService, GrpcOptions
 from aggregate.adapters.grpc.tracing import traced
 from aggregate.adapters.grpc.transport import TransportLimits
@@ -91,6 +92,10 @@ class _CallTracker:
             self.active += 1
             try:
                 await method(stream)
+            except TrailedError as exc:
+                await stream.send_trailing_metadata(
+                    status=exc.status, status_message=exc.message, metadata=exc.trailers
+                )
             except asyncio.CancelledError:
                 if self.cancelling:
                     with contextlib.suppress(Exception):

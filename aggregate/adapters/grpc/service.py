@@ -170,6 +170,9 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         """Commands refused because the node was at ``max_in_flight`` (load shedding)."""
         self._streams: set[CommandStream] = set()
         self._stopping = False
+        self.owner_address: Callable[[str], str | None] = _no_address
+        """The dialable ``host:port`` of a shard (from the shard directory), for the
+        ``x-owner-addr`` trailer of UNAVAILABLE; None when unknown."""
         self.settle: Callable[[], Awaitable[None]] = _nothing_to_settle
         """Awaited before a drain ends an open stream with UNAVAILABLE: the server makes
         sure the client has processed the results sent before (HTTP/2 PING round trip), as
@@ -200,7 +203,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
             raise GRPCError(Status.INVALID_ARGUMENT, "SubmitCommand needs a request message")
         outcome = await self.run_command(request, tenant_id, context, stream.deadline)
         if isinstance(outcome, Failure):
-            if outcome.retry_after_ms is not None:
+            if outcome.trailers():
                 await convert.send_failure(stream, outcome)
                 return
             raise outcome.grpc_error()
@@ -244,7 +247,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                 except Exception as exc:
                     outcome = outcome_of(exc)
                     refused = self.failure_of(exc, tenant_id, context)
-                    if refused.retry_after_ms is None:
+                    if not refused.trailers():
                         raise refused.grpc_error() from None
             if refused is None:
                 outcome = "ok"
@@ -358,9 +361,12 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         code, _ = status_of(exc)
         error_id = new_error_id() if code == "INTERNAL" else None
         message = public_message(exc, error_id=error_id)
+        trailers: tuple[tuple[str, str], ...] = ()
         if isinstance(exc, TenantUnavailableError):
             if exc.owner and exc.owner not in message:
                 message = f"{message} (shard {exc.owner!r} owns the tenant)"
+            if exc.owner:
+                trailers = owner_trailers(exc.owner, self.owner_address(exc.owner))
             self.observer.tenant_error(tenant_id, "unavailable")
         elif isinstance(exc, TenantAccessDeniedError):
             self.observer.tenant_error(tenant_id, "access_denied")
@@ -378,7 +384,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                     "request_id": context.request_id,
                 },
             )
-        return Failure(code, message, retry_after_ms_of(exc))
+        return Failure(code, message, retry_after_ms_of(exc), trailers)
 
     # --- helpers ---
 
@@ -438,6 +444,23 @@ class CommandService(aggregate_grpc.CommandServiceBase):
             yield
         finally:
             self._in_flight -= 1
+
+
+OWNER_SHARD_HEADER = "x-owner-shard"
+OWNER_ADDR_HEADER = "x-owner-addr"
+
+
+def owner_trailers(shard: str, addr: str | None) -> tuple[tuple[str, str], ...]:
+    """The trailers that tell a client where a tenant went: its shard id, and the
+    shard's dialable address when the directory knows it. Both values come validated
+    (shard ids are tokens, addresses passed ``validate_dial_address``)."""
+    if addr is None:
+        return ((OWNER_SHARD_HEADER, shard),)
+    return ((OWNER_SHARD_HEADER, shard), (OWNER_ADDR_HEADER, addr))
+
+
+def _no_address(shard: str) -> str | None:
+    return None
 
 
 async def _nothing_to_settle() -> None:
