@@ -221,5 +221,10 @@ class ResourceExhaustedError(AggregateError):
     """Raised when a payload, in-flight or other request limit is exceeded."""
 
 
+class QueryTooExpensiveError(ResourceExhaustedError):
+    """Raised when a query needs more SQLite work than one query may do (the read side's
+    progress-handler bound; gRPC RESOURCE_EXHAUSTED)."""
+
+
 class CorruptDataError(AggregateError):
     """Raised when stored data cannot be decoded or breaks an invariant (INTERNAL)."""

@@ -24,6 +24,7 @@ _TABLE: tuple[tuple[type[BaseException], str, int], ...] = (
     (e.TenantUnavailableError, "UNAVAILABLE", 503),
     (e.BackendUnavailableError, "UNAVAILABLE", 503),
     (e.ProgramLimitError, "RESOURCE_EXHAUSTED", 429),
+    (e.QueryTooExpensiveError, "RESOURCE_EXHAUSTED", 429),
     (e.ResourceExhaustedError, "RESOURCE_EXHAUSTED", 429),
     (e.ProgramError, "INTERNAL", 500),
     (e.CorruptDataError, "INTERNAL", 500),
