@@ -19,12 +19,14 @@ from aggregate.query.parse import parse_filter
 from aggregate.query.plan import (
     QueryLimits,
     QueryRequest,
+    compile_predicate,
     field_sql,
     index_statements,
     plan_query,
     run_bounded,
     validate_index_path,
 )
+from specs import query as model
 from tests.property import query_strategies as qs
 from tests.property.test_query_differential import SCHEMA
 
@@ -297,3 +299,43 @@ def test_field_sql_and_index_paths() -> None:
         index_statements("bad'type", ["state.a"])
     a, b = index_statements("a_b", ["state.c"]) + index_statements("a", ["state.b_c"])
     assert a.split('"')[1] != b.split('"')[1]
+
+
+DOCUMENTED = [
+    ("state.balance > 50", {"balance": 51}, True),
+    ("state.balance > 50", {"balance": "99"}, False),
+    ("state.balance != 50", {"balance": "x"}, False),
+    ("state.balance != 50", {}, False),
+    ("NOT state.balance = 50", {}, True),
+    ("state.x = null", {}, False),
+    ("state.x = null", {"x": None}, True),
+    ("state.x != null", {"x": 0}, True),
+    ("state.x != null", {}, False),
+    ("state.x:*", {"x": None}, True),
+    ("state.f != true", {"f": False}, True),
+    ("state.f != true", {"f": 1}, False),
+    ("state.n = 2", {"n": 2.0}, True),
+    ("state.n > 9007199254740992.0", {"n": 9007199254740993}, True),
+    ("state.n = 18446744073709551617", {"n": 18446744073709551616}, True),
+    ('state.address.city = "Zürich"', {"address": {"city": "Zürich"}}, True),
+    ("state.address.city:*", {"address": "Zürich"}, False),
+    ('state.s < "é"', {"s": "z"}, True),
+    ('state.s > "\U0001f600"', {"s": "\uffff"}, False),
+]
+
+
+@pytest.mark.parametrize(("flt", "state", "expected"), DOCUMENTED)
+def test_documented_semantics_hold_in_sql_predicate_and_model(
+    tmp_path: Path, flt: str, state: dict[str, object], expected: bool
+) -> None:
+    conn = sqlite3.connect(tmp_path / "one.sqlite")
+    conn.execute(SCHEMA)
+    conn.execute(
+        "INSERT INTO views VALUES ('acme', 'account', 'id', 1, 1, 't', ?)",
+        (json.dumps(state, ensure_ascii=False),),
+    )
+    plan = plan_query(request(flt), limits=LIMITS, token_key=KEY)
+    assert bool(run_bounded(conn, plan, max_steps=LIMITS.max_sqlite_steps)) is expected
+    view = model.ModelView("id", 1, 1, "t", state)
+    assert compile_predicate(flt, limits=LIMITS)(view) is expected
+    assert model.matches(flt, view) is expected
