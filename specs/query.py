@@ -10,6 +10,8 @@ Rules (``docs/queries.md`` says them for users):
   is *missing* when a key is absent or a value on the way is not an object.
 - A number is read as SQLite's JSON reads it: an integer within 64 bits exactly, any other
   number as the nearest double. Numbers compare with numbers (integers and doubles exactly).
+- A string in a state is read up to its first U+0000 (as SQLite's ``json_extract`` reads
+  it); strings compare by code point.
 - A comparison with a number (a string) holds only when the field holds a number (a
   string), ``!=`` included: ``state.x != 5`` is false when x is missing or a string.
 - ``= true`` / ``= false`` hold for that boolean; ``!= true`` holds for false only, and the
@@ -75,6 +77,10 @@ def number(value: int | float) -> int | float:
     return value
 
 
+def text(value: str) -> str:
+    return value.split("\x00", 1)[0]
+
+
 def holds(node: Node, view: ModelView) -> bool:
     if isinstance(node, Everything):
         return True
@@ -97,6 +103,7 @@ def holds(node: Node, view: ModelView) -> bool:
     if type(literal) is str:
         if type(value) is not str:
             return False
+        value = text(value)
     elif not is_number(value):
         return False
     else:
@@ -129,7 +136,7 @@ def _rank(value: Any) -> tuple[int, Any]:
     if is_number(value):
         return (4, number(value))
     if type(value) is str:
-        return (5, value)
+        return (5, text(value))
     return (6, 0)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aggregate.query.compile import field_sql, type_sql
-from aggregate.query.values import RANK, as_sqlite_number, kind, lookup
+from aggregate.query.values import RANK, as_sqlite_number, as_sqlite_text, kind, lookup
 
 if TYPE_CHECKING:
     from aggregate.query.ast import OrderKey
@@ -91,7 +91,7 @@ def sort_values(keys: tuple[OrderKey, ...], row: Row) -> list[SortValue]:
             out.append(as_sqlite_number(value))
         elif k == "text":
             assert isinstance(value, str)
-            out.append(value)
+            out.append(as_sqlite_text(value))
         else:
             out.append(0)
     return out

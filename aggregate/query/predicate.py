@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from aggregate.query.ast import And, Comparison, Everything, Node, Not, Or, Presence
 from aggregate.query.parse import parse_filter
-from aggregate.query.values import MISSING, ViewLike, as_sqlite_number, kind, lookup
+from aggregate.query.values import (
+    MISSING,
+    ViewLike,
+    as_sqlite_number,
+    as_sqlite_text,
+    kind,
+    lookup,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,6 +69,9 @@ def evaluate(node: Node, view: ViewLike) -> bool:
     if wanted == "number":
         assert isinstance(value, int | float)
         value = as_sqlite_number(value)
+    else:
+        assert isinstance(value, str)
+        value = as_sqlite_text(value)
     return _OPS[node.op](value, literal)
 
 

@@ -1,6 +1,7 @@
 """How a view's fields read in memory, exactly as SQLite's JSON functions read them.
 
-``json_extract`` gives integers within 64 bits exactly and every other number as a double;
+``json_extract`` gives integers within 64 bits exactly and every other number as a double,
+and a string up to its first U+0000;
 ``json_type`` tells JSON null, true, false, numbers, text, arrays and objects apart. The
 in-memory predicate and the sort keys of page tokens use these functions so that they agree
 with the SQL to the bit.
@@ -65,6 +66,11 @@ def kind(value: object) -> str:
     if isinstance(value, str):
         return "text"
     return "other"
+
+
+def as_sqlite_text(value: str) -> str:
+    """A JSON string as ``json_extract`` gives it: up to its first U+0000."""
+    return value.split("\x00", 1)[0]
 
 
 def as_sqlite_number(value: int | float) -> int | float:

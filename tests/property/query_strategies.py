@@ -37,13 +37,14 @@ floats = st.one_of(
     st.sampled_from([0.5, -0.0, 1.0, 2.0, 9.223372036854776e18, 1e300]),
     st.floats(allow_nan=False, allow_infinity=False),
 )
-texts = st.text(
-    alphabet=st.sampled_from(["a", "b", "A", " ", "é", "ß", "€", "\U0001f600", "\x7f", '"', "\\"]),
-    max_size=4,
-)
+ALPHABET = ["a", "b", "A", " ", "é", "ß", "€", "\U0001f600", "\x7f", '"', "\\"]
+texts = st.text(alphabet=st.sampled_from(ALPHABET), max_size=4)
+"""Strings for literals (a filter may not hold U+0000)."""
+state_texts = st.text(alphabet=st.sampled_from([*ALPHABET, "\x00"]), max_size=4)
+"""Strings for states: U+0000 too (SQLite reads a string up to it)."""
 scalars: st.SearchStrategy[Any] = st.one_of(st.none(), st.booleans(), integers, floats, texts)
 json_values: st.SearchStrategy[Any] = st.recursive(
-    scalars,
+    st.one_of(scalars, state_texts),
     lambda inner: st.one_of(
         st.lists(inner, max_size=2), st.dictionaries(st.sampled_from(KEYS), inner, max_size=3)
     ),

@@ -143,11 +143,12 @@ def test_other_tenants_and_types_never_answer(connection: sqlite3.Connection) ->
     assert all_pages(connection, QueryRequest("acme", "account", "", "", 2, "")) == [[]]
 
 
-BIG = [2**63 - 1, 2**63, 2**64 + 1, 2**70, 10**30, -(2**63), -(2**63) - 1, 1, 1.5, "x", None]
+BIG = [2**63 - 1, 2**63, 2**64 + 1, 2**70, 10**30, -(2**63), -(2**63) - 1, 1, 1.5, None]
+BIG += ["x", "x\x00a", "x\x00b", "w", "\x00"]  # SQLite reads a string up to its first U+0000
 
 
 @pytest.mark.parametrize("order", ["state.a", "state.a desc", "state.a desc, version"])
-def test_numbers_beyond_64_bits_page_like_the_model(
+def test_numbers_beyond_64_bits_and_strings_with_nul_page_like_the_model(
     connection: sqlite3.Connection, order: str
 ) -> None:
     views = [

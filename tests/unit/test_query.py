@@ -321,6 +321,7 @@ DOCUMENTED = [
     ("state.address.city:*", {"address": "Zürich"}, False),
     ('state.s < "é"', {"s": "z"}, True),
     ('state.s > "\U0001f600"', {"s": "\uffff"}, False),
+    ('state.s = "x"', {"s": "x\x00y"}, True),
 ]
 
 
