@@ -32,6 +32,7 @@ from aggregate.query.ast import (
     Presence,
     Value,
 )
+from aggregate.query.values import INT64_MAX, INT64_MIN
 
 if TYPE_CHECKING:
     from aggregate.query.plan import QueryLimits
@@ -73,8 +74,6 @@ MAX_PATH_KEYS = 16
 MAX_ORDER_KEYS = 8
 """The most keys an order may name (aggregate_id is always added last)."""
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
 
 @dataclass(frozen=True, slots=True)
 class _Built:
@@ -90,7 +89,7 @@ class _Builder(Transformer[Token, Any]):
         super().__init__()
         self.limits = limits
 
-    def _check(self, built: _Built, token: Token | None = None) -> _Built:
+    def _check(self, built: _Built) -> _Built:
         if built.depth > self.limits.max_depth:
             raise InvalidArgumentError(
                 f"filter is nested more than {self.limits.max_depth} levels deep"
