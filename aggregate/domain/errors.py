@@ -258,6 +258,11 @@ class OverloadedError(ResourceExhaustedError, RetryLater):
         self.retry_after_ms = retry_after_ms
 
 
+class QueryTooExpensiveError(ResourceExhaustedError):
+    """Raised when a query needs more SQLite work than one query may do (the read side's
+    progress-handler bound; gRPC RESOURCE_EXHAUSTED)."""
+
+
 class CorruptDataError(AggregateError):
     """Raised when stored data cannot be decoded or breaks an invariant (INTERNAL)."""
 

@@ -29,6 +29,7 @@ _TABLE: tuple[tuple[type[BaseException], str, int], ...] = (
     (e.ProgramLimitError, "RESOURCE_EXHAUSTED", 429),
     (e.QuotaExceededError, "RESOURCE_EXHAUSTED", 429),
     (e.OverloadedError, "RESOURCE_EXHAUSTED", 429),
+    (e.QueryTooExpensiveError, "RESOURCE_EXHAUSTED", 429),
     (e.ResourceExhaustedError, "RESOURCE_EXHAUSTED", 429),
     (e.ProgramError, "INTERNAL", 500),
     (e.CorruptDataError, "INTERNAL", 500),

@@ -78,3 +78,13 @@ def test_layering_checker_catches_a_violation(tmp_path: Path) -> None:
         "anyio",
         "nats.js",
     ]
+
+
+FORBIDDEN_IN_QUERY = FORBIDDEN_IN_DOMAIN - {"sqlite3"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "query").glob("*.py")), ids=lambda p: p.name)
+def test_the_query_language_needs_only_the_domain_and_sqlite(path: Path) -> None:
+    # the watch (async) and the QueryService (gRPC) call it; it calls nothing of theirs
+    bad = sorted(n for n in imported_modules(path) if violates(n, FORBIDDEN_IN_QUERY))
+    assert not bad, f"{path.name} imports {bad}"
