@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from aggregate.domain.envelopes import JsonObject
+    from aggregate.domain.schemas import CommandSchemas
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +81,14 @@ class AggregateProgram(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AggregateTypeSpec:
-    """A configured aggregate type: its program and the state before any event."""
+    """A configured aggregate type: its program and the state before any event; ``schemas``
+    are its command schemas (``None``: none), checked before the program runs, so a swap of
+    specs swaps them with the programs."""
 
     name: str
     program: AggregateProgram
     initial_state: JsonObject = field(default_factory=dict)
+    schemas: CommandSchemas | None = None
 
 
 def _default_pool_size() -> int:

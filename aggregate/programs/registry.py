@@ -76,6 +76,7 @@ def build_specs(
             name=name,
             program=build_program(spec, limits=limits, pool=pool),
             initial_state=json_copy(spec.initial_state),
+            schemas=spec.schemas or None,
         )
     return specs
 

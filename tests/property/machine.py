@@ -38,6 +38,7 @@ from aggregate.domain.errors import (
     BackendUnavailableError,
 )
 from aggregate.domain.ids import AggregateKey, uuid7_at
+from aggregate.domain.schemas import CommandSchemas
 from aggregate.gateway.v1 import aggregate_pb2 as pb
 from aggregate.programs.base import AggregateTypeSpec
 from aggregate.testing.memory_snapshots import InMemorySnapshotStore
@@ -65,10 +66,15 @@ class World:
     supports_faults: bool = False
     tenant_prefix: str = ""
     program: Any = None
+    schemas: CommandSchemas | None = None  # the bank example's command schemas, or none
 
     def types(self) -> StaticTypes:
         program = self.program or FunctionProgram(TYPE, bank.decide, bank.apply)
-        return StaticTypes({TYPE: AggregateTypeSpec(TYPE, program)})
+        return StaticTypes({TYPE: AggregateTypeSpec(TYPE, program, schemas=self.schemas)})
+
+    def model_schemas(self) -> dict[str, dict[str, Any]]:
+        """The same schemas as plain JSON, for the model's own validator."""
+        return dict(self.schemas.schemas) if self.schemas else {}
 
     def new_handler(self) -> CommandHandler:
         return CommandHandler(
@@ -96,6 +102,8 @@ commands = st.one_of(
     st.builds(lambda n: {"type": "Deposit", "amount": n}, st.integers(-5, 100)),
     st.builds(lambda n: {"type": "Withdraw", "amount": n}, st.integers(1, 150)),
     st.just({"type": "Deposit", "amount": "10"}),
+    st.just({"type": "Withdraw"}),
+    st.just({"type": "OpenAccount", "owner": 7}),
     st.just({"type": "Freeze"}),
 )
 
@@ -154,7 +162,10 @@ class HandlerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.world: World = type(self).make_world()
-        self.model = Model({TYPE: ModelType(bank.decide, bank.apply)}, HISTORY_LIMIT)
+        self.model = Model(
+            {TYPE: ModelType(bank.decide, bank.apply, schemas=self.world.model_schemas())},
+            HISTORY_LIMIT,
+        )
         self.nodes = [self.world.new_handler(), self.world.new_handler()]
         self.clock_ms = 1_750_000_000_000
         self.counter = itertools.count()
@@ -457,10 +468,13 @@ def bank_manifest_type() -> Any:
     return load_manifest(example_manifest_path("bank")).types[TYPE]
 
 
-def memory_world_factory(backend: str = "trio", program: str = "function") -> Any:
+def memory_world_factory(
+    backend: str = "trio", program: str = "function", *, schemas: bool = False
+) -> Any:
     """Worlds on the in-memory store. ``program``: ``function`` (the model's own rules),
     ``starlark-inline`` or ``starlark-process`` (the bundled Starlark bank example, so the
-    model also checks the example program)."""
+    model also checks the example program). ``schemas``: the bank example's command
+    schemas guard the type (the model checks them with another validator)."""
     from aggregate.programs.pool import WorkerPool
     from aggregate.programs.starlark_program import StarlarkInlineProgram, StarlarkProcessProgram
     from aggregate.testing.memory_store import InMemoryEventStore
@@ -470,6 +484,8 @@ def memory_world_factory(backend: str = "trio", program: str = "function") -> An
         portal = stack.enter_context(anyio.from_thread.start_blocking_portal(backend))
         world = World(portal=portal, store=InMemoryEventStore(), supports_faults=True)
         world.close = stack.close  # type: ignore[method-assign]
+        if schemas:
+            world.schemas = bank_manifest_type().schemas
         if program != "function":
             spec = bank_manifest_type()
             if program == "starlark-inline":
