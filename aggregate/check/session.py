@@ -3,13 +3,19 @@ type, gather findings and warnings."""
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from hypothesis import configuration
 
 from aggregate.check.explore import ExploreOptions, explore_type
 from aggregate.check.runners import open_runners
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from aggregate.check.findings import Finding
     from aggregate.domain.manifest import Manifest
     from aggregate.programs.base import ProgramLimits
@@ -38,6 +44,19 @@ def _sources(spec: Any) -> list[str]:
     return (["schemas"] if spec.schemas else []) + (["examples"] if spec.examples else [])
 
 
+@contextlib.contextmanager
+def _hypothesis_home() -> Iterator[None]:
+    """Hypothesis keeps caches under its home directory (``./.hypothesis`` by default): a
+    check must not leave one in the user's directory, so it gets a temporary one."""
+    previous = getattr(configuration, "__hypothesis_home_directory", None)
+    with tempfile.TemporaryDirectory(prefix="aggregate-check-") as home:
+        configuration.set_hypothesis_home_dir(home)
+        try:
+            yield
+        finally:
+            configuration.set_hypothesis_home_dir(previous)
+
+
 def check_programs(manifest: Manifest, limits: ProgramLimits, options: CheckOptions) -> CheckReport:
     """Explore every type of ``manifest`` (already compiled by ``check_manifest``).
 
@@ -45,7 +64,7 @@ def check_programs(manifest: Manifest, limits: ProgramLimits, options: CheckOpti
         ProgramError: a worker process could not start.
     """
     report = CheckReport()
-    with open_runners(manifest, limits) as runners:
+    with _hypothesis_home(), open_runners(manifest, limits) as runners:
         for name, spec in sorted(manifest.types.items()):
             if not _sources(spec):
                 report.explored[name] = {"commands_from": [], "skipped": NOTHING_TO_EXPLORE}
