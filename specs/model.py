@@ -74,7 +74,9 @@ class ModelType:
     def payload_fits(self, payload: dict[str, Any]) -> bool:
         """A command whose type has a schema must match it; other types always fit."""
         schema = self.schemas.get(payload.get("type"))  # type: ignore[arg-type]
-        return schema is None or jsonschema.Draft7Validator(schema).is_valid(payload)
+        return schema is None or jsonschema.validators.validator_for(
+            schema, default=jsonschema.Draft201909Validator
+        )(schema).is_valid(payload)
 
 
 class Model:

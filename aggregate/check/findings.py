@@ -61,6 +61,8 @@ class FoundError(Exception):
 
 
 _ROLE = re.compile(r"^[^:\n]*: (?:the Starlark interpreter failed in )?(decide|apply)\b")
+_CRASH = re.compile(r"^[^:\n]*: (?:decide|apply) (?:failed at |\([^\n]*?\) raised )")
+"""A program's own crash (its message follows, and may say anything)."""
 _NOT_JSON = ("not plain JSON", "is refused", "not a JSON value", "not a finite number")
 
 
@@ -71,7 +73,7 @@ def classify(exc: ProgramError | ProgramLimitError) -> FindingKind:
     if isinstance(exc, ProgramLimitError):
         return FindingKind.OVER_BUDGET
     message = exc.message
-    if any(marker in message for marker in _NOT_JSON):
+    if _CRASH.match(message) is None and any(marker in message for marker in _NOT_JSON):
         return FindingKind.STATE_NOT_JSON
     match = _ROLE.match(message)
     if match is not None and match.group(1) == "apply":

@@ -141,7 +141,9 @@ def fits_bank_schema(payload: dict[str, Any]) -> bool:
     """Whether ``payload`` matches the bank example's schema of its command type, checked
     with the reference ``jsonschema`` library (the service uses another validator)."""
     schema = _bank_schemas().get(payload["type"])
-    return schema is None or jsonschema.Draft7Validator(schema).is_valid(payload)
+    return schema is None or jsonschema.validators.validator_for(
+        schema, default=jsonschema.Draft201909Validator
+    )(schema).is_valid(payload)
 
 
 def payload_cases() -> st.SearchStrategy[Case[str]]:

@@ -222,6 +222,14 @@ def test_a_clean_program_has_no_findings() -> None:
             FindingKind.APPLY_FAILED,
         ),
         (ProgramError("something else"), FindingKind.DECIDE_CRASHED),
+        (
+            ProgramError("t: decide failed at x.star:1:1: fail: the payment is refused"),
+            FindingKind.DECIDE_CRASHED,
+        ),
+        (
+            ProgramError("t: apply (m:apply) raised ValueError: not plain JSON, it said"),
+            FindingKind.APPLY_FAILED,
+        ),
     ],
 )
 def test_program_errors_are_classified(error: ProgramError, kind: FindingKind) -> None:
