@@ -103,34 +103,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(settings, log_drops=(lambda: float(sink.dropped)) if sink else None)
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    import trio
-
-    from aggregate.config import manifest_from_settings
-    from aggregate.programs.registry import check_manifest, isolation_warnings
-    from aggregate.service.core import program_limits
-
-    settings = _settings(args)
-    manifest = manifest_from_settings(settings)
-    trio.run(lambda: check_manifest(manifest, limits=program_limits(settings)))
-    warnings = isolation_warnings(manifest)
-    for warning in warnings:
-        print(f"aggregate check: WARNING: {warning}", file=sys.stderr)
-    _print(
-        {
-            "ok": True,
-            "config": str(settings.config_path) if settings.config_path else None,
-            "manifest": manifest.origin,
-            "aggregate_types": {
-                name: {"language": t.language.value, "isolation": t.isolation.value}
-                for name, t in sorted(manifest.types.items())
-            },
-            "warnings": warnings,
-        }
-    )
-    return EXIT_OK
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
     from aggregate.adapters.grpc import client
 
@@ -414,16 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", type=_uuid, required=True, help="aggregate id")
     p.set_defaults(run=cmd_events)
 
-    p = verbs.add_parser(
-        "check",
-        help="validate a configuration and compile its programs",
-        description="Load the configuration as `serve` would (config file, AGGREGATE_* "
-        "variables, manifest), compile every aggregate type's programs, and print a summary "
-        "as JSON. Connects to nothing. Exit code 2 names what is wrong.",
-    )
-    _config_options(p, example="check a bundled example manifest")
-    _manifest_option(p)
-    p.set_defaults(run=cmd_check)
+    from aggregate.cli_check import add_check_verb
+
+    add_check_verb(verbs)
 
     p = verbs.add_parser(
         "shards",

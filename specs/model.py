@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import jsonschema
+
 from aggregate.domain.errors import (
     AggregateError,
     CommandIdTooOldError,
@@ -69,6 +71,16 @@ class ModelType:
     apply: Apply
     initial_state: dict[str, Any] = field(default_factory=dict)
     version: str = ""
+    schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """JSON Schema per command type; checked here with the reference ``jsonschema``
+    library (the service uses another validator, so the two are compared)."""
+
+    def payload_fits(self, payload: dict[str, Any]) -> bool:
+        """A command whose type has a schema must match it; other types always fit."""
+        schema = self.schemas.get(payload.get("type"))  # type: ignore[arg-type]
+        return schema is None or jsonschema.validators.validator_for(
+            schema, default=jsonschema.Draft201909Validator
+        )(schema).is_valid(payload)
 
 
 class Model:
@@ -109,6 +121,8 @@ class Model:
         if key[1] not in self.types:
             return UnknownAggregateTypeError
         kind = self.types[key[1]]
+        if not kind.payload_fits(payload):
+            return InvalidArgumentError  # before anything else: nothing read or stored
         self.activity[key[0]] = self.activity.get(key[0], 0) + 1
         agg = self.aggregate(key)
         if command_id in self.remembered(agg):

@@ -174,6 +174,8 @@ class CommandHandler:
 
         Raises:
             UnknownAggregateTypeError: the type is not configured.
+            InvalidArgumentError: the payload does not match its command type's schema
+                (checked first: nothing is loaded, decided or stored).
             TenantUnavailableError, TenantAccessDeniedError: the gate refused the tenant, or
                 stored data names another tenant.
             CircuitOpenError: a breaker of the command path is open; nothing was attempted.
@@ -193,6 +195,8 @@ class CommandHandler:
         if self._tracer is not None:
             _describe_span(key, command.command_id)
         spec = self.types.get(key.aggregate_type)
+        if spec.schemas is not None:
+            spec.schemas.validate(command.payload)
         with (
             self.gate.admit(key.tenant_id),
             self.protection.admit(key.tenant_id),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aggregate.config import values as v
 from aggregate.config.files import read_mapping_file
 from aggregate.config.settings import env_name
-from aggregate.domain.errors import ConfigError
+from aggregate.domain.errors import ConfigError, InvalidArgumentError
 from aggregate.domain.manifest import (
     ANY_TYPE,
     AggregateTypeManifest,
@@ -24,6 +24,11 @@ from aggregate.domain.manifest import (
     Language,
     Manifest,
     ProgramSource,
+)
+from aggregate.domain.schemas import (
+    CommandSchemas,
+    SchemaDefinitionError,
+    compile_command_schemas,
 )
 
 if TYPE_CHECKING:
@@ -37,7 +42,11 @@ TYPE_KEYS = (
     "decide_source",
     "apply_source",
     "initial_state",
+    "schemas",
+    "examples",
 )
+MAX_EXAMPLES = 1000
+"""Most example commands one aggregate type may list."""
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -71,7 +80,8 @@ def parse_aggregate_types(data: object, source: str, base_dir: Path) -> Manifest
 
     Raises:
         ConfigError: a bad type name, unknown key, language or isolation, a missing or
-            unreadable program file, a bad initial_state, or no types at all.
+            unreadable program file, a bad initial_state, a bad command schema (names the
+            command type) or example command, or no types at all.
     """
     section = _Section(source, base_dir)
     if not isinstance(data, dict) or not data:
@@ -115,6 +125,7 @@ def _parse_type(section: _Section, key: str, name: str, spec: object) -> Aggrega
         raise section.error(f"{key}.initial_state", f"is not plain JSON: {exc}") from None
     if plain != initial_state:
         raise section.error(f"{key}.initial_state", "is not plain JSON (keys must be strings)")
+    schemas = _schemas(section, key, spec)
     return AggregateTypeManifest(
         name=name,
         decide=_program(section, key, "decide", spec, language),
@@ -122,7 +133,48 @@ def _parse_type(section: _Section, key: str, name: str, spec: object) -> Aggrega
         language=language,
         isolation=isolation,
         initial_state=plain,
+        schemas=schemas,
+        examples=_examples(section, key, spec, schemas),
     )
+
+
+def _schemas(section: _Section, key: str, spec: dict[str, Any]) -> CommandSchemas:
+    if "schemas" not in spec:
+        return CommandSchemas()
+    try:
+        return compile_command_schemas(spec["schemas"])
+    except SchemaDefinitionError as exc:
+        kind, sep, problem = str(exc).partition(": ")
+        if sep and kind in spec["schemas"]:
+            raise section.error(f"{key}.schemas.{kind}", problem) from None
+        raise section.error(f"{key}.schemas", str(exc)) from None
+
+
+def _examples(
+    section: _Section, key: str, spec: dict[str, Any], schemas: CommandSchemas
+) -> tuple[dict[str, Any], ...]:
+    examples = spec.get("examples", [])
+    if not isinstance(examples, list):
+        raise section.error(f"{key}.examples", "must be a list of commands (JSON objects)")
+    if len(examples) > MAX_EXAMPLES:
+        raise section.error(f"{key}.examples", f"has more than {MAX_EXAMPLES} commands")
+    plain: list[dict[str, Any]] = []
+    for index, example in enumerate(examples):
+        where = f"{key}.examples[{index}]"
+        try:
+            command = json.loads(json.dumps(example, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise section.error(where, f"is not plain JSON: {exc}") from None
+        if not isinstance(command, dict) or command != example:
+            raise section.error(where, "must be a JSON object with string keys")
+        if not isinstance(command.get("type"), str) or not command["type"]:
+            raise section.error(where, 'must have a non-empty string "type"')
+        try:
+            schemas.validate(command)
+        except InvalidArgumentError as exc:
+            raise section.error(where, exc.message) from None
+        plain.append(command)
+    return tuple(plain)
 
 
 def _program(

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from aggregate.domain.schemas import CommandSchemas
+
 
 class Language(StrEnum):
     """How a program is written."""
@@ -50,6 +52,10 @@ class AggregateTypeManifest:
     language: Language = Language.STARLARK
     isolation: Isolation = Isolation.PROCESS
     initial_state: dict[str, Any] = field(default_factory=dict)
+    schemas: CommandSchemas = field(default_factory=CommandSchemas)
+    """Compiled JSON Schemas of command payloads, by command type (``schemas:``)."""
+    examples: tuple[dict[str, Any], ...] = ()
+    """Example commands (``examples:``) that ``aggregate check`` explores from."""
 
 
 @dataclass(frozen=True, slots=True)

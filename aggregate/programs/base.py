@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from aggregate.domain.envelopes import JsonObject
+    from aggregate.domain.schemas import CommandSchemas
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +85,15 @@ class AggregateTypeSpec:
 
     ``version`` is the program version (``program_version``: the hash of the decide and
     apply texts) stored with every message this spec decides; empty when unknown (fakes).
+    ``schemas`` are its command schemas (``None``: none), checked before the program runs,
+    so a swap of specs swaps them with the programs.
     """
 
     name: str
     program: AggregateProgram
     initial_state: JsonObject = field(default_factory=dict)
     version: str = ""
+    schemas: CommandSchemas | None = None
 
 
 def _default_pool_size() -> int:

@@ -87,6 +87,7 @@ def build_specs(
             program=build_program(spec, limits=limits, pool=pool),
             initial_state=json_copy(spec.initial_state),
             version=program_version(spec),
+            schemas=spec.schemas or None,
         )
     return specs
 

@@ -5,11 +5,15 @@ not-quite-JSON) spliced into bank commands, each judged: refused at the boundary
 
 from __future__ import annotations
 
+import functools
 import json
 import string
+from typing import Any
 
+import jsonschema
 from hypothesis import strategies as st
 
+from aggregate.config import example_manifest_path, load_manifest
 from tests.integration.fuzz_strategies import Case, case_of
 from tests.integration.fuzz_support import BUSINESS, INVALID, TOO_BIG
 
@@ -121,7 +125,25 @@ def placed(fragment: Case[str], where: str) -> Case[str]:
     allowed = fragment.allowed
     if "OK" in allowed and where == "type":
         allowed = BUSINESS | INVALID  # a non-string type is invalid, a string one rejected
+    elif allowed == BUSINESS and where in ("owner", "amount"):
+        # A well-formed value meets the bank example's command schema, or is refused by it.
+        allowed = BUSINESS if fits_bank_schema(json.loads(text)) else INVALID
     return case_of(f"{fragment.label} as {where}", text, allowed)
+
+
+@functools.cache
+def _bank_schemas() -> dict[str, Any]:
+    (spec,) = load_manifest(example_manifest_path("bank")).types.values()
+    return dict(spec.schemas.schemas)
+
+
+def fits_bank_schema(payload: dict[str, Any]) -> bool:
+    """Whether ``payload`` matches the bank example's schema of its command type, checked
+    with the reference ``jsonschema`` library (the service uses another validator)."""
+    schema = _bank_schemas().get(payload["type"])
+    return schema is None or jsonschema.validators.validator_for(
+        schema, default=jsonschema.Draft201909Validator
+    )(schema).is_valid(payload)
 
 
 def payload_cases() -> st.SearchStrategy[Case[str]]:

@@ -44,6 +44,7 @@ from aggregate.domain.errors import (
 )
 from aggregate.domain.ids import AggregateKey, uuid7_at
 from aggregate.domain.quota import parse_quota_overrides
+from aggregate.domain.schemas import CommandSchemas
 from aggregate.gateway.v1 import aggregate_pb2 as pb
 from aggregate.programs.base import AggregateTypeSpec
 from aggregate.programs.registry import ProgramRegistry
@@ -81,15 +82,22 @@ class World:
     tenant_prefix: str = ""
     program: Any = None
     registry: ProgramRegistry | None = None
+    schemas: CommandSchemas | None = None  # the bank example's command schemas, or none
 
     def standard_program(self) -> Any:
         return self.program or FunctionProgram(TYPE, bank.decide, bank.apply)
+
+    def model_schemas(self) -> dict[str, dict[str, Any]]:
+        """The same schemas as plain JSON, for the model's own validator."""
+        return dict(self.schemas.schemas) if self.schemas else {}
 
     def types(self) -> ProgramRegistry:
         """The programs every node serves (one registry: a reload reaches every node, and
         a restarted node serves what was reloaded last, as a restarted service would)."""
         if self.registry is None:
-            spec = AggregateTypeSpec(TYPE, self.standard_program(), version=FIRST_VERSION)
+            spec = AggregateTypeSpec(
+                TYPE, self.standard_program(), version=FIRST_VERSION, schemas=self.schemas
+            )
             self.registry = ProgramRegistry({TYPE: spec})
         return self.registry
 
@@ -121,6 +129,8 @@ commands = st.one_of(
     st.builds(lambda n: {"type": "Deposit", "amount": n}, st.integers(-5, 100)),
     st.builds(lambda n: {"type": "Withdraw", "amount": n}, st.integers(1, 150)),
     st.just({"type": "Deposit", "amount": "10"}),
+    st.just({"type": "Withdraw"}),
+    st.just({"type": "OpenAccount", "owner": 7}),
     st.just({"type": "Freeze"}),
 )
 
@@ -180,7 +190,15 @@ class HandlerMachine(RuleBasedStateMachine):
         super().__init__()
         self.world: World = type(self).make_world()
         self.model = Model(
-            {TYPE: ModelType(bank.decide, bank.apply, version=FIRST_VERSION)}, HISTORY_LIMIT
+            {
+                TYPE: ModelType(
+                    bank.decide,
+                    bank.apply,
+                    version=FIRST_VERSION,
+                    schemas=self.world.model_schemas(),
+                )
+            },
+            HISTORY_LIMIT,
         )
         self.reloads = itertools.count(1)
         self.quota_now = 0.0  # the quotas' clock (seconds), advanced by a rule
@@ -219,13 +237,23 @@ class HandlerMachine(RuleBasedStateMachine):
     def key(self, tenant: str, agg: uuid.UUID, kind: str = TYPE) -> AggregateKey:
         return AggregateKey(self.world.tenant_prefix + tenant, kind, agg)
 
-    def admitted(self, node: int, tenant: str, kind: str = TYPE) -> bool:
-        """The model's quota decision for a command about to run on ``node`` (an unknown
-        type is refused before the quota is asked); ``finish`` it after the run."""
-        return kind not in self.model.types or self.quotas[node].admit(tenant)
+    def quota_asked(self, kind: str, payload: dict[str, Any] | None) -> bool:
+        """Whether a command gets as far as the quota: an unknown type or a payload that
+        fails its command schema is refused before."""
+        model_type = self.model.types.get(kind)
+        return model_type is not None and (payload is None or model_type.payload_fits(payload))
 
-    def finish(self, node: int, tenant: str, kind: str = TYPE) -> None:
-        if kind in self.model.types:
+    def admitted(
+        self, node: int, tenant: str, kind: str = TYPE, payload: dict[str, Any] | None = None
+    ) -> bool:
+        """The model's quota decision for a command about to run on ``node`` (True when the
+        quota is not asked); ``finish`` it after the run."""
+        return not self.quota_asked(kind, payload) or self.quotas[node].admit(tenant)
+
+    def finish(
+        self, node: int, tenant: str, kind: str = TYPE, payload: dict[str, Any] | None = None
+    ) -> None:
+        if self.quota_asked(kind, payload):
             self.quotas[node].finish(tenant)
 
     def run(self, node: int, command: Command) -> CommandResult | AggregateError:
@@ -257,7 +285,7 @@ class HandlerMachine(RuleBasedStateMachine):
         expected_version: int | None = None,
         kind: str = TYPE,
     ) -> None:
-        admitted = self.admitted(node, tenant, kind)
+        admitted = self.admitted(node, tenant, kind, payload)
         want = (
             self.model.submit((tenant, kind, agg), command_id, payload, expected_version)
             if admitted
@@ -275,7 +303,7 @@ class HandlerMachine(RuleBasedStateMachine):
         )
         got = self.run(node, command)
         if admitted:
-            self.finish(node, tenant, kind)
+            self.finish(node, tenant, kind, payload)
         self.check(got, want)
 
     # ---- rules ----------------------------------------------------------------------
@@ -339,8 +367,10 @@ class HandlerMachine(RuleBasedStateMachine):
     ) -> None:
         """A request as text, through the real boundary (``command_from_request``) then
         the handler; the model decides from the same text."""
-        accepted = boundary.request(aggregate_id, command_id, payload_json) is not None
-        admitted = accepted and self.admitted(node, tenant)
+        parsed = boundary.request(aggregate_id, command_id, payload_json)
+        accepted = parsed is not None
+        text_payload = parsed[2] if parsed is not None else None
+        admitted = accepted and self.admitted(node, tenant, TYPE, text_payload)
         if accepted and not admitted:
             want: Any = QuotaExceededError
         else:
@@ -365,7 +395,7 @@ class HandlerMachine(RuleBasedStateMachine):
             return
         got = self.run(node, command)
         if admitted:
-            self.finish(node, tenant)
+            self.finish(node, tenant, TYPE, text_payload)
         self.check(got, want)
 
     @rule(
@@ -423,7 +453,7 @@ class HandlerMachine(RuleBasedStateMachine):
         ids = [self.fresh_id(), self.fresh_id()]
         payloads = [first, second]
         results: list[Any] = [None, None]
-        admitted = [self.admitted(i, tenant) for i in (0, 1)]
+        admitted = [self.admitted(i, tenant, TYPE, payloads[i]) for i in (0, 1)]
 
         async def both() -> None:
             async def one(i: int) -> None:
@@ -441,7 +471,7 @@ class HandlerMachine(RuleBasedStateMachine):
         self.world.portal.call(both)
         for i in (0, 1):
             if admitted[i]:
-                self.finish(i, tenant)
+                self.finish(i, tenant, TYPE, payloads[i])
         note(f"concurrent {payloads} -> {results} (admitted {admitted})")
         for order in ((0, 1), (1, 0)):
             trial = copy.deepcopy(self.model)
@@ -469,8 +499,10 @@ class HandlerMachine(RuleBasedStateMachine):
             decide: Any = bank.decide_capped
         else:
             program, decide = self.world.standard_program(), bank.decide
-        self.world.types().replace({TYPE: AggregateTypeSpec(TYPE, program, version=version)})
-        self.model.reload(TYPE, ModelType(decide, bank.apply, version=version))
+        spec = AggregateTypeSpec(TYPE, program, version=version, schemas=self.world.schemas)
+        self.world.types().replace({TYPE: spec})
+        schemas = self.world.model_schemas()
+        self.model.reload(TYPE, ModelType(decide, bank.apply, version=version, schemas=schemas))
         return version
 
     @rule(rules=st.sampled_from(["standard", "capped"]))
@@ -491,7 +523,7 @@ class HandlerMachine(RuleBasedStateMachine):
         """A reload lands while a command is in flight: the command finishes on the version
         it started with, the next ones run the new one."""
         command_id = self.fresh_id()
-        admitted = self.admitted(node, tenant)
+        admitted = self.admitted(node, tenant, TYPE, payload)
         want = (
             self.model.submit((tenant, TYPE, agg), command_id, payload)
             if admitted
@@ -514,7 +546,7 @@ class HandlerMachine(RuleBasedStateMachine):
         finally:
             vars(registry).pop("get", None)
         if admitted:
-            self.finish(node, tenant)
+            self.finish(node, tenant, TYPE, payload)
         self.check(got, want)
 
     @rule(node=st.integers(0, 1))
@@ -687,10 +719,13 @@ def bank_manifest_type() -> Any:
     return load_manifest(example_manifest_path("bank")).types[TYPE]
 
 
-def memory_world_factory(backend: str = "trio", program: str = "function") -> Any:
+def memory_world_factory(
+    backend: str = "trio", program: str = "function", *, schemas: bool = False
+) -> Any:
     """Worlds on the in-memory store. ``program``: ``function`` (the model's own rules),
     ``starlark-inline`` or ``starlark-process`` (the bundled Starlark bank example, so the
-    model also checks the example program)."""
+    model also checks the example program). ``schemas``: the bank example's command
+    schemas guard the type (the model checks them with another validator)."""
     from aggregate.programs.pool import WorkerPool
     from aggregate.programs.starlark_program import StarlarkInlineProgram, StarlarkProcessProgram
 
@@ -699,6 +734,8 @@ def memory_world_factory(backend: str = "trio", program: str = "function") -> An
         portal = stack.enter_context(anyio.from_thread.start_blocking_portal(backend))
         world = World(portal=portal, store=InMemoryEventStore(), supports_faults=True)
         world.close = stack.close  # type: ignore[method-assign]
+        if schemas:
+            world.schemas = bank_manifest_type().schemas
         if program != "function":
             spec = bank_manifest_type()
             if program == "starlark-inline":
