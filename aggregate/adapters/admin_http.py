@@ -162,10 +162,9 @@ def _http_error_reason(exc: HTTPException, limits: HttpLimits) -> str:
     path = shorten(request.path, 60)
     if isinstance(exc, NotFound):
         return (
-            f"no endpoint at {path}; this server answers /health, /ready, /metrics, "
-            "/admin/tenants, /admin/drain, /admin/reload, /admin/log-level, /admin/programs, "
-            "/admin/programs/reload, /admin/shards and "
-            "/admin/tenant/{id}/status, /ready, /drain, /accept, /move"
+            f"no endpoint at {path}; this server answers /health, /ready, /metrics and the "
+            "admin API under /admin/ (tenants, tenant/{id}/..., drain, reload, programs, "
+            "shards, log-level)"
         )
     if isinstance(exc, MethodNotAllowed):
         allowed = ", ".join(sorted(exc.valid_methods or ()))
