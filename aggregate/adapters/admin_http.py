@@ -52,6 +52,7 @@ from aggregate.domain.context import RequestContext
 from aggregate.domain.errors import ConfigError, TenantUnavailableError
 from aggregate.domain.ids import validate_tenant_id
 from aggregate.domain.status import new_error_id, public_message, status_of
+from aggregate.ingest.admin_routes import install_ingest_routes
 from aggregate.logcontext import log_context
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     )
 
     from aggregate.application.admin import AdminBackend, DrainRequest
+    from aggregate.ingest.admin_routes import IngestAdmin
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +159,7 @@ def _http_error_reason(exc: HTTPException, limits: HttpLimits) -> str:
         return (
             f"no endpoint at {path}; this server answers /health, /ready, /metrics, "
             "/admin/tenants, /admin/drain, /admin/reload, /admin/log-level and "
-            "/admin/tenant/{id}/status, /ready, /drain"
+            "/admin/tenant/{id}/status, /ready, /drain, /admin/ingest/run, /sources, /consumed"
         )
     if isinstance(exc, MethodNotAllowed):
         allowed = ", ".join(sorted(exc.valid_methods or ()))
@@ -176,6 +178,7 @@ def build_app(
     metrics: MetricsRenderer,
     drain_timeout_s: float,
     limits: HttpLimits,
+    ingest: IngestAdmin | None = None,
 ) -> Quart:
     """The Quart app of the admin API (without the guard and context middlewares)."""
     app: Quart = QuartTrio(__name__)
@@ -286,6 +289,7 @@ def build_app(
         # 202: the drain is in force but commands are still running.
         return _json(report, 200 if report["drained"] else 202)
 
+    install_ingest_routes(app, ingest)
     return app
 
 
@@ -378,6 +382,7 @@ class AdminServer:
         drain_timeout_s: float = 10.0,
         graceful_timeout_s: float = 2.0,
         limits: HttpLimits | None = None,
+        ingest: IngestAdmin | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -389,6 +394,7 @@ class AdminServer:
             metrics=metrics,
             drain_timeout_s=drain_timeout_s,
             limits=self.limits,
+            ingest=ingest,
         )
         self.app = RequestContextMiddleware(RequestGuard(self.quart_app, self.limits))
         self.address: tuple[str, int] | None = None

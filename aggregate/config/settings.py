@@ -22,6 +22,7 @@ from aggregate.config.fieldmeta import meta, ms
 from aggregate.config.sections import LifecycleSettings
 from aggregate.domain.ids import DEFAULT_TENANT
 from aggregate.domain.manifest import Manifest
+from aggregate.ingest.sources import SourceConfig, parse_sources
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -113,6 +114,71 @@ class Settings(LifecycleSettings):
     trace_export_timeout_ms: int = field(
         default=10_000,
         metadata=ms("Deadline of one span export request, and of the final export on shutdown."),
+    )
+    # --- usage ingestion ---
+    ingest_sources: tuple[SourceConfig, ...] = field(
+        default=(),
+        metadata=meta(
+            parse_sources,
+            "Usage sources to ingest: a list of directory and JetStream sources "
+            "(JSON text in the environment).",
+            kind="list",
+        ),
+    )
+    ingest_interval_ms: int = field(
+        default=300_000,
+        metadata=ms("How often `serve` runs the ingestor over every source.", minimum=1000),
+    )
+    ingest_aggregate_type: str = field(
+        default="billing-account",
+        metadata=meta(
+            v.parse_aggregate_type, "The ledger aggregate type records are charged to.", kind="name"
+        ),
+    )
+    ingest_progress_bucket: str = field(
+        default="AGGREGATE_INGEST_PROGRESS",
+        metadata=meta(
+            v.name_parser("KV bucket"), "NATS KV bucket of per-source progress.", kind="name"
+        ),
+    )
+    ingest_consumed_bucket: str = field(
+        default="AGGREGATE_INGEST_CONSUMED",
+        metadata=meta(
+            v.name_parser("KV bucket"), "NATS KV bucket of the consumed-record index.", kind="name"
+        ),
+    )
+    ingest_max_file_bytes: int = field(
+        default=8 * 1024 * 1024,
+        metadata=meta(
+            v.int_parser(1024, 256 * 1024 * 1024),
+            "Largest batch file (or message), bytes; larger halts the source.",
+            kind="int",
+        ),
+    )
+    ingest_max_records_per_batch: int = field(
+        default=100_000,
+        metadata=meta(v.int_parser(1, 10_000_000), "Most records in one batch.", kind="int"),
+    )
+    ingest_max_files_per_source: int = field(
+        default=2000,
+        metadata=meta(v.int_parser(1, 5000), "Most batch files in one node directory.", kind="int"),
+    )
+    ingest_concurrency: int = field(
+        default=64,
+        metadata=meta(
+            v.int_parser(1, 1024), "Records of one source in flight at once.", kind="int"
+        ),
+    )
+    ingest_progress_log_ms: int = field(
+        default=10_000, metadata=ms("Interval of a long run's progress log line per source.")
+    )
+    ingest_fetch_timeout_ms: int = field(
+        default=2000,
+        metadata=ms("Wait for JetStream source messages (one fetch); none: the run ends."),
+    )
+    ingest_ack_wait_ms: int = field(
+        default=60_000,
+        metadata=ms("JetStream source consumers' ack wait (redelivery of unacknowledged batches)."),
     )
     # --- not variables ---
     aggregate_types: Manifest | None = field(
@@ -249,6 +315,11 @@ class Settings(LifecycleSettings):
     def snapshot_flush_timeout_seconds(self) -> float:
         """``snapshot_flush_timeout_ms`` in seconds."""
         return self.snapshot_flush_timeout_ms / 1000
+
+    @property
+    def ingest_interval_seconds(self) -> float:
+        """``ingest_interval_ms`` in seconds."""
+        return self.ingest_interval_ms / 1000
 
 
 _ENV_NAMES = {

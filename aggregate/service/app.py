@@ -27,6 +27,7 @@ from aggregate.adapters.snapshotter import Snapshotter
 from aggregate.adapters.sqlite_snapshots import SqliteSnapshotStore
 from aggregate.adapters.tracing import open_tracing
 from aggregate.bridge import Island
+from aggregate.ingest.subsystem import IngestSubsystem
 from aggregate.service.admin_backend import VERSION, IslandAdminBackend
 from aggregate.service.core import CoreInfo, IslandCore
 from aggregate.service.embedded import EmbeddedNats
@@ -65,6 +66,7 @@ class Service:
         self.island = Island()
         self.core: IslandCore | None = None
         self.embedded: EmbeddedNats | None = None
+        self.ingest: IngestSubsystem | None = None
         self.clean_drain = True
         self._shutdown = trio.Event()
         self._core_done = trio.Event()
@@ -183,6 +185,10 @@ class Service:
             async with trio.open_nursery() as snapshot_nursery:
                 await snapshot_nursery.start(snapshotter.serve)
                 backend = IslandAdminBackend(self, island, core)
+                if core.ingestor is not None:
+                    self.ingest = IngestSubsystem(
+                        island, core.ingestor, interval_s=settings.ingest_interval_seconds
+                    )
                 admin = AdminServer(
                     backend,
                     token=settings.admin_token,
@@ -196,6 +202,7 @@ class Service:
                         max_headers=settings.http_max_headers,
                         body_timeout_s=settings.http_body_timeout_seconds,
                     ),
+                    ingest=self.ingest,
                 )
                 async with trio.open_nursery() as admin_nursery:
                     http_host, http_port = await admin_nursery.start(admin.serve)
@@ -207,6 +214,8 @@ class Service:
                     gc.freeze()
                     log.info("froze %d startup objects out of the cyclic GC", gc.get_freeze_count())
                     await island.call(core.set_serving, True)
+                    if self.ingest is not None:  # periodic runs, once the node serves
+                        await admin_nursery.start(self.ingest.serve)
                     log.info(
                         "serving gRPC on %s:%d, admin HTTP on %s:%d, NATS %s, types %s",
                         info.grpc_host,

@@ -30,6 +30,7 @@ from aggregate.config import manifest_from_settings
 from aggregate.config.values import redact_url_credentials
 from aggregate.domain.manifest import Isolation, Language
 from aggregate.domain.placement import PlacementDecision
+from aggregate.ingest.wiring import build_ingestor
 from aggregate.programs.base import ProgramLimits
 from aggregate.programs.pool import WorkerPool
 from aggregate.programs.registry import ProgramRegistry, check_manifest, isolation_warnings
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from aggregate.application.placement import PlacementChange
     from aggregate.application.ports import SnapshotSink, SnapshotStore
     from aggregate.config import Settings
+    from aggregate.ingest.runner import Ingestor
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,11 @@ class IslandCore:
         snapshot_sink: SnapshotSink,
         metrics: Metrics,
         tracer: Tracer | None = None,
+        serve_grpc: bool = True,
     ) -> None:
         self.settings = settings
+        self.serve_grpc = serve_grpc
+        self.ingestor: Ingestor | None = None
         self.tracer = tracer
         self.nats_url = nats_url
         self.snapshots = snapshots
@@ -180,10 +185,14 @@ class IslandCore:
                 observer=self.metrics,
                 tracer=self.tracer,
             )
+            if settings.ingest_sources:
+                self.ingestor = build_ingestor(settings, handler, self.registry, nc, self.metrics)
             async with anyio.create_task_group() as tg:
                 await tg.start(self.controller.run, self.watcher.updates())
-                host, port = await self.server.start()
-                stack.push_async_callback(self.server.aclose)
+                host, port = "", 0
+                if self.serve_grpc:  # `aggregate ingest --once` needs the handler only
+                    host, port = await self.server.start()
+                    stack.push_async_callback(self.server.aclose)
                 self._publish_readiness()  # NOT_SERVING until the service says it serves
                 report(CoreInfo(host, port, self.nats_url, tuple(self.registry.names())))
                 await self._stop.wait()
