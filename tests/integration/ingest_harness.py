@@ -111,3 +111,45 @@ def ledger(nats_url: str, account: str, tenant: str = TENANT) -> Ledger:
             charges[event["payload"]["idempotency_key"]] += 1
             balance -= event["payload"]["cost_cents"]
     return Ledger(charges, balance)
+
+
+def consumed_entries(nats_url: str, tenant: str = TENANT) -> list[dict[str, Any]]:
+    """Every entry of the consumed-record index, paged as the admin route pages it."""
+    import asyncio
+
+    import nats
+
+    from aggregate.ingest.kv import NatsConsumedIndex
+
+    async def read() -> list[dict[str, Any]]:
+        nc = await nats.connect(nats_url, connect_timeout=5)
+        try:
+            index = NatsConsumedIndex(nc, "AGGREGATE_INGEST_CONSUMED", timeout_s=5)
+            out: list[dict[str, Any]] = []
+            after = 0
+            while True:
+                page = await index.page(tenant, after=after, limit=500, source=None)
+                out.extend(entry.as_dict() for _, entry in page.entries)
+                if page.next_after is None:
+                    return out
+                after = page.next_after
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
+
+
+def delete_progress(nats_url: str) -> None:
+    """Drop every source's progress (the bucket itself)."""
+    import asyncio
+
+    import nats
+
+    async def drop() -> None:
+        nc = await nats.connect(nats_url, connect_timeout=5)
+        try:
+            await nc.jetstream(timeout=5).delete_key_value("AGGREGATE_INGEST_PROGRESS")
+        finally:
+            await nc.close()
+
+    asyncio.run(drop())
