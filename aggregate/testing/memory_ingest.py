@@ -75,9 +75,12 @@ class InMemoryConsumedIndex:
         return ConsumedPage(entries, found[-1][0] if found else None)
 
 
-def billing_handler(store: EventStore | None = None) -> CommandHandler:
+def billing_handler(
+    store: EventStore | None = None, *, history_limit: int = 1000
+) -> CommandHandler:
     """A command handler serving the billing example's ledger (inline Starlark) on an
-    in-memory event store (or ``store``)."""
+    in-memory event store (or ``store``). A small ``history_limit`` makes repeats reach the
+    ledger's own check instead of the command-id history."""
     import dataclasses
 
     from aggregate.application.handler import CommandHandler, HandlerSettings
@@ -98,5 +101,5 @@ def billing_handler(store: EventStore | None = None) -> CommandHandler:
     return CommandHandler(
         store=store or InMemoryEventStore(),
         types=StaticTypes(build_specs(manifest)),
-        settings=HandlerSettings(retry_backoff_s=0),
+        settings=HandlerSettings(retry_backoff_s=0, history_limit=history_limit),
     )

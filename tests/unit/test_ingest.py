@@ -23,9 +23,16 @@ from aggregate.testing.memory_ingest import (
     InMemoryProgressStore,
     billing_handler,
 )
+from aggregate.testing.memory_store import InMemoryEventStore
 
 pytestmark = pytest.mark.anyio
 TENANT = "acme"
+
+
+def FOREVER_STORE() -> InMemoryEventStore:
+    """No duplicate window (and a one-command history in the handlers below): repeats reach
+    the ledger's own check, the one that holds forever."""
+    return InMemoryEventStore(duplicate_window_s=0)
 
 
 @pytest.fixture
@@ -58,7 +65,7 @@ def write(root: Path, node: str, name: str, records: list[dict[str, Any]]) -> Pa
 class Rig:
     def __init__(self, root: Path, handler: CommandHandler | None = None, **kw: Any) -> None:
         self.root = root
-        self.handler = handler or billing_handler()
+        self.handler = handler or billing_handler(FOREVER_STORE(), history_limit=1)
         self.progress = kw.pop("progress", InMemoryProgressStore())
         self.index = kw.pop("index", InMemoryConsumedIndex())
         self.ingestor = Ingestor(
@@ -150,7 +157,7 @@ async def test_deleted_progress_rereads_everything_and_charges_nothing_twice(
 
 
 async def test_two_ingestors_on_one_source_at_once_charge_each_key_once(tmp_path: Path) -> None:
-    handler = billing_handler()
+    handler = billing_handler(FOREVER_STORE(), history_limit=1)
     index = InMemoryConsumedIndex()
     progress = InMemoryProgressStore()
     one = Rig(tmp_path, handler, index=index, progress=progress)
