@@ -67,6 +67,17 @@ class IngestOptions:
     ack_wait_s: float = 60.0
 
 
+def _distinct_keys(records: list[UsageRecord]) -> list[UsageRecord]:
+    """The leading records with no repeated idempotency key: a repeat waits for the next
+    batch, so the first occurrence of a key is always the one charged first."""
+    seen: set[str] = set()
+    for i, record in enumerate(records):
+        if record.idempotency_key in seen:
+            return records[:i]
+        seen.add(record.idempotency_key)
+    return records
+
+
 class Charger:
     """Claims and charges records for every source of one ingestor."""
 
@@ -225,7 +236,7 @@ class SourceRun:
         width = self.charger.options.concurrency
         done = start
         while done < len(records):
-            chunk = records[done : done + width]
+            chunk = _distinct_keys(records[done : done + width])
             outcomes: list[bool | Exception] = [False] * len(chunk)
 
             async with anyio.create_task_group() as tg:
