@@ -136,7 +136,7 @@ class SourceReport:
     tenant_id: str
     source: str
     kind: str
-    status: str = "consumed"  # consumed | skipped | halted | failed
+    status: str = "consumed"  # consumed | skipped | halted | failed | not_hosted
     records_read: int = 0
     charged: int = 0
     already_charged: int = 0

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from aggregate.domain.errors import AggregateError, InvalidArgumentError, quote
+from aggregate.domain.errors import (
+    AggregateError,
+    InvalidArgumentError,
+    TenantUnavailableError,
+    quote,
+)
 from aggregate.domain.status import status_of
 from aggregate.ingest.charge import Charger, SourceRun, utc_now
 from aggregate.ingest.directory import DirectorySource, node_directories, run_directory
@@ -51,8 +56,11 @@ class RunSummary:
 
     @property
     def ok(self) -> bool:
-        """No source halted or failed, and every root could be listed."""
-        return not self.problems and all(r.status in ("consumed", "skipped") for r in self.reports)
+        """No source halted or failed, and every root could be listed (a source whose tenant
+        another node hosts is left to that node)."""
+        return not self.problems and all(
+            r.status in ("consumed", "skipped", "not_hosted") for r in self.reports
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -173,6 +181,12 @@ class Ingestor:
                 if self.nc is None:
                     raise InvalidArgumentError("JetStream sources need a NATS connection")
                 await run_jetstream(source, run, self.nc)
+        except TenantUnavailableError as exc:
+            # Placement applies: another node hosts the tenant (or it is draining here);
+            # that node ingests it. What was charged stays charged; progress is saved.
+            run.report.status = "not_hosted"
+            run.report.error = SourceError(f"UNAVAILABLE: {exc.message}", at=utc_now())
+            log.info("ingest source %s/%s: tenant not hosted here", source.tenant_id, source.name)
         except (AggregateError, OSError) as exc:
             reason = exc.message if isinstance(exc, AggregateError) else (
                 f"cannot read the source: {exc.strerror or type(exc).__name__}"

@@ -81,6 +81,22 @@ class KillingCharger(Charger):
         return await super().charge(tenant_id, source, record)
 
 
+class KillAfterClaim(InMemoryConsumedIndex):
+    """Kills the run right after its n-th claim is written, before the record's charge."""
+
+    def __init__(self, base: InMemoryConsumedIndex, after: int, progress: KillableProgress):
+        super().__init__()
+        self.entries, self.base, self.left, self.progress = base.entries, base, after, progress
+
+    async def claim(self, tenant_id: str, entry: Any) -> Any:
+        claim = await self.base.claim(tenant_id, entry)
+        if self.left <= 0:
+            self.progress.killed = True
+            raise Killed
+        self.left -= 1
+        return claim
+
+
 class IngestMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -169,6 +185,21 @@ class IngestMachine(RuleBasedStateMachine):
             note(f"run killed after {after} charges")
         else:
             note(f"run finished before its kill after {after} charges")
+            self.model.complete_run()
+        finally:
+            self.progress.killed = False
+
+    @rule(after=st.integers(0, 6))
+    def run_killed_between_claim_and_charge(self, after: int) -> None:
+        ingestor = self.ingestor(1)
+        ingestor.charger.index = KillAfterClaim(self.index, after, self.progress)
+        try:
+            self.portal.call(ingestor.run_once)
+        except Exception as exc:
+            if not _holds_killed(exc):
+                raise
+            note(f"run killed after claim {after + 1}, before its charge")
+        else:
             self.model.complete_run()
         finally:
             self.progress.killed = False

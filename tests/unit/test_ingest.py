@@ -261,3 +261,19 @@ def test_ids_are_deterministic_and_tenant_scoped() -> None:
     # to a new, empty ledger) cannot go unnoticed.
     namespace = uuid.UUID("6c1d0f0e-3b7a-5e34-9a51-0b6f2c8e4d10")
     assert account_aggregate_id("t", "ann") == uuid.uuid5(namespace, "t/ann")
+
+
+async def test_a_tenant_hosted_elsewhere_is_left_to_its_node(tmp_path: Path) -> None:
+    from aggregate.application.gate import TenantGate
+    from aggregate.domain.placement import PlacementDecision, PlacementMap
+
+    rig = Rig(tmp_path)
+    elsewhere = PlacementMap.of({TENANT: "shard-2"})
+    rig.handler.gate = TenantGate(PlacementDecision("local", placement=elsewhere))
+    write(tmp_path, "A", "usage_2026-01-01-00.toml", [rec("k", 5, "ann")])
+    summary = (await rig.ingestor.run_once()).as_dict()
+    assert summary["ok"]
+    assert summary["sources"][0]["status"] == "not_hosted"
+    assert summary["charged"] == 0
+    rig.handler.gate = TenantGate(PlacementDecision("local"))  # the tenant arrives here
+    assert (await rig.ingestor.run_once()).as_dict()["charged"] == 1
