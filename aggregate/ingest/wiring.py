@@ -71,5 +71,9 @@ def build_ingestor(
         ),
         options=ingest_options(settings),
         nc=nc,
-        metrics=IngestMetrics(metrics.registry) if metrics is not None else None,
+        metrics=(
+            IngestMetrics(metrics.registry, tenant_labels=settings.metrics_tenant_labels)
+            if metrics is not None
+            else None
+        ),
     )

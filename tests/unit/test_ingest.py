@@ -277,3 +277,21 @@ async def test_a_tenant_hosted_elsewhere_is_left_to_its_node(tmp_path: Path) -> 
     assert summary["charged"] == 0
     rig.handler.gate = TenantGate(PlacementDecision("local"))  # the tenant arrives here
     assert (await rig.ingestor.run_once()).as_dict()["charged"] == 1
+
+
+def test_ingest_metrics_follow_the_tenant_label_setting() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from aggregate.ingest.metrics import IngestMetrics
+
+    for tenant_labels, line in (
+        (True, 'aggregate_ingest_records_total{outcome="charged",source="A",tenant_id="t"} 2.0'),
+        (False, 'aggregate_ingest_records_total{outcome="charged",source="A"} 2.0'),
+    ):
+        registry = CollectorRegistry()
+        metrics = IngestMetrics(registry, tenant_labels=tenant_labels)
+        metrics.records("t", "A", 2, 1)
+        metrics.finished("t", "A", lag=3, at=1.0)
+        text = generate_latest(registry).decode()
+        assert line in text
+        assert "aggregate_ingest_lag{" in text
