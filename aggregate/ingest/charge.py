@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import random
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,12 @@ import anyio
 
 from aggregate.application.ingest_ports import ProgressConflictError
 from aggregate.domain.envelopes import Command
-from aggregate.domain.errors import BackendUnavailableError, CommandRejectedError, quote
+from aggregate.domain.errors import (
+    BackendUnavailableError,
+    CommandRejectedError,
+    VersionConflictError,
+    quote,
+)
 from aggregate.domain.ids import AggregateKey
 from aggregate.ingest.progress import ConsumedEntry, SourceError, SourceProgress, merge_progress
 from aggregate.ingest.records import (
@@ -42,10 +48,14 @@ if TYPE_CHECKING:
 
     from aggregate.application.handler import CommandHandler
     from aggregate.application.ingest_ports import ConsumedIndex, ProgressStore
+    from aggregate.domain.envelopes import CommandResult
     from aggregate.ingest.metrics import IngestMetrics
 
 log = logging.getLogger(__name__)
 SAVE_ATTEMPTS = 8
+CONFLICT_RETRIES = 6
+"""Extra tries of a record whose ledger kept changing under the handler's own retries."""
+CONFLICT_BACKOFF_S = 0.01
 
 
 def utc_now() -> str:
@@ -121,12 +131,27 @@ class Charger:
             metadata={"ingest-source": source},
         )
         try:
-            result = await self.handler.handle(command)
+            result = await self._handle(command)
         except CommandRejectedError as exc:
             if claim.created:
                 await self.index.release(tenant_id, record.idempotency_key, claim.revision)
             raise BadRecordError(f"the ledger refused the record: {exc.message}") from None
         return not result.duplicate and any(e.event_type == "UsageCharged" for e in result.events)
+
+    async def _handle(self, command: Command) -> CommandResult:
+        """Submit, retrying a persistent version conflict (another ingestor charging the
+        same account at the same time) a few times with jittered backoff: the command is
+        safe to repeat, since its id is fixed and the ledger knows the keys it charged.
+
+        Raises:
+            VersionConflictError: still conflicting after ``CONFLICT_RETRIES`` more tries.
+        """
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                return await self.handler.handle(command)
+            except VersionConflictError:
+                await anyio.sleep(CONFLICT_BACKOFF_S * (2**attempt) * (0.5 + random.random()))
+        return await self.handler.handle(command)
 
 
 @dataclass
