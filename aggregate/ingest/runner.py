@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SOURCES_AT_ONCE = 4
+MAX_NODES_PER_ROOT = 1000
+"""Node directories read under one directory root (the summary stays bounded)."""
 MAX_PAGE = 1000
 Source = DirectorySource | JetStreamSource
 
@@ -119,6 +121,12 @@ class Ingestor:
                         f"({exc.strerror or type(exc).__name__})"
                     )
                     continue
+                if len(nodes) > MAX_NODES_PER_ROOT:
+                    problems.append(
+                        f"source {number}: {len(nodes)} node directories, more than "
+                        f"{MAX_NODES_PER_ROOT}; only the first {MAX_NODES_PER_ROOT} are read"
+                    )
+                    nodes = nodes[:MAX_NODES_PER_ROOT]
                 found = [
                     DirectorySource(tenant, node, config.root / "nodes" / node) for node in nodes
                 ]

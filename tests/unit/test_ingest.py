@@ -295,3 +295,26 @@ def test_ingest_metrics_follow_the_tenant_label_setting() -> None:
         text = generate_latest(registry).decode()
         assert line in text
         assert "aggregate_ingest_lag{" in text
+
+
+def test_sources_come_from_the_config_file_too(tmp_path: Path) -> None:
+    from aggregate.config import load_settings
+    from aggregate.domain.errors import ConfigError
+    from aggregate.ingest.sources import JetStreamSourceConfig
+
+    config = tmp_path / "aggregate.toml"
+    config.write_text(
+        "ingest_interval_ms = 60000\n"
+        "[[ingest_sources]]\n"
+        'kind = "directory"\nroot = "/data/billing"\ntenant = "acme"\n'
+        "[[ingest_sources]]\n"
+        'kind = "jetstream"\nname = "node-c"\nstream = "USAGE"\nsubject = "usage.node-c"\n'
+    )
+    settings = load_settings({"AGGREGATE_CONFIG_PATH": str(config)})
+    assert settings.ingest_sources == (
+        DirectoryRoot(Path("/data/billing"), "acme"),
+        JetStreamSourceConfig("node-c", "USAGE", "usage.node-c"),
+    )
+    assert settings.ingest_interval_ms == 60_000
+    with pytest.raises(ConfigError, match="AGGREGATE_INGEST_SOURCES: source 1: kind"):
+        load_settings({"AGGREGATE_INGEST_SOURCES": '[{"kind": "s3"}]'})
