@@ -25,7 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from aggregate.domain.errors import BackendUnavailableError
 from aggregate.ingest.charge import utc_now
 from aggregate.ingest.progress import SourceError
-from aggregate.ingest.records import parse_batch
+from aggregate.ingest.records import BadRecordError, ParsedBatch, parse_batch
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -108,12 +108,21 @@ async def _consume(source: JetStreamSource, run: SourceRun, sub: object) -> None
             ) from None
         for position, msg in enumerate(messages):
             seq = msg.metadata.sequence.stream
-            parsed = parse_batch(
-                msg.data,
-                fmt="json",
-                source_node=source.name,
-                max_records=options.max_records_per_batch,
-            )
+            if len(msg.data) > options.max_file_bytes:
+                parsed = ParsedBatch(
+                    [],
+                    BadRecordError(
+                        f"the message is larger than {options.max_file_bytes} bytes "
+                        "(AGGREGATE_INGEST_MAX_FILE_BYTES)"
+                    ),
+                )
+            else:
+                parsed = parse_batch(
+                    msg.data,
+                    fmt="json",
+                    source_node=source.name,
+                    max_records=options.max_records_per_batch,
+                )
             try:
                 _, refused = await run.charge_all(parsed.records, 0, where=f"sequence {seq}")
             except BaseException:
