@@ -384,11 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run usage ingestion once over the configured sources",
         description="Read the configured usage sources (AGGREGATE_INGEST_SOURCES), charge every "
         "new record once to its account's ledger through the command handler, and print the "
-        "run summary as JSON. NATS is found as `events` finds it. Exit code 0 when every "
+        "run summary as JSON. NATS: AGGREGATE_NATS_URL or --nats-url, or, when embedded, the "
+        "URL the running `aggregate serve` wrote under the storage path. Exit code 0 when every "
         "source was consumed or skipped, 1 when one halted on a bad record or failed, 2 bad "
         "usage or configuration, 3 NATS unreachable. See docs/ingestion.md.",
     )
-    _config_options(p, example="serve a bundled example manifest's types (billing)")
+    _config_options(p, example="use a bundled example manifest's types (billing: the ledger)")
     _manifest_option(p)
     p.add_argument("--once", action="store_true", help="one run, then exit")
     p.add_argument("--source", help="run only this source (a node name or JetStream source)")

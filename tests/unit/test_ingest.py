@@ -318,3 +318,18 @@ def test_sources_come_from_the_config_file_too(tmp_path: Path) -> None:
     assert settings.ingest_interval_ms == 60_000
     with pytest.raises(ConfigError, match="AGGREGATE_INGEST_SOURCES: source 1: kind"):
         load_settings({"AGGREGATE_INGEST_SOURCES": '[{"kind": "s3"}]'})
+
+
+def test_the_cli_verb_refuses_what_it_cannot_run(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from aggregate.cli import main
+
+    for name in [n for n in os.environ if n.startswith("AGGREGATE_")]:
+        monkeypatch.delenv(name)
+    assert main(["ingest"]) == 2
+    assert "give --once" in capsys.readouterr().err
+    assert main(["ingest", "--once", "--example", "billing", "--nats-url", "nats://x:1"]) == 2
+    assert "no ingestion sources are configured" in capsys.readouterr().err
