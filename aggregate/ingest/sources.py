@@ -86,6 +86,16 @@ def _one(raw: object, where: str) -> SourceConfig:
     raise ValueError(f"{where}: kind must be 'directory' or 'jetstream'")
 
 
+def roots_relative_to(sources: tuple[SourceConfig, ...], base: Path) -> tuple[SourceConfig, ...]:
+    """Relative directory roots taken from ``base`` (the config file's directory)."""
+    return tuple(
+        DirectoryRoot(base / s.root, s.tenant)
+        if isinstance(s, DirectoryRoot) and not s.root.is_absolute()
+        else s
+        for s in sources
+    )
+
+
 def parse_sources(value: object) -> tuple[SourceConfig, ...]:
     """A list of source tables (config file) or its JSON text (environment).
 

@@ -308,11 +308,14 @@ def test_sources_come_from_the_config_file_too(tmp_path: Path) -> None:
         "[[ingest_sources]]\n"
         'kind = "directory"\nroot = "/data/billing"\ntenant = "acme"\n'
         "[[ingest_sources]]\n"
+        'kind = "directory"\nroot = "billing"\n'
+        "[[ingest_sources]]\n"
         'kind = "jetstream"\nname = "node-c"\nstream = "USAGE"\nsubject = "usage.node-c"\n'
     )
     settings = load_settings({"AGGREGATE_CONFIG_PATH": str(config)})
     assert settings.ingest_sources == (
         DirectoryRoot(Path("/data/billing"), "acme"),
+        DirectoryRoot(tmp_path / "billing"),  # relative to the config file
         JetStreamSourceConfig("node-c", "USAGE", "usage.node-c"),
     )
     assert settings.ingest_interval_ms == 60_000
