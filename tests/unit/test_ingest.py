@@ -336,3 +336,20 @@ def test_the_cli_verb_refuses_what_it_cannot_run(
     assert "give --once" in capsys.readouterr().err
     assert main(["ingest", "--once", "--example", "billing", "--nats-url", "nats://x:1"]) == 2
     assert "no ingestion sources are configured" in capsys.readouterr().err
+
+
+async def test_an_unchanged_source_is_skipped_without_reading_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aggregate.ingest import directory
+
+    rig = Rig(tmp_path)
+    write(tmp_path, "A", "usage_2026-01-01-00.toml", [rec("k", 5, "ann")])
+    await rig.ingestor.run_once()
+
+    def no_reads(path: Path, limit: int) -> bytes:
+        raise AssertionError(f"{path.name} was read")
+
+    monkeypatch.setattr(directory, "read_bounded", no_reads)
+    summary = (await rig.ingestor.run_once()).as_dict()
+    assert summary["sources"][0]["status"] == "skipped"
