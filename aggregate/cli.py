@@ -22,6 +22,7 @@ from aggregate.domain.errors import (
     AggregateNotFoundError,
     BackendUnavailableError,
     ConfigError,
+    InvalidArgumentError,
 )
 from aggregate.domain.ids import AggregateKey, parse_uuid, uuid7, validate_aggregate_type
 from aggregate.domain.status import status_of
@@ -243,6 +244,25 @@ def cmd_tenant_move(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from aggregate.adapters.logging import configure_logging
+    from aggregate.service.ingest_once import run_ingest_once
+
+    if not args.once:
+        raise UsageError(
+            "give --once (periodic runs are part of `aggregate serve`, every "
+            "AGGREGATE_INGEST_INTERVAL_MS)"
+        )
+    settings = _settings(args)
+    configure_logging(settings.log_level, None, library_level=settings.library_log_level)
+    try:
+        summary = run_ingest_once(settings, args.source)
+    except InvalidArgumentError as exc:  # an unknown --source
+        raise UsageError(exc.message) from None
+    _print(summary)
+    return EXIT_OK if summary["ok"] else EXIT_REFUSED
+
+
 def cmd_ready(args: argparse.Namespace) -> int:
     from aggregate.adapters.admin_probe import probe_address, probe_ready
 
@@ -440,6 +460,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--http-addr", help="admin HTTP HOST:PORT of any node (AGGREGATE_HTTP_ADDR)")
     p.set_defaults(run=cmd_tenant_move)
+
+    p = verbs.add_parser(
+        "ingest",
+        help="run usage ingestion once over the configured sources",
+        description="Read the configured usage sources (AGGREGATE_INGEST_SOURCES), charge every "
+        "new record once to its account's ledger through the command handler, and print the "
+        "run summary as JSON. NATS: AGGREGATE_NATS_URL or --nats-url, or, when embedded, the "
+        "URL the running `aggregate serve` wrote under the storage path. Exit code 0 when every "
+        "source was consumed or skipped, 1 when one halted on a bad record or failed, 2 bad "
+        "usage or configuration, 3 NATS unreachable. See docs/ingestion.md.",
+    )
+    _config_options(p, example="use a bundled example manifest's types (billing: the ledger)")
+    _manifest_option(p)
+    p.add_argument("--once", action="store_true", help="one run, then exit")
+    p.add_argument("--source", help="run only this source (a node name or JetStream source)")
+    p.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=(*LOG_LEVELS, "warn"),
+        metavar="LEVEL",
+        help=f"{', '.join(LOG_LEVELS)} (AGGREGATE_LOG_LEVEL)",
+    )
+    p.set_defaults(run=cmd_ingest)
 
     p = verbs.add_parser(
         "ready",

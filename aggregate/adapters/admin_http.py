@@ -59,6 +59,7 @@ from aggregate.domain.context import RequestContext
 from aggregate.domain.errors import ConfigError, TenantUnavailableError
 from aggregate.domain.ids import validate_tenant_id
 from aggregate.domain.status import new_error_id, public_message, status_of
+from aggregate.ingest.admin_routes import install_ingest_routes
 from aggregate.logcontext import log_context
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ if TYPE_CHECKING:
     )
 
     from aggregate.application.admin import AdminBackend, DrainRequest, ProgramsBackend
+    from aggregate.ingest.admin_routes import IngestAdmin
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,7 @@ def _http_error_reason(exc: HTTPException, limits: HttpLimits) -> str:
         return (
             f"no endpoint at {path}; this server answers /health, /ready, /metrics and the "
             "admin API under /admin/ (tenants, tenant/{id}/..., drain, reload, programs, "
-            "shards, log-level)"
+            "shards, ingest, log-level)"
         )
     if isinstance(exc, MethodNotAllowed):
         allowed = ", ".join(sorted(exc.valid_methods or ()))
@@ -185,6 +187,7 @@ def build_app(
     limits: HttpLimits,
     programs: ProgramsBackend | None = None,
     move_timeout_s: float = 30.0,
+    ingest: IngestAdmin | None = None,
 ) -> Quart:
     """The Quart app of the admin API (without the guard and context middlewares);
     ``/admin/programs`` routes only with ``programs``."""
@@ -338,6 +341,7 @@ def build_app(
         # 202: the drain is in force but commands are still running.
         return _json(report, 200 if report["drained"] else 202)
 
+    install_ingest_routes(app, ingest)
     return app
 
 
@@ -432,6 +436,7 @@ class AdminServer:
         limits: HttpLimits | None = None,
         programs: ProgramsBackend | None = None,
         move_timeout_s: float = 30.0,
+        ingest: IngestAdmin | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -445,6 +450,7 @@ class AdminServer:
             limits=self.limits,
             programs=programs,
             move_timeout_s=move_timeout_s,
+            ingest=ingest,
         )
         self.app = RequestContextMiddleware(RequestGuard(self.quart_app, self.limits))
         self.address: tuple[str, int] | None = None

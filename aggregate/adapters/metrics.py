@@ -129,6 +129,8 @@ class Metrics:
         version: str = "0+unknown",
     ) -> None:
         self._registry = registry
+        self.registry = registry
+        """The registry these metrics live on (subsystems add their own metrics to it)."""
         self._tenant_labels = tenant_labels
         self._types = frozenset(aggregate_types) if aggregate_types is not None else None
         tenant = ("tenant_id",) if tenant_labels else ()

@@ -19,6 +19,7 @@ from aggregate.config.manifest import check_program_settings, parse_aggregate_ty
 from aggregate.config.settings import ENV_PREFIX, Settings, env_name, settable_fields
 from aggregate.domain.directory import validate_dial_address
 from aggregate.domain.errors import ConfigError, InvalidArgumentError
+from aggregate.ingest.sources import roots_relative_to
 
 if TYPE_CHECKING:
     import dataclasses
@@ -143,6 +144,9 @@ def load_settings(
             if isinstance(value, Path) and not value.is_absolute():
                 assert config_path is not None
                 value = config_path.parent / value
+            if name == "ingest_sources":
+                assert config_path is not None
+                value = roots_relative_to(value, config_path.parent)
         values[name] = value
         origins[name] = where
     for name, f in env_fields.items():

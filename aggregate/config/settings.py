@@ -24,6 +24,7 @@ from aggregate.domain.errors import InvalidArgumentError
 from aggregate.domain.ids import DEFAULT_TENANT
 from aggregate.domain.manifest import Manifest
 from aggregate.domain.quota import MAX_RATE, NO_OVERRIDES, QuotaOverrides, parse_quota_overrides
+from aggregate.ingest.sources import SourceConfig, parse_sources
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -193,6 +194,71 @@ class Settings(LifecycleSettings):
         metadata=ms(
             "retry-after-ms of a command shed at max_in_flight or over an in-flight quota."
         ),
+    )
+    # --- usage ingestion ---
+    ingest_sources: tuple[SourceConfig, ...] = field(
+        default=(),
+        metadata=meta(
+            parse_sources,
+            "Usage sources to ingest: a list of directory and JetStream sources "
+            "(JSON text in the environment).",
+            kind="list",
+        ),
+    )
+    ingest_interval_ms: int = field(
+        default=300_000,
+        metadata=ms("How often `serve` runs the ingestor over every source.", minimum=1000),
+    )
+    ingest_aggregate_type: str = field(
+        default="billing-account",
+        metadata=meta(
+            v.parse_aggregate_type, "The ledger aggregate type records are charged to.", kind="name"
+        ),
+    )
+    ingest_progress_bucket: str = field(
+        default="AGGREGATE_INGEST_PROGRESS",
+        metadata=meta(
+            v.name_parser("KV bucket"), "NATS KV bucket of per-source progress.", kind="name"
+        ),
+    )
+    ingest_consumed_bucket: str = field(
+        default="AGGREGATE_INGEST_CONSUMED",
+        metadata=meta(
+            v.name_parser("KV bucket"), "NATS KV bucket of the consumed-record index.", kind="name"
+        ),
+    )
+    ingest_max_file_bytes: int = field(
+        default=8 * 1024 * 1024,
+        metadata=meta(
+            v.int_parser(1024, 256 * 1024 * 1024),
+            "Largest batch file (or message), bytes; larger halts the source.",
+            kind="int",
+        ),
+    )
+    ingest_max_records_per_batch: int = field(
+        default=100_000,
+        metadata=meta(v.int_parser(1, 10_000_000), "Most records in one batch.", kind="int"),
+    )
+    ingest_max_files_per_source: int = field(
+        default=2000,
+        metadata=meta(v.int_parser(1, 5000), "Most batch files in one node directory.", kind="int"),
+    )
+    ingest_concurrency: int = field(
+        default=64,
+        metadata=meta(
+            v.int_parser(1, 1024), "Records of one source in flight at once.", kind="int"
+        ),
+    )
+    ingest_progress_log_ms: int = field(
+        default=10_000, metadata=ms("Interval of a long run's progress log line per source.")
+    )
+    ingest_fetch_timeout_ms: int = field(
+        default=2000,
+        metadata=ms("Wait for JetStream source messages (one fetch); none: the run ends."),
+    )
+    ingest_ack_wait_ms: int = field(
+        default=60_000,
+        metadata=ms("JetStream source consumers' ack wait (redelivery of unacknowledged batches)."),
     )
     # --- not variables ---
     aggregate_types: Manifest | None = field(
@@ -364,6 +430,11 @@ class Settings(LifecycleSettings):
     def move_timeout_seconds(self) -> float:
         """``move_timeout_ms`` in seconds."""
         return self.move_timeout_ms / 1000
+
+    @property
+    def ingest_interval_seconds(self) -> float:
+        """``ingest_interval_ms`` in seconds."""
+        return self.ingest_interval_ms / 1000
 
 
 _ENV_NAMES = {

@@ -30,6 +30,7 @@ from aggregate.adapters.storage_probe import StorageProbe
 from aggregate.adapters.tracing import open_tracing
 from aggregate.application.protected import BreakerSnapshotStore
 from aggregate.bridge import Island
+from aggregate.ingest.subsystem import IngestSubsystem
 from aggregate.service.admin_backend import VERSION, IslandAdminBackend
 from aggregate.service.core import CoreInfo, IslandCore
 from aggregate.service.embedded import EmbeddedNats
@@ -75,6 +76,7 @@ class Service:
         self.snapshotter: Snapshotter | None = None
         self.snapshots: SqliteSnapshotStore | None = None
         self.embedded: EmbeddedNats | None = None
+        self.ingest: IngestSubsystem | None = None
         self.clean_drain = True
         self._shutdown = trio.Event()
         self._core_done = trio.Event()
@@ -216,6 +218,10 @@ class Service:
                     snapshotter=snapshotter,
                     storage=storage,
                 )
+                if core.ingestor is not None:
+                    self.ingest = IngestSubsystem(
+                        island, core.ingestor, interval_s=settings.ingest_interval_seconds
+                    )
                 admin = AdminServer(
                     backend,
                     token=settings.admin_token,
@@ -231,6 +237,7 @@ class Service:
                     ),
                     programs=backend,
                     move_timeout_s=settings.move_timeout_seconds,
+                    ingest=self.ingest,
                 )
                 async with trio.open_nursery() as admin_nursery:
                     http_host, http_port = await admin_nursery.start(admin.serve)
@@ -243,6 +250,8 @@ class Service:
                     log.info("froze %d startup objects out of the cyclic GC", gc.get_freeze_count())
                     await island.run(core.join_directory, http_host, http_port)
                     await island.call(core.set_serving, True)
+                    if self.ingest is not None:  # periodic runs, once the node serves
+                        await admin_nursery.start(self.ingest.serve)
                     log.info(
                         "serving gRPC on %s:%d, admin HTTP on %s:%d, NATS %s, types %s",
                         info.grpc_host,

@@ -34,6 +34,7 @@ from aggregate.application.protected import BreakerEventStore
 from aggregate.config import manifest_from_settings
 from aggregate.config.values import redact_url_credentials
 from aggregate.domain.placement import PlacementDecision
+from aggregate.ingest.wiring import build_ingestor
 from aggregate.programs.base import ProgramLimits
 from aggregate.programs.reload import ProgramCatalog
 from aggregate.service.protection import build_protection
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from aggregate.application.quota import Protection
     from aggregate.config import Settings
     from aggregate.domain.quota import QuotaOverrides
+    from aggregate.ingest.runner import Ingestor
     from aggregate.programs.registry import ProgramRegistry
     from aggregate.programs.reload import ReloadOutcome
     from aggregate.service.protection import Breakers
@@ -104,12 +106,15 @@ class IslandCore:
         breakers: Breakers,
         protection_metrics: ProtectionMetrics,
         tracer: Tracer | None = None,
+        serve_grpc: bool = True,
     ) -> None:
         self.settings = settings
         self.breakers = breakers
         self.protection_metrics = protection_metrics
         self.protection: Protection | None = None
         self.quota_watcher: QuotaWatcher | None = None
+        self.serve_grpc = serve_grpc
+        self.ingestor: Ingestor | None = None
         self.tracer = tracer
         self.nats_url = nats_url
         self.snapshots = snapshots
@@ -224,6 +229,8 @@ class IslandCore:
                     replicas=settings.stream_replicas,
                 )
                 self.server.service.owner_address = self._owner_address
+            if settings.ingest_sources:
+                self.ingestor = build_ingestor(settings, handler, self.registry, nc, self.metrics)
             async with anyio.create_task_group() as tg:
                 self._tasks = tg
                 await tg.start(self.controller.run, self.watcher.updates())
@@ -232,9 +239,11 @@ class IslandCore:
                     await tg.start(
                         self.controller.follow_live_shards, self.directory.live_updates()
                     )
-                host, port = await self.server.start()
-                self._grpc_bound = (host, port)
-                stack.push_async_callback(self.server.aclose)
+                host, port = "", 0
+                if self.serve_grpc:  # `aggregate ingest --once` needs the handler only
+                    host, port = await self.server.start()
+                    self._grpc_bound = (host, port)
+                    stack.push_async_callback(self.server.aclose)
                 self._publish_readiness()  # NOT_SERVING until the service says it serves
                 report(CoreInfo(host, port, self.nats_url, tuple(self.registry.names())))
                 await self._stop.wait()
