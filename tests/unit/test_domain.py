@@ -330,3 +330,29 @@ def test_snapshot_round_trip_and_tenant_check() -> None:
     forged = Snapshot(other, 1, 1, {}, snap.history, snap.created_at)
     with pytest.raises(TenantAccessDeniedError):
         AggregateInstance.from_snapshot(forged, key=KEY, history_limit=3)
+
+
+def test_timestamps_render_each_millisecond_across_second_boundaries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import datetime
+
+    from aggregate.domain import envelopes
+
+    for now in (1767323045.678, 1767323045.999, 1767323046.0, 1767323046.001, 100.5, 100.25):
+        monkeypatch.setattr(envelopes.time, "time", lambda now=now: now)
+        millis = int(now * 1000)
+        at = datetime.datetime.fromtimestamp(millis // 1000, datetime.UTC)
+        expected = f"{at:%Y-%m-%dT%H:%M:%S}.{millis % 1000:03d}Z"
+        assert envelopes.utc_now_rfc3339() == expected
+    assert envelopes.utc_now_rfc3339() == "1970-01-01T00:01:40.250Z"
+
+
+def test_uuid_text_is_the_canonical_text() -> None:
+    from aggregate.domain.ids import uuid_text
+
+    ids = [uuid7() for _ in range(3)] + [uuid.UUID(int=2**128 - 1)]
+    for one in ids * 2:
+        assert uuid_text(one) == str(one)
+    key = AggregateKey("acme", "bank-account", ids[0])
+    assert key.subject == f"tenant.acme.aggregate.bank-account.{ids[0]}"
