@@ -35,6 +35,7 @@ ODD_BUT_VALID = [
     b"A\x1cB: c\r\n\r\n",  # a separator control inside a name: dropped
     b"\x1cA: c\r\n\r\n",  # ... also at its edge, where bytes.strip keeps it
     b"\xc3\xa4: c\r\nD: e\r\n\r\n",  # a non-ASCII name: dropped
+    b"\x1cA: c\r\n B\x1f : d\r\nE: \xff\r\n\r\n",  # odd names in a non-ASCII block
     b"no colon here\r\nD: e\r\n\r\n",  # a line without a colon: skipped
     b": nameless\r\n\r\n",  # an empty name
     b"A: b\nC: d\r\n\r\n",  # a bare LF inside a line
