@@ -10,6 +10,9 @@ second, and CPU per call of the calling process and of the workers. Rounds alter
 before/after; the medians and the median of the per-round ratios are printed::
 
     .venv/bin/python bench/worker_bench.py [--rounds 3] [--callers 1,16] [--seconds 3]
+
+``--workers-vs N`` compares this tree with ``N`` workers (``before``) against this tree with
+``--workers`` workers (``after``) instead: worker count against cores, same run.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--ref", default="main", help="the git revision to compare with")
+    parser.add_argument("--workers-vs", type=int, help="compare worker counts on this tree")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="worker-bench-") as tmp:
         old = Path(tmp)
@@ -112,13 +116,18 @@ def main() -> int:
         (old / "bench").mkdir()
         (old / "bench" / "__init__.py").write_text("")
         (old / "bench" / "worker_bench.py").write_text(Path(__file__).read_text())
-        trees = {"before": old, "after": ROOT}
+        trees = {"before": (old, args.workers), "after": (ROOT, args.workers)}
+        if args.workers_vs is not None:
+            trees["before"] = (ROOT, args.workers_vs)
         for callers in (int(c) for c in args.callers.split(",")):
             rows: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
             for _ in range(args.rounds):
-                for name, tree in trees.items():
-                    rows[name].append(_child(tree, callers, args.seconds, args.workers))
-            print(f"\n{callers} caller(s), {args.workers} workers, median of {args.rounds} rounds:")
+                for name, (tree, workers) in trees.items():
+                    rows[name].append(_child(tree, callers, args.seconds, workers))
+            setup = " vs ".join(
+                f"{name}: {t[0].name} with {t[1]} workers" for name, t in trees.items()
+            )
+            print(f"\n{callers} caller(s), {setup}; median of {args.rounds} rounds:")
             for metric in ("calls_per_s", "caller_us", "workers_us"):
                 before = [r[metric] for r in rows["before"]]
                 after = [r[metric] for r in rows["after"]]
