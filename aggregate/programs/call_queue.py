@@ -4,9 +4,9 @@ A call that finds a worker idle (and no call ahead of it) takes it. Otherwise it
 a worker set free is handed to the first queued call, which then *leads* a batch: it takes
 up to ``max_calls - 1`` further queued calls with it (``take``), in their order, within the
 frame-size limit. The leader runs the batch and answers each call it took; the waiters of
-those calls wake with their own answers. A batch that loses its worker puts the calls it
-took back at the head of the queue marked ``alone`` (``requeue``): each runs again in a
-batch of its own, so one program's fault fails only its own call.
+those calls wake with their own answers. A batch that loses its worker puts its calls (the
+leader first) back at the head of the queue marked ``alone`` (``requeue``): each runs again
+in a batch of its own, in the same order, so one program's fault fails only its own call.
 
 All of it runs on one event loop (the pool's); nothing here does I/O.
 """
@@ -96,12 +96,13 @@ class CallQueue:
         if self._closed:
             call.state = "closed"
             return None
-        if self.idle and not self._calls:
-            call.state = "leading"
-            return self.idle.pop()
-        call.state = "queued"
-        call.wake = anyio.Event()
-        self._calls.append(call)
+        if call.state == "new":  # one put back by ``requeue`` is queued (or handed) already
+            if self.idle and not self._calls:
+                call.state = "leading"
+                return self.idle.pop()
+            call.state = "queued"
+            call.wake = anyio.Event()
+            self._calls.append(call)
         try:
             await call.wake.wait()
         except BaseException:
@@ -134,14 +135,21 @@ class CallQueue:
             batch.append(follower)
         return batch
 
-    def requeue(self, followers: Sequence[QueuedCall]) -> None:
-        """Put the calls a lost batch had taken back at the queue's head, each to run
-        alone; dropped (cancelled) calls stay dropped."""
+    def requeue(self, followers: Sequence[QueuedCall], *, leader: QueuedCall | None = None) -> None:
+        """Put the calls of a batch that lost its worker back at the queue's head, in their
+        order, each to run alone: the calls it had taken (dropped, cancelled ones stay
+        dropped) and, when given, the ``leader`` that ran it (it then waits in
+        ``worker_for`` again). Anyone waiting gets the next free worker in that order."""
         for follower in reversed(followers):
             if follower.state == "taken":
                 follower.state = "queued"
                 follower.alone = True  # its waiter still waits on its first ``wake``
                 self._calls.appendleft(follower)
+        if leader is not None:
+            leader.state = "queued"
+            leader.alone = True
+            leader.wake = anyio.Event()
+            self._calls.appendleft(leader)
         self._dispatch()
 
     def close(self) -> None:

@@ -255,8 +255,7 @@ class WorkerPool:
             try:
                 await self._run(worker, program, batch)
             except BatchLostError:
-                call.alone = True
-                continue
+                continue  # queued again at the head, to run alone
             break
         if call.state == "closed":
             raise ProgramError("the program worker pool is closed")
@@ -274,7 +273,7 @@ class WorkerPool:
                 to be run again alone).
             WorkerTimeoutError, WorkerCrashError, ProgramError: a call alone lost it.
         """
-        healthy = False
+        healthy = lost = False
         try:
             if len(batch) == 1:
                 answers = [
@@ -289,6 +288,7 @@ class WorkerPool:
         except (WorkerTimeoutError, WorkerCrashError) as exc:
             if len(batch) == 1:
                 raise
+            lost = True
             log.info(
                 "a batch of %d program calls lost its worker (%s): each runs again alone",
                 len(batch),
@@ -300,7 +300,7 @@ class WorkerPool:
                 self._release(worker)
             else:
                 self._retire(worker)
-                self._queue.requeue(batch[1:])
+                self._queue.requeue(batch[1:], leader=batch[0] if lost else None)
         for call, answer in zip(batch, answers, strict=True):
             call.answered(answer)
 
