@@ -255,9 +255,8 @@ class CommandRecord:
                 f"{quote(value.get('tenant_id'))}"
             )
         try:
-            if value["aggregate_type"] == expected_key.aggregate_type and value[
-                "aggregate_id"
-            ] == uuid_text(expected_key.aggregate_id):
+            same_type = value["aggregate_type"] == expected_key.aggregate_type
+            if same_type and value["aggregate_id"] == uuid_text(expected_key.aggregate_id):
                 key = expected_key  # the common case: no id to parse, no key to compare
             else:
                 key = AggregateKey(
