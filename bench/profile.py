@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
+_REPO = str(Path(__file__).resolve().parents[1])
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 IDLE_LEAVES = frozenset(
     {
@@ -78,7 +79,7 @@ def _short(frame: str) -> str:
     if not match:
         return frame.strip()
     path = match.group("file")
-    for marker in ("site-packages/", "/lib/python3.11/", "/work/main/"):
+    for marker in ("site-packages/", "/lib/python3.11/", f"{_REPO}/"):
         if marker in path:
             path = path.split(marker, 1)[1]
             break

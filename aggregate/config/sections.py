@@ -297,6 +297,14 @@ class ProgramSettings(TenancySettings):
             v.int_parser(1), "Process isolation: worker processes in the pool.", kind="int"
         ),
     )
+    program_batch_calls: int = field(
+        default=16,
+        metadata=meta(
+            v.int_parser(1),
+            "Process isolation: most queued calls sent to a worker in one frame (1: no batching).",
+            kind="int",
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True, repr=False)

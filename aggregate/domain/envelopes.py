@@ -19,7 +19,7 @@ from aggregate.domain.errors import (
     TenantAccessDeniedError,
     quote,
 )
-from aggregate.domain.ids import AggregateKey, canonical_uuid, uuid7
+from aggregate.domain.ids import AggregateKey, canonical_uuid, uuid7, uuid_text
 from aggregate.domain.json_input import DEFAULT_MAX_DEPTH, DEFAULT_MAX_INT_DIGITS, loads_json
 
 if TYPE_CHECKING:
@@ -29,10 +29,18 @@ if TYPE_CHECKING:
 JsonObject = dict[str, Any]
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second rendered, and its text
+
+
 def utc_now_rfc3339() -> str:
     """Now, as RFC 3339 UTC with milliseconds (``2026-01-02T03:04:05.678Z``)."""
-    now = time.time()
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
+    global _second
+    millis = int(time.time() * 1000)
+    whole, part = divmod(millis, 1000)
+    second = _second  # one read: another thread may replace it meanwhile
+    if second[0] != whole:
+        second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{second[1]}.{part:03d}Z"
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -191,14 +199,14 @@ class CommandRecord:
         subject. JetStream de-duplicates message ids across the whole stream, so a bare
         command id reused by another aggregate (or another tenant) would be silently
         dropped as a duplicate; scoped, one aggregate can never affect another."""
-        return f"{self.key.subject}.{self.command_id}"
+        return f"{self.key.subject}.{uuid_text(self.command_id)}"
 
     def to_json(self) -> JsonObject:
         return {
             "tenant_id": self.key.tenant_id,
             "aggregate_type": self.key.aggregate_type,
-            "aggregate_id": str(self.key.aggregate_id),
-            "command_id": str(self.command_id),
+            "aggregate_id": uuid_text(self.key.aggregate_id),
+            "command_id": uuid_text(self.command_id),
             "correlation_id": self.correlation_id,
             "trace_id": self.trace_id,
             "first_version": self.first_version,
@@ -216,9 +224,9 @@ class CommandRecord:
             {
                 "Nats-Msg-Id": self.message_id,
                 "Nats-Expected-Last-Subject-Sequence": str(expected_last_seq),
-                "command-id": str(self.command_id),
+                "command-id": uuid_text(self.command_id),
                 "aggregate-type": self.key.aggregate_type,
-                "aggregate-id": str(self.key.aggregate_id),
+                "aggregate-id": uuid_text(self.key.aggregate_id),
                 "version": str(self.last_version),
                 "content-type": "application/json",
             }
@@ -247,9 +255,13 @@ class CommandRecord:
                 f"{quote(value.get('tenant_id'))}"
             )
         try:
-            key = AggregateKey(
-                value["tenant_id"], value["aggregate_type"], _stored_uuid(value["aggregate_id"])
-            )
+            same_type = value["aggregate_type"] == expected_key.aggregate_type
+            if same_type and value["aggregate_id"] == uuid_text(expected_key.aggregate_id):
+                key = expected_key  # the common case: no id to parse, no key to compare
+            else:
+                key = AggregateKey(
+                    value["tenant_id"], value["aggregate_type"], _stored_uuid(value["aggregate_id"])
+                )
             events_json = value["events"]
             first_version = value["first_version"]
             if not isinstance(events_json, list) or not events_json:

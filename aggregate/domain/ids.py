@@ -13,6 +13,7 @@ client could otherwise name one aggregate.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -57,6 +58,12 @@ def validate_aggregate_type(value: str) -> str:
             f"aggregate type {quote(value)} is invalid: use 1-64 characters of A-Z a-z 0-9 _ -"
         )
     return value
+
+
+uuid_text = functools.lru_cache(maxsize=4096)(str)
+"""``str(uuid)`` (the canonical lower-case text), remembered for the ids used lately: one
+command renders its aggregate's id and its own id several times (subject, message id,
+headers, record body, history)."""
 
 
 def canonical_uuid_text(value: object) -> str | None:
@@ -149,4 +156,5 @@ class AggregateKey:
     @property
     def subject(self) -> str:
         """The JetStream subject of this aggregate's messages (DESIGN §4.2)."""
-        return f"tenant.{self.tenant_id}.aggregate.{self.aggregate_type}.{self.aggregate_id}"
+        aggregate_id = uuid_text(self.aggregate_id)
+        return f"tenant.{self.tenant_id}.aggregate.{self.aggregate_type}.{aggregate_id}"

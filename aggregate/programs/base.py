@@ -105,6 +105,7 @@ LIMIT_SETTINGS = {
     "hard_timeout_seconds": "AGGREGATE_PROGRAM_HARD_TIMEOUT_MS",
     "max_memory_bytes": "AGGREGATE_PROGRAM_MAX_MEMORY_MB",
     "pool_size": "AGGREGATE_PROGRAM_WORKERS",
+    "max_batch_calls": "AGGREGATE_PROGRAM_BATCH_CALLS",
 }
 """The service setting behind each limit that has one (named in messages to operators)."""
 
@@ -141,6 +142,8 @@ class ProgramLimits:
     - ``inline_slice_seconds``: how long an ``inline`` step may hold the event loop. A step
       still running after it is stopped and run again, from the start, in a thread (programs
       are deterministic and have no side effects), so the loop keeps serving.
+    - ``max_batch_calls``: most calls sent to a worker in one frame when calls queue for
+      the workers (process mode); 1 sends every call alone.
     """
 
     soft_timeout_seconds: float = 1.0
@@ -153,6 +156,7 @@ class ProgramLimits:
     max_message_bytes: int = 64 * 1024 * 1024
     startup_timeout_seconds: float = 30.0
     inline_slice_seconds: float = 0.01
+    max_batch_calls: int = 16
 
     def __post_init__(self) -> None:
         for f in fields(self):

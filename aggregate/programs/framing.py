@@ -2,7 +2,9 @@
 
 A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON. The
 service sends one request frame and reads one answer frame; the worker announces itself
-with a ``{"ready": <pid>}`` frame at start. Answers are ``{"ok": <value>}`` or
+with a ``{"ready": <pid>}`` frame at start. A batch is one request frame
+``{"op": "batch", "calls": [<request>, ...]}`` answered by one frame
+``{"ok": [<answer>, ...]}``, an answer per call in order. Answers are ``{"ok": <value>}`` or
 ``{"error": {"kind": ..., "message": ..., ...}}``; errors keep their class across the pipe
 through ``error_to_wire`` / ``error_from_wire``.
 """
@@ -35,13 +37,30 @@ _KINDS: dict[str, type[AggregateError]] = {
 }
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode(value: Any) -> bytes:
     """Compact JSON bytes (integers exact; NaN and infinities refused).
 
     Raises:
         ValueError, TypeError: ``value`` is not plain JSON.
     """
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(value).encode()
+
+
+def decode(body: bytes) -> Any:
+    """The JSON value of a frame's body (UTF-8, as ``encode`` writes it).
+
+    Raises:
+        ValueError: not UTF-8 JSON.
+    """
+    return json.loads(body.decode())
+
+
+def batch_body(bodies: list[bytes]) -> bytes:
+    """One batch request holding the encoded requests ``bodies``, in order."""
+    return b'{"op":"batch","calls":[' + b",".join(bodies) + b"]}"
 
 
 def frame(body: bytes) -> bytes:

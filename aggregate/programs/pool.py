@@ -6,6 +6,14 @@ Each worker is ``python -m aggregate.programs.worker`` started with ``anyio.open
 idle worker (waiting for one if all are busy), sends one request (decide plus all its
 applies, or a whole rehydration batch) and reads one answer under a hard deadline.
 
+**Batching.** Calls that find every worker busy queue; the call that gets the next free
+worker takes up to ``max_batch_calls`` queued calls with it, in their order, and sends them
+in one frame (one write, one wake-up of the worker, one read of the answers); each call
+still gets its own answer or its own error. A pool under load thus pays the round trip's
+fixed cost once per batch rather than once per call; an idle pool sends each call alone,
+as before. If a batch loses its worker (crash, hard deadline), every call of it is run
+again alone, so one program's fault fails only its own call.
+
 A worker that runs past the hard deadline is killed; one that dies (memory exhausted,
 interpreter abort, segfault) is noticed by its closed stdout. Either way the call raises
 ``ProgramLimitError`` and a replacement is started in the background, so the pool keeps
@@ -22,165 +30,36 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import re
-import signal
 import sys
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from subprocess import PIPE
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import anyio
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from aggregate.domain.errors import InvalidArgumentError, ProgramError, ProgramLimitError
 from aggregate.programs.base import ProgramLimits
-from aggregate.programs.framing import HEADER, MISSING, encode, error_from_wire, frame
+from aggregate.programs.call_queue import BatchLostError, CallQueue, QueuedCall
+from aggregate.programs.framing import MISSING, batch_body, decode, encode, error_from_wire
+from aggregate.programs.worker_process import (
+    STREAM_FAILURES,
+    WorkerCrashError,
+    WorkerDiedError,
+    WorkerProcess,
+    WorkerTimeoutError,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Mapping, Sequence
     from types import TracebackType
 
-    from anyio.abc import Process, TaskGroup
+    from anyio.abc import TaskGroup
+
+__all__ = ["ProgramPool", "WorkerCrashError", "WorkerPool", "WorkerTimeoutError"]
 
 log = logging.getLogger(__name__)
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
-_STREAM_FAILURES = (
-    anyio.EndOfStream,
-    anyio.IncompleteRead,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    OSError,
-)
-_STDERR_TAIL = 2048
-_HEADLINE = re.compile(
-    r"memory allocation of|MemoryError|panicked at|Fatal Python error|Segmentation|Traceback"
-)
-
-
-class _WorkerDiedError(Exception):
-    """The worker's pipes closed or it sent something unreadable."""
-
-
-class WorkerCrashError(ProgramLimitError):
-    """The worker process running a call ended (memory exhausted, interpreter abort,
-    crash). ``reason``: its exit status or signal and the telling line of its stderr."""
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-    @property
-    def out_of_memory(self) -> bool:
-        """Whether the worker said it could not allocate memory."""
-        return "memory allocation of" in self.reason or "MemoryError" in self.reason
-
-
-class WorkerTimeoutError(ProgramLimitError):
-    """A call ran past its hard time limit (``time_limit`` seconds); its worker was killed."""
-
-    def __init__(self, message: str, *, time_limit: float) -> None:
-        super().__init__(message)
-        self.time_limit = time_limit
-
-
-class _Worker:
-    """One worker process, its framed stdout reader and what it has compiled."""
-
-    def __init__(self, process: Process) -> None:
-        assert process.stdin is not None
-        assert process.stdout is not None
-        self.process = process
-        self.stdin = process.stdin
-        self.reader = BufferedByteReceiveStream(process.stdout)
-        self.loaded: set[str] = set()
-        self.stderr_tail = b""
-        self.headline: str | None = None
-        self.last_line: str | None = None
-        self.stderr_done = anyio.Event()
-
-    async def drain_stderr(self) -> None:
-        """Watch the worker's stderr for the line saying why it died (the first line
-        matching ``_HEADLINE``, else the last line); runs until stderr closes."""
-        try:
-            assert self.process.stderr is not None
-            async for chunk in self.process.stderr:
-                *lines, partial = (self.stderr_tail + chunk).split(b"\n")
-                self.stderr_tail = partial[-_STDERR_TAIL:]
-                for line in lines:
-                    self._note(line)
-        except _STREAM_FAILURES:
-            pass
-        finally:
-            self._note(self.stderr_tail)
-            self.stderr_done.set()
-
-    def _note(self, raw: bytes) -> None:
-        line = raw.decode(errors="replace").strip()[:_STDERR_TAIL]
-        if not line:
-            return
-        self.last_line = line
-        if self.headline is None and _HEADLINE.search(line):
-            self.headline = line
-
-    async def exchange(self, body: bytes, max_bytes: int) -> bytes:
-        """Send one frame and read one.
-
-        Raises:
-            _WorkerDiedError: a pipe closed, or the answer exceeds ``max_bytes``.
-        """
-        try:
-            await self.stdin.send(frame(body))
-            return await self.receive(max_bytes)
-        except _STREAM_FAILURES as exc:
-            raise _WorkerDiedError(type(exc).__name__) from None
-
-    async def receive(self, max_bytes: int) -> bytes:
-        (size,) = HEADER.unpack(await self.reader.receive_exactly(HEADER.size))
-        if size > max_bytes:
-            raise _WorkerDiedError(f"answer of {size} bytes exceeds max_message_bytes")
-        return await self.reader.receive_exactly(size)
-
-    def kill(self) -> None:
-        if self.process.returncode is None:
-            with suppress(ProcessLookupError):
-                self.process.kill()
-
-    async def death_reason(self) -> str:
-        """Why the worker ended: exit status or signal, and the telling line of its
-        stderr. Kills it if it has not ended within two seconds."""
-        # Not killed first: signalling an exited, unreaped child reaps it behind asyncio's
-        # child watcher, which then reports exit status 255 instead of the real one.
-        with anyio.move_on_after(2):
-            await self.stderr_done.wait()
-            await self.process.wait()
-        if self.process.returncode is None:
-            self.kill()
-            with anyio.move_on_after(1):
-                await self.process.wait()
-        code = self.process.returncode
-        if code is None:
-            status = "unknown status"
-        elif code < 0:
-            try:
-                status = f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                status = f"killed by signal {-code}"
-        else:
-            status = f"exit status {code}"
-        line = self.headline or self.last_line
-        return f"{status}: {line}" if line else status
-
-    async def aclose(self) -> None:
-        """Close stdin (a healthy worker exits), wait briefly, then kill and reap."""
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(1):
-                with suppress(*_STREAM_FAILURES):
-                    await self.stdin.aclose()
-                await self.process.wait()
-            self.kill()
-            await self.process.aclose()
 
 
 class WorkerPool:
@@ -195,12 +74,13 @@ class WorkerPool:
         self._python = python or sys.executable
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
-        self._idle_send, self._idle_receive = anyio.create_memory_object_stream[_Worker](math.inf)
-        self._workers: set[_Worker] = set()
+        self._queue = CallQueue()
+        self._workers: set[WorkerProcess] = set()
         self._closing = False
         self._calls = 0
         self._quiet: anyio.Event | None = None
         self.spawned = 0  # workers started so far (replacements included): for tests, metrics
+        self.batches = 0  # frames of more than one call sent so far: for tests, metrics
 
     async def __aenter__(self) -> Self:
         """Start the workers; returns when all reported ready.
@@ -213,7 +93,7 @@ class WorkerPool:
         self._stack = stack
         try:
             for _ in range(self.limits.pool_size):
-                self._idle_send.send_nowait(await self._spawn())
+                self._queue.release(await self._spawn())
         except BaseException:
             await self._exit()
             raise
@@ -240,30 +120,29 @@ class WorkerPool:
             return
         self._closing = True
         with anyio.CancelScope(shield=True):
-            self._idle_send.close()
-            self._idle_receive.close()
+            self._queue.close()
             for worker in list(self._workers):
                 await worker.aclose()
             self._workers.clear()
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
 
-    async def _spawn(self) -> _Worker:
+    async def _spawn(self) -> WorkerProcess:
         assert self._tg is not None
         limits = json.dumps(self.limits.to_json())
         command = [self._python, "-m", "aggregate.programs.worker", "--limits", limits]
         process = await anyio.open_process(
             command, stdin=PIPE, stdout=PIPE, stderr=PIPE, cwd=_PACKAGE_ROOT
         )
-        worker = _Worker(process)
+        worker = WorkerProcess(process)
         self._workers.add(worker)
         self.spawned += 1
         self._tg.start_soon(worker.drain_stderr)
         hello = None
         with anyio.move_on_after(self.limits.startup_timeout_seconds):
             try:
-                hello = json.loads(await worker.receive(self.limits.max_message_bytes))
-            except (_WorkerDiedError, *_STREAM_FAILURES, ValueError):
+                hello = decode(await worker.receive(self.limits.max_message_bytes))
+            except (WorkerDiedError, *STREAM_FAILURES, ValueError):
                 pass
         if not isinstance(hello, dict) or "ready" not in hello:
             reason = await worker.death_reason()
@@ -276,20 +155,19 @@ class WorkerPool:
             )
         return worker
 
-    def _release(self, worker: _Worker) -> None:
-        try:
-            self._idle_send.send_nowait(worker)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+    def _release(self, worker: WorkerProcess) -> None:
+        """``worker`` is free: on to the next queued call, or idle (retired if closing)."""
+        if self._closing or not self._queue.release(worker):
             self._retire(worker)
 
-    def _retire(self, worker: _Worker) -> None:
+    def _retire(self, worker: WorkerProcess) -> None:
         """Kill ``worker`` now (synchronously: safe on a cancelled path) and start a
         replacement in the background."""
         worker.kill()
         if self._tg is not None and not self._closing:
             self._tg.start_soon(self._replace, worker)
 
-    async def _replace(self, old: _Worker) -> None:
+    async def _replace(self, old: WorkerProcess) -> None:
         await old.aclose()
         self._workers.discard(old)
         delay = 0.1
@@ -307,11 +185,13 @@ class WorkerPool:
     async def request(
         self, message: dict[str, Any], *, sources: Mapping[str, str], time_limit: float
     ) -> Any:
-        """Send ``message`` to an idle worker and return its answer's ``"ok"`` value.
+        """Send ``message`` to a worker and return its answer's ``"ok"`` value.
 
         ``sources`` maps the source keys the message names to their texts; a worker gets
-        the texts it has not compiled yet. Waiting for an idle worker is not timed (bound
-        it with the caller's own deadline); the exchange is, by ``time_limit`` seconds.
+        the texts it has not compiled yet. Waiting for a worker is not timed (bound it
+        with the caller's own deadline); the exchange is, by ``time_limit`` seconds (a
+        batch by the sum of its calls' limits). A call that waited may be sent with
+        other waiting calls in one batch (see the module's docstring).
 
         Raises:
             InvalidArgumentError: ``message`` is not plain JSON.
@@ -322,9 +202,11 @@ class WorkerPool:
             ProgramError, ProgramCompileError, InvalidArgumentError: what the program
                 raised in the worker, with its class, line and column.
 
-        Cancellation: while waiting for a worker, nothing happens; during an exchange,
-        the worker is killed at once (its state is unknown) and replaced in the
-        background, and the cancellation propagates.
+        Cancellation: while waiting for a worker, nothing happens; while the call's batch
+        runs, a call that leads it has the worker killed at once (its state is unknown;
+        a replacement starts in the background, the batch's other calls are queued
+        again), and a call that rides in another call's batch is dropped from it. The
+        cancellation propagates.
         """
         self._calls += 1
         try:
@@ -362,42 +244,111 @@ class WorkerPool:
                 f"{program}: a request of {len(body)} bytes exceeds max_message_bytes="
                 f"{self.limits.max_message_bytes}"
             )
+        call = QueuedCall(body, sources, time_limit)
+        while True:
+            worker = await self._queue.worker_for(call)
+            if worker is None:
+                break  # another call's batch answered this one, or the pool closed
+            batch = self._queue.take(
+                call, max_calls=self.limits.max_batch_calls, max_bytes=self._max
+            )
+            try:
+                await self._run(worker, program, batch)
+            except BatchLostError:
+                continue  # queued again at the head, to run alone
+            break
+        if call.state == "closed":
+            raise ProgramError("the program worker pool is closed")
+        answer = call.answer
+        assert answer is not None
+        if "error" in answer:
+            raise error_from_wire(answer["error"])
+        return answer["ok"]
+
+    async def _run(self, worker: WorkerProcess, program: str, batch: Sequence[QueuedCall]) -> None:
+        """Run ``batch`` on ``worker`` and answer each of its calls.
+
+        Raises:
+            BatchLostError: a batch of several calls lost its worker (each is queued or
+                to be run again alone).
+            WorkerTimeoutError, WorkerCrashError, ProgramError: a call alone lost it.
+        """
+        healthy = lost = False
         try:
-            worker = await self._idle_receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise ProgramError("the program worker pool is closed") from None
-        healthy = False
-        try:
-            answer = await self._exchange(worker, program, body, sources, time_limit)
+            if len(batch) == 1:
+                answers = [
+                    await self._exchange(
+                        worker, program, batch[0].body, batch[0].sources, batch[0].time_limit
+                    )
+                ]
+            else:
+                self.batches += 1
+                answers = await self._exchange_batch(worker, program, batch)
             healthy = True
+        except (WorkerTimeoutError, WorkerCrashError) as exc:
+            if len(batch) == 1:
+                raise
+            lost = True
+            log.info(
+                "a batch of %d program calls lost its worker (%s): each runs again alone",
+                len(batch),
+                exc.message,
+            )
+            raise BatchLostError from None
         finally:
             if healthy:
                 self._release(worker)
             else:
                 self._retire(worker)
-        if "error" in answer:
-            raise error_from_wire(answer["error"])
-        return answer["ok"]
+                self._queue.requeue(batch[1:], leader=batch[0] if lost else None)
+        for call, answer in zip(batch, answers, strict=True):
+            call.answered(answer)
+
+    async def _exchange_batch(
+        self, worker: WorkerProcess, program: str, batch: Sequence[QueuedCall]
+    ) -> list[dict[str, Any]]:
+        sources = {key: text for call in batch for key, text in call.sources.items()}
+        body = batch_body([call.body for call in batch])
+        time_limit = sum(call.time_limit for call in batch)
+        answer = await self._exchange(
+            worker, program, body, sources, time_limit, max_bytes=self._max * len(batch)
+        )
+        answers = answer.get("ok")
+        if (
+            not isinstance(answers, list)
+            or len(answers) != len(batch)
+            or not all(isinstance(one, dict) and ("ok" in one or "error" in one) for one in answers)
+        ):
+            # A worker that cannot answer a batch (one older than the pool?) is not trusted
+            # with more calls: the pool replaces it and each call runs again alone.
+            raise WorkerCrashError(
+                f"{program}: a program worker gave an unreadable answer to a batch",
+                reason=str(answer.get("error", "not a list of answers"))[:200],
+            )
+        return answers
 
     async def _exchange(
         self,
-        worker: _Worker,
+        worker: WorkerProcess,
         program: str,
         body: bytes,
         sources: Mapping[str, str],
         time_limit: float,
+        *,
+        max_bytes: int | None = None,
     ) -> dict[str, Any]:
         died: str | None = None
+        limit = max_bytes or self._max
         with anyio.move_on_after(time_limit):
             try:
                 needed = {k: t for k, t in sources.items() if k not in worker.loaded}
-                answer = json.loads(await worker.exchange(_with(body, needed), self._max))
+                answer = decode(await worker.exchange(_with(body, needed), limit))
                 if answer.get("error", {}).get("kind") == MISSING:
-                    answer = json.loads(await worker.exchange(_with(body, sources), self._max))
+                    answer = decode(await worker.exchange(_with(body, sources), limit))
                 if "error" not in answer or answer["error"].get("kind") != "compile":
                     worker.loaded.update(sources)
                 return dict(answer)
-            except _WorkerDiedError as exc:
+            except WorkerDiedError as exc:
                 died = str(exc)
             except ValueError as exc:
                 died = f"unreadable answer: {exc}"
@@ -424,7 +375,7 @@ class WorkerPool:
     @property
     def idle_workers(self) -> int:
         """How many workers are waiting for a call."""
-        return self._idle_receive.statistics().current_buffer_used
+        return len(self._queue.idle)
 
     @property
     def worker_pids(self) -> list[int]:

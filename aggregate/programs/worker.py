@@ -11,6 +11,8 @@ framed JSON request at a time (``aggregate.programs.framing``):
 - ``{"op": "decide", ..., "state", "command"}`` → ``{"ok": {"events", "state"}}`` or
   ``{"ok": {"rejected": reason}}``
 - ``{"op": "apply", ..., "state", "events"}`` → ``{"ok": state}``
+- ``{"op": "batch", "calls": [<decide or apply request>, ...], "sources"}`` →
+  ``{"ok": [<answer>, ...]}``: each call answered on its own, in order
 
 ``sources`` maps source keys (SHA-256 of the text) to texts the worker may not have yet;
 programs are compiled once per worker and cached by key. A request naming a key the
@@ -33,6 +35,7 @@ from aggregate.domain.errors import AggregateError, ProgramError, ProgramLimitEr
 from aggregate.programs.base import Accepted, ProgramLimits
 from aggregate.programs.framing import (
     MISSING,
+    decode,
     encode,
     error_to_wire,
     frame,
@@ -98,21 +101,50 @@ def handle(request: dict[str, Any], limits: ProgramLimits) -> Any:
     raise ProgramError(f"unknown worker operation {op!r}")
 
 
-def answer(body: bytes, limits: ProgramLimits) -> bytes:
-    """The encoded answer to one encoded request; never raises for a program's fault."""
+def outcome(request: dict[str, Any], limits: ProgramLimits) -> dict[str, Any]:
+    """The answer to one request, ``{"ok": ...}`` or ``{"error": ...}``; never raises for
+    a program's fault.
+
+    Raises:
+        _Missing: a program text is needed.
+    """
     try:
-        request = json.loads(body)
-        return encode({"ok": handle(request, limits)})
-    except _Missing:
-        return encode({"error": {"kind": MISSING, "message": "program text needed"}})
+        return {"ok": handle(request, limits)}
     except AggregateError as exc:
-        return encode({"error": error_to_wire(exc)})
+        return {"error": error_to_wire(exc)}
     except MemoryError:
         error = ProgramLimitError(
             f"a program ran out of memory (max_memory_bytes={limits.max_memory_bytes})"
         )
-        return encode({"error": error_to_wire(error)})
+        return {"error": error_to_wire(error)}
+    except _Missing:
+        raise
     except Exception as exc:  # a bug or an unexpected value: report it, keep serving
+        return {"error": error_to_wire(ProgramError(f"worker error: {exc!r}"))}
+
+
+def _batch(request: dict[str, Any], limits: ProgramLimits) -> dict[str, Any]:
+    sources = request.get("sources") or {}
+    answers = []
+    for call in request["calls"]:
+        if sources:
+            call["sources"] = sources
+        answers.append(outcome(call, limits))
+    return {"ok": answers}
+
+
+def answer(body: bytes, limits: ProgramLimits) -> bytes:
+    """The encoded answer to one encoded request or batch (each call of a batch answered
+    on its own: one call's error does not touch the others); never raises for a
+    program's fault."""
+    try:
+        request = decode(body)
+        if request.get("op") == "batch":
+            return encode(_batch(request, limits))
+        return encode(outcome(request, limits))
+    except _Missing:
+        return encode({"error": {"kind": MISSING, "message": "program text needed"}})
+    except Exception as exc:  # unreadable request or unencodable answer: report, keep serving
         return encode({"error": error_to_wire(ProgramError(f"worker error: {exc!r}"))})
 
 

@@ -78,6 +78,7 @@ def program_limits(settings: Settings) -> ProgramLimits:
         hard_timeout_seconds=settings.program_hard_timeout_seconds,
         max_memory_bytes=settings.program_max_memory_bytes,
         pool_size=settings.program_workers,
+        max_batch_calls=settings.program_batch_calls,
     )
 
 

@@ -147,6 +147,42 @@ def test_malformed_records_are_corrupt(mutate: object) -> None:
         CommandRecord.decode(json.dumps(body).encode(), expected_key=KEY)
 
 
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda b: b.update(aggregate_type="other-type"), "was read under"),
+        (lambda b: b.pop("aggregate_type"), "aggregate_type"),
+        (lambda b: b.pop("aggregate_id"), "aggregate_id"),
+        (lambda b: b.update(aggregate_id=1), "not a UUID"),
+        (lambda b: b.update(aggregate_id=str(KEY.aggregate_id).replace("-", "")), "not a UUID"),
+    ],
+)
+def test_records_of_another_aggregate_or_without_one_are_corrupt(
+    mutate: object, message: str
+) -> None:
+    body = record(1, "A").to_json()
+    mutate(body)  # type: ignore[operator]
+    with pytest.raises(CorruptDataError, match=message):
+        CommandRecord.decode(json.dumps(body).encode(), expected_key=KEY)
+
+
+def test_record_decodes_against_keys_of_many_aggregates_in_turn() -> None:
+    keys = [AggregateKey("acme", "bank-account", uuid7()) for _ in range(3)]
+    bodies = [record(1, "A", key=k).encode() for k in keys]
+    for _ in range(2):
+        for k, body in zip(keys, bodies, strict=True):
+            assert CommandRecord.decode(body, expected_key=k).key == k
+            other = keys[(keys.index(k) + 1) % 3]
+            with pytest.raises(CorruptDataError, match="was read under"):
+                CommandRecord.decode(body, expected_key=other)
+
+
+def test_record_with_an_upper_case_aggregate_id_reads_as_its_key() -> None:
+    body = record(1, "A").to_json()
+    body["aggregate_id"] = body["aggregate_id"].upper()
+    assert CommandRecord.decode(json.dumps(body).encode(), expected_key=KEY).key == KEY
+
+
 def test_decided_events_must_have_a_type() -> None:
     with pytest.raises(InvalidArgumentError, match="event #1"):
         events_from_decision([{"type": "A"}, {"amount": 1}], first_version=1)
@@ -294,3 +330,29 @@ def test_snapshot_round_trip_and_tenant_check() -> None:
     forged = Snapshot(other, 1, 1, {}, snap.history, snap.created_at)
     with pytest.raises(TenantAccessDeniedError):
         AggregateInstance.from_snapshot(forged, key=KEY, history_limit=3)
+
+
+def test_timestamps_render_each_millisecond_across_second_boundaries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import datetime
+
+    from aggregate.domain import envelopes
+
+    for now in (1767323045.678, 1767323045.999, 1767323046.0, 1767323046.001, 100.5, 100.25):
+        monkeypatch.setattr(envelopes.time, "time", lambda now=now: now)
+        millis = int(now * 1000)
+        at = datetime.datetime.fromtimestamp(millis // 1000, datetime.UTC)
+        expected = f"{at:%Y-%m-%dT%H:%M:%S}.{millis % 1000:03d}Z"
+        assert envelopes.utc_now_rfc3339() == expected
+    assert envelopes.utc_now_rfc3339() == "1970-01-01T00:01:40.250Z"
+
+
+def test_uuid_text_is_the_canonical_text() -> None:
+    from aggregate.domain.ids import uuid_text
+
+    ids = [uuid7() for _ in range(3)] + [uuid.UUID(int=2**128 - 1)]
+    for one in ids * 2:
+        assert uuid_text(one) == str(one)
+    key = AggregateKey("acme", "bank-account", ids[0])
+    assert key.subject == f"tenant.acme.aggregate.bank-account.{ids[0]}"

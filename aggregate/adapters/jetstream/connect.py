@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import nats.errors
 from nats.aio.client import Client
 
+from aggregate.adapters.jetstream import headers
 from aggregate.config.values import redact_url_credentials
 from aggregate.domain.errors import BackendUnavailableError
 
@@ -93,6 +94,7 @@ async def open_connection(
             await reconnected_cb()
 
     nc = Client()
+    headers.install(nc)
     connect: Any = nc.connect  # nats-py annotates its timeouts as int; they are floats
     try:
         async with asyncio.timeout(timeout_s):

@@ -29,6 +29,7 @@ import anyio
 import nats.errors
 from nats.js.api import Header
 
+from aggregate.adapters.jetstream import headers as header_parsing
 from aggregate.adapters.jetstream.inbox import ReplyInbox
 from aggregate.domain.errors import AggregateError, BackendUnavailableError, CorruptDataError
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
 _NUM_PENDING = "Nats-Num-Pending"
+_STATUS = Header.STATUS.value
 BATCH_MAX_BYTES = 8 * 1024 * 1024
 """Bytes per batch answer: the server ends a batch early past it (EOB with messages still
 pending, so the reader asks for the next page), which keeps one answer well inside the
@@ -72,7 +74,7 @@ class _Reply:
         if self.done.is_set():
             return
         headers = msg.headers or {}
-        status = headers.get(Header.STATUS.value)
+        status = headers.get(_STATUS)
         if status:
             self.status = status
             self.description = str(headers.get(Header.DESCRIPTION, ""))
@@ -134,6 +136,7 @@ class DirectGetClient:
         timeout_s: float = 5.0,
         batch_max_bytes: int = BATCH_MAX_BYTES,
     ) -> None:
+        header_parsing.install(nc)  # replies carry a stored message's ~19 headers each
         self._nc = nc
         self._stream = stream
         self._api = f"$JS.API.DIRECT.GET.{stream}"
