@@ -123,6 +123,7 @@ def streaming_round(svc: ServiceProcess, prefix: str, args: argparse.Namespace) 
         "accounts": args.accounts,
         "streams": 4,
         "window": 64,
+        "timeout": args.timeout,
     }
     marks: dict[str, Any] = {}
 
@@ -185,7 +186,14 @@ async def client(spec: dict[str, Any]) -> dict[str, Any]:
         metadata = [("x-tenant-id", tenant)]
         await asyncio.gather(
             *(
-                _pipelined(stub, metadata, requests(s), int(spec["window"]), on_result)
+                _pipelined(
+                    stub,
+                    metadata,
+                    requests(s),
+                    int(spec["window"]),
+                    on_result,
+                    timeout_s=float(spec.get("timeout", 1800.0)),
+                )
                 for s in range(streams)
             )
         )
