@@ -2,7 +2,8 @@
 
 Adapters implement them: JetStream and the in-memory store (``EventStore``), SQLite
 (``SnapshotStore``), the snapshotter (``SnapshotSink``), the placement gate
-(``TenantGate``). All async methods are written for anyio: they run on the asyncio island in
+(``TenantGate``), the read side's change feed (``ChangeSink``). All async methods are
+written for anyio: they run on the asyncio island in
 the service and under Trio in tests.
 """
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from aggregate.domain.aggregate import Snapshot
+    from aggregate.domain.changes import CommittedChange
     from aggregate.domain.context import RequestContext
     from aggregate.domain.envelopes import CommandRecord, StoredRecord
     from aggregate.domain.ids import AggregateKey
@@ -98,4 +100,29 @@ class TenantGate(Protocol):
             TenantUnavailableError: the tenant is not hosted here or is draining.
             TenantAccessDeniedError: the tenant is not allowed on this node.
         """
+        ...
+
+
+class ChangeSink(Protocol):
+    """Where the handler reports its appends, for the read side (index, watch; DESIGN §10).
+
+    Every append is bracketed: ``append_started`` before the publish, ``append_ended`` after
+    it, whatever happened; a message known to be stored (and ours) is ``offer``-ed before its
+    bracket ends. An append that ends ``uncertain`` may or may not have stored a message
+    (lost acknowledgement, cancellation, a conflict answer to a retried publish): readers
+    must find out from the stream. All three are called on the handler's thread (the asyncio
+    island), never block and never raise.
+    """
+
+    def append_started(self, tenant_id: str) -> int:
+        """An append for ``tenant_id`` is about to be sent. Returns its ticket."""
+        ...
+
+    def offer(self, change: CommittedChange) -> None:
+        """A message of ours that is stored in the stream."""
+        ...
+
+    def append_ended(self, ticket: int, *, uncertain: bool) -> None:
+        """The append of ``ticket`` is over. ``uncertain``: it may have stored a message
+        that was not offered."""
         ...

@@ -23,6 +23,7 @@ from aggregate.adapters.grpc.service import GrpcOptions
 from aggregate.adapters.jetstream import JetStreamEventStore, StreamPolicy, ensure_stream
 from aggregate.adapters.jetstream.connect import open_connection
 from aggregate.adapters.placement_kv import PlacementWatcher
+from aggregate.application.changes import ChangeFeed
 from aggregate.application.gate import TenantGate
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.application.placement import PlacementController
@@ -108,6 +109,9 @@ class IslandCore:
         self.watcher: PlacementWatcher | None = None
         self._stop: anyio.Event | None = None
         self._closing = False
+        self.changes = ChangeFeed()
+        """The read side's change feed (``aggregate.application.changes``): the handler
+        reports its appends to it; readers (index, watch) add themselves to its consumers."""
 
     # ---- lifecycle --------------------------------------------------------------
     async def run(self, report: Callable[[CoreInfo], None]) -> None:
@@ -167,6 +171,7 @@ class IslandCore:
                 types=self.registry,
                 snapshots=self.snapshots,
                 snapshot_sink=self.snapshot_sink,
+                change_sink=self.changes,
                 gate=self.gate,
                 settings=handler_settings(settings),
                 observer=self.metrics,
