@@ -9,6 +9,7 @@ the service and under Trio in tests.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -125,4 +126,38 @@ class ChangeSink(Protocol):
     def append_ended(self, ticket: int, *, uncertain: bool) -> None:
         """The append of ``ticket`` is over. ``uncertain``: it may have stored a message
         that was not offered."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPage:
+    """One page of the stream read in order: the records, how many messages were skipped
+    as unreadable (logged by the reader), and where the next page starts."""
+
+    records: list[StoredRecord]
+    skipped: int
+    next_seq: int
+    done: bool
+
+
+class StreamReader(Protocol):
+    """Reads the whole stream, or one tenant's part of it, in position order, without a
+    consumer per read (batch direct get on JetStream). The read side's rebuilds use it."""
+
+    async def stream_end(self) -> int:
+        """The stream's last sequence (0: empty).
+
+        Raises:
+            BackendUnavailableError: the store cannot be reached.
+        """
+        ...
+
+    async def read_page(self, tenant_id: str | None, *, after_seq: int, limit: int) -> StreamPage:
+        """Up to ``limit`` records after ``after_seq`` of ``tenant_id`` (None: every
+        tenant), in position order. A message that cannot be decoded under its subject is
+        skipped and counted, never returned.
+
+        Raises:
+            BackendUnavailableError: the store cannot be reached.
+        """
         ...
