@@ -9,7 +9,7 @@ request or raise ``InvalidArgumentError`` with a message an operator can act on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
 
 from aggregate.domain.errors import InvalidArgumentError, quote, quote_list
 from aggregate.domain.ids import validate_tenant_id
@@ -39,6 +39,9 @@ class HealthReport(TypedDict):
     uptime_seconds: float
     version: str
     shard_id: str
+    index: NotRequired[dict[str, Any]]
+    """The query index: ``position``, ``lag_positions``, ``lag_seconds``, ``replayed``
+    (the start-up replay is done), ``replaying_tenants``, ``replayed_messages``."""
 
 
 class TenantStatusView(TypedDict):

@@ -24,10 +24,9 @@ the tenant's watermark before the page was read: everything at or below it is re
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -146,6 +145,7 @@ class Indexer:
                     await self._flush()
 
     async def _start_replay(self) -> None:
+        epoch = self._epoch  # a tenant that arrives meanwhile is replayed on its own
         while True:
             try:
                 after = await anyio.to_thread.run_sync(self.store.replayed_through)
@@ -157,7 +157,7 @@ class Indexer:
                 continue
             self.feed.observed(end)
             self._start_end = end
-            self._all_current_epoch = self._epoch
+            self._all_current_epoch = epoch
             self.started = True
             await self._flush()
             return
@@ -305,15 +305,17 @@ class Indexer:
     def _progress(self) -> str:
         return f"{self.replayer.total_messages} messages replayed"
 
-    def status(self) -> dict[str, object]:
-        """For /health: the visible position, how far behind the acknowledged changes it
-        is, and whether the start-up replay is done."""
-        lag = max(0, self.feed.known - self.visible.known)
-        oldest = time.monotonic() - self._first_buffered if self._buffer else 0.0
+    def status(self) -> dict[str, Any]:
+        """For /health and metrics (read from any thread: plain values only): the visible
+        position, how far behind the acknowledged changes it is, whether the start-up
+        replay is done, the tenants being replayed and the messages replayed so far."""
+        visible = self.visible.known
+        buffered = self._first_buffered if self._buffer else None
         return {
-            "position": self.visible.known,
-            "lag_positions": lag,
-            "lag_seconds": round(oldest, 3) if math.isfinite(oldest) else 0.0,
+            "position": visible,
+            "lag_positions": max(0, self.feed.known - visible),
+            "lag_seconds": round(time.monotonic() - buffered, 3) if buffered is not None else 0.0,
             "replayed": self.started,
-            "replaying_tenants": sorted(self._replays),
+            "replaying_tenants": len(self._replays),
+            "replayed_messages": self.replayer.total_messages,
         }

@@ -38,7 +38,7 @@ class IslandAdminBackend:
         status = "degraded" if state == "serving" and not connected else state
         if status == "serving":
             status = "ok"
-        return {
+        report: HealthReport = {
             "status": status,
             "ready": self.service.ready(),
             "nats_connected": connected,
@@ -46,6 +46,9 @@ class IslandAdminBackend:
             "version": VERSION,
             "shard_id": self.service.settings.shard_id,
         }
+        if self.core.indexer is not None:
+            report["index"] = self.core.indexer.status()
+        return report
 
     def ready(self) -> bool:
         return self.service.ready()

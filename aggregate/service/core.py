@@ -34,6 +34,7 @@ from aggregate.domain.placement import PlacementDecision
 from aggregate.programs.base import ProgramLimits
 from aggregate.programs.pool import WorkerPool
 from aggregate.programs.registry import ProgramRegistry, check_manifest, isolation_warnings
+from aggregate.service.index import hosts_every_tenant, open_indexer
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from aggregate.application.placement import PlacementChange
     from aggregate.application.ports import SnapshotSink, SnapshotStore
     from aggregate.config import Settings
+    from aggregate.query.indexer import Indexer
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,7 @@ class IslandCore:
         self._stop: anyio.Event | None = None
         self._closing = False
         self.changes = ChangeFeed()
+        self.indexer: Indexer | None = None
         """The read side's change feed (``aggregate.application.changes``): the handler
         reports its appends to it; readers (index, watch) add themselves to its consumers."""
 
@@ -179,13 +182,21 @@ class IslandCore:
             )
             handler = self.handler
             self.metrics.set_cache_size_source(lambda: len(handler.cache))
+            if settings.index_enabled:
+                self.indexer = await open_indexer(
+                    stack, settings, nc, store, self.changes, self.registry, manifest, self.gate
+                )
+                self.metrics.set_index_source(self.indexer.status)
             self.server = CommandServer(
                 self.handler,
                 GrpcOptions.from_settings(settings),
                 observer=self.metrics,
                 tracer=self.tracer,
+                queries=self.indexer,
             )
             async with anyio.create_task_group() as tg:
+                if self.indexer is not None:
+                    await tg.start(self.indexer.serve)
                 await tg.start(self.controller.run, self.watcher.updates())
                 host, port = await self.server.start()
                 stack.push_async_callback(self.server.aclose)
@@ -273,6 +284,8 @@ class IslandCore:
         if self.handler is not None:
             for tenant in change.left:
                 self.handler.forget_tenant(tenant)
+        if self.indexer is not None:
+            self.indexer.placement_changed(hosts_every_tenant=hosts_every_tenant(change.decision))
         log.info("placement changed: %s", change.as_dict())
 
     def tenant_payload(self) -> Any:
