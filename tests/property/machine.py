@@ -29,6 +29,7 @@ from hypothesis.stateful import (
 )
 
 from aggregate.adapters.grpc import convert
+from aggregate.application.changes import ChangeFeed
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.domain.context import RequestContext
 from aggregate.domain.envelopes import Command, CommandResult
@@ -41,9 +42,11 @@ from aggregate.domain.ids import AggregateKey, uuid7_at
 from aggregate.gateway.v1 import aggregate_pb2 as pb
 from aggregate.programs.base import AggregateTypeSpec
 from aggregate.testing.memory_snapshots import InMemorySnapshotStore
+from aggregate.testing.memory_store import InMemoryEventStore
 from aggregate.testing.programs import FunctionProgram, StaticTypes
 from specs import bank
 from specs.model import Model, ModelResult, ModelType
+from tests.property.query_rules import QueryRules
 
 if TYPE_CHECKING:
     from anyio.from_thread import BlockingPortal
@@ -65,6 +68,10 @@ class World:
     supports_faults: bool = False
     tenant_prefix: str = ""
     program: Any = None
+    reader: Any = None
+    """The stream reader of the index (None: the store is its own, as in memory)."""
+    changes: Any = None
+    """The change feed the handlers report to (the machine's index reads it)."""
 
     def types(self) -> StaticTypes:
         program = self.program or FunctionProgram(TYPE, bank.decide, bank.apply)
@@ -76,6 +83,7 @@ class World:
             types=self.types(),
             snapshots=self.snapshots,
             snapshot_sink=self.snapshots,
+            change_sink=self.changes,
             settings=HandlerSettings(
                 max_retries=3,
                 snapshot_threshold=SNAPSHOT_THRESHOLD,
@@ -142,8 +150,9 @@ spellings = st.sampled_from(
 )
 
 
-class HandlerMachine(RuleBasedStateMachine):
-    """Subclasses set ``make_world`` (a callable returning a World)."""
+class HandlerMachine(QueryRules, RuleBasedStateMachine):
+    """Subclasses set ``make_world`` (a callable returning a World). The query rules
+    (``tests.property.query_rules``) run an index beside the handlers."""
 
     make_world: ClassVar[Any]
 
@@ -155,12 +164,17 @@ class HandlerMachine(RuleBasedStateMachine):
         super().__init__()
         self.world: World = type(self).make_world()
         self.model = Model({TYPE: ModelType(bank.decide, bank.apply)}, HISTORY_LIMIT)
+        self.world.changes = ChangeFeed()
         self.nodes = [self.world.new_handler(), self.world.new_handler()]
+        self.start_index(self.world.changes)
         self.clock_ms = 1_750_000_000_000
         self.counter = itertools.count()
 
     def teardown(self) -> None:
-        self.world.close()
+        try:
+            self.stop_index()
+        finally:
+            self.world.close()
 
     # ---- helpers --------------------------------------------------------------------
     def fresh_id(self, v7: bool = True) -> uuid.UUID:
@@ -457,18 +471,34 @@ def bank_manifest_type() -> Any:
     return load_manifest(example_manifest_path("bank")).types[TYPE]
 
 
+class SlowAckStore(InMemoryEventStore):
+    """The in-memory store, with the acknowledgement of the next appends delayed by
+    ``ack_delays`` (seconds, one per append): answers come back out of position order."""
+
+    ack_delays: list[float]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ack_delays = []
+
+    async def append(self, record: Any, *, expected_last_seq: int, context: Any) -> int:
+        seq = await super().append(record, expected_last_seq=expected_last_seq, context=context)
+        if self.ack_delays:
+            await anyio.sleep(self.ack_delays.pop())
+        return seq
+
+
 def memory_world_factory(backend: str = "trio", program: str = "function") -> Any:
     """Worlds on the in-memory store. ``program``: ``function`` (the model's own rules),
     ``starlark-inline`` or ``starlark-process`` (the bundled Starlark bank example, so the
     model also checks the example program)."""
     from aggregate.programs.pool import WorkerPool
     from aggregate.programs.starlark_program import StarlarkInlineProgram, StarlarkProcessProgram
-    from aggregate.testing.memory_store import InMemoryEventStore
 
     def make() -> World:
         stack = contextlib.ExitStack()
         portal = stack.enter_context(anyio.from_thread.start_blocking_portal(backend))
-        world = World(portal=portal, store=InMemoryEventStore(), supports_faults=True)
+        world = World(portal=portal, store=SlowAckStore(), supports_faults=True)
         world.close = stack.close  # type: ignore[method-assign]
         if program != "function":
             spec = bank_manifest_type()
