@@ -9,7 +9,7 @@ request or raise ``InvalidArgumentError`` with a message an operator can act on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NotRequired, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
 from urllib.parse import parse_qsl
 
 from aggregate.domain.errors import InvalidArgumentError, quote, quote_list
@@ -69,6 +69,9 @@ class HealthReport(TypedDict):
     breakers: NotRequired[list[dict[str, object]]]
     """Each circuit breaker: name, state (closed, half_open, open), consecutive failures,
     the last failure's reason while not closed, and retry_after_ms while open."""
+    index: NotRequired[dict[str, Any]]
+    """The query index: ``position``, ``lag_positions``, ``lag_seconds``, ``replayed``
+    (the start-up replay is done), ``replaying_tenants``, ``replayed_messages``."""
 
 
 class TenantStatusView(TypedDict):

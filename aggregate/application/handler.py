@@ -24,6 +24,7 @@ from opentelemetry import trace
 
 from aggregate.application.activity import NoActivityTracker
 from aggregate.application.cache import AggregateCache, KeyedLocks
+from aggregate.application.changes import open_append
 from aggregate.domain.aggregate import AggregateInstance, program_events
 from aggregate.domain.envelopes import AggregateView, CommandResult, Event
 from aggregate.domain.errors import (
@@ -47,7 +48,13 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from aggregate.application.activity import ActivityTracker
-    from aggregate.application.ports import EventStore, SnapshotSink, SnapshotStore, TenantGate
+    from aggregate.application.ports import (
+        ChangeSink,
+        EventStore,
+        SnapshotSink,
+        SnapshotStore,
+        TenantGate,
+    )
     from aggregate.domain.envelopes import Command, StoredRecord
     from aggregate.domain.history import HistoryEntry
     from aggregate.domain.ids import AggregateKey
@@ -121,6 +128,7 @@ class CommandHandler:
         types: TypeLookup,
         snapshots: SnapshotStore | None = None,
         snapshot_sink: SnapshotSink | None = None,
+        change_sink: ChangeSink | None = None,
         gate: TenantGate | None = None,
         protection: TenantGate | None = None,
         settings: HandlerSettings | None = None,
@@ -134,6 +142,7 @@ class CommandHandler:
         self.types = types
         self.snapshots = snapshots
         self.snapshot_sink = snapshot_sink
+        self.change_sink = change_sink
         self.gate: TenantGate = gate or _OpenGate()
         self.protection: TenantGate = protection or _OpenGate()
         """Breakers and quotas (``aggregate.application.quota.Protection``), after the gate."""
@@ -237,7 +246,9 @@ class CommandHandler:
             if isinstance(decision, Rejected):
                 raise CommandRejectedError(decision.reason)
             if not decision.events:
-                return CommandResult(key, command.command_id, instance.version, ())
+                return CommandResult(
+                    key, command.command_id, instance.version, (), position=instance.last_seq
+                )
             record = instance.record_for(
                 command.command_id,
                 decision.events,
@@ -246,34 +257,57 @@ class CommandHandler:
                 program_version=spec.version,
             )
             attempted = record.events[0]
-            try:
-                with self._span("append"):
-                    seq = await self.store.append(
-                        record, expected_last_seq=instance.last_seq, context=command.context
+            previous = instance.last_seq
+            conflicted = False
+            with open_append(self.change_sink, key.tenant_id) as append:
+                try:
+                    with self._span("append"):
+                        seq = await self.store.append(
+                            record, expected_last_seq=previous, context=command.context
+                        )
+                except DuplicateAppendError as duplicate:
+                    stored = await self._stored_command(key, command.command_id, duplicate.seq)
+                    if stored.record.events[0].event_id == record.events[0].event_id:
+                        # Our own append, landed on an earlier attempt of the store's retry.
+                        instance.accept(stored.seq, stored.record, decision.state)
+                        append.committed(instance, previous, record)
+                        self._maybe_snapshot(instance, spec)
+                        return CommandResult(
+                            key,
+                            command.command_id,
+                            instance.version,
+                            record.events,
+                            position=stored.seq,
+                        )
+                    # A repeat of a command this aggregate no longer remembers (a non-v7 id
+                    # beyond the history) that the store's duplicate window still knows:
+                    # answer the stored result, never apply it twice.
+                    append.settled = True
+                    original = stored.record
+                    return CommandResult(
+                        key,
+                        command.command_id,
+                        original.last_version,
+                        original.events,
+                        True,
+                        position=stored.seq,
                     )
-            except DuplicateAppendError as duplicate:
-                stored = await self._stored_command(key, command.command_id, duplicate.seq)
-                if stored.record.events[0].event_id == record.events[0].event_id:
-                    # Our own append, landed on an earlier attempt of the store's retry.
-                    instance.accept(stored.seq, stored.record, decision.state)
-                    self._maybe_snapshot(instance, spec)
-                    return CommandResult(key, command.command_id, instance.version, record.events)
-                # A repeat of a command this aggregate no longer remembers (a non-v7 id
-                # beyond the history) that the store's duplicate window still knows: answer
-                # the stored result, never apply it twice.
-                original = stored.record
-                return CommandResult(
-                    key, command.command_id, original.last_version, original.events, True
-                )
-            except VersionConflictError:
+                except VersionConflictError:
+                    # Uncertain: the answer to a retried publish whose first attempt landed.
+                    conflicted = True
+                else:
+                    instance.accept(seq, record, decision.state)
+                    append.committed(instance, previous, record)
+            if conflicted:
                 self.observer.conflict(key)
                 await self._catch_up(instance, spec)
                 if attempt < self.settings.max_retries:
                     await self._backoff(attempt)
                 continue
-            instance.accept(seq, record, decision.state)
             self._maybe_snapshot(instance, spec)
-            return CommandResult(key, command.command_id, instance.version, record.events)
+            return CommandResult(
+                key, command.command_id, instance.version, record.events, position=seq
+            )
         # The last conflict may have been our own append landing (a retried publish).
         entry = instance.lookup(command.command_id)
         if entry is not None:
@@ -394,7 +428,9 @@ class CommandHandler:
         stored = await self._stored_command(key, entry.command_id, entry.stream_seq)
         events = stored.record.events
         duplicate = attempted is None or events[0].event_id != attempted.event_id
-        return CommandResult(key, entry.command_id, entry.last_version, events, duplicate)
+        return CommandResult(
+            key, entry.command_id, entry.last_version, events, duplicate, position=stored.seq
+        )
 
     async def _stored_command(
         self, key: AggregateKey, command_id: uuid.UUID, seq: int

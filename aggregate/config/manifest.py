@@ -30,6 +30,7 @@ from aggregate.domain.schemas import (
     SchemaDefinitionError,
     compile_command_schemas,
 )
+from aggregate.query.plan import index_statements, validate_index_path
 
 if TYPE_CHECKING:
     from aggregate.config.settings import Settings
@@ -44,6 +45,7 @@ TYPE_KEYS = (
     "initial_state",
     "schemas",
     "examples",
+    "indexes",
 )
 MAX_EXAMPLES = 1000
 """Most example commands one aggregate type may list."""
@@ -135,6 +137,7 @@ def _parse_type(section: _Section, key: str, name: str, spec: object) -> Aggrega
         initial_state=plain,
         schemas=schemas,
         examples=_examples(section, key, spec, schemas),
+        indexes=_indexes(section, key, name, spec.get("indexes", [])),
     )
 
 
@@ -175,6 +178,19 @@ def _examples(
             raise section.error(where, exc.message) from None
         plain.append(command)
     return tuple(plain)
+
+
+def _indexes(section: _Section, key: str, name: str, value: object) -> tuple[str, ...]:
+    """The ``indexes:`` of a type: field paths the index keeps expression indexes on."""
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise section.error(f"{key}.indexes", "must be a list of field paths like state.balance")
+    for offset, path in enumerate(value):
+        try:
+            validate_index_path(path)
+        except ValueError as exc:
+            raise section.error(f"{key}.indexes[{offset}]", str(exc)) from None
+    index_statements(name, value)  # the type name is a valid index name too
+    return tuple(dict.fromkeys(value))
 
 
 def _program(

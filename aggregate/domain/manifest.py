@@ -56,6 +56,8 @@ class AggregateTypeManifest:
     """Compiled JSON Schemas of command payloads, by command type (``schemas:``)."""
     examples: tuple[dict[str, Any], ...] = ()
     """Example commands (``examples:``) that ``aggregate check`` explores from."""
+    indexes: tuple[str, ...] = ()
+    """Field paths (``state.balance``) the read side's index keeps expression indexes on."""
 
 
 @dataclass(frozen=True, slots=True)

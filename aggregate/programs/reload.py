@@ -250,6 +250,12 @@ class ProgramCatalog:
             await stack.aclose()
 
     @property
+    def manifest(self) -> Manifest:
+        """The manifest serving now (the last one loaded or reloaded)."""
+        assert self._manifest is not None, "the catalog is not open"
+        return self._manifest
+
+    @property
     def pool(self) -> WorkerPool | None:
         """The worker pool serving now (None: no type runs in worker processes)."""
         return self._slot.current

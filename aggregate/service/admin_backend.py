@@ -80,7 +80,7 @@ class IslandAdminBackend:
         if self.snapshotter is not None:
             stats = self.snapshotter.stats
             pending, lag = stats.pending, stats.lag_seconds
-        return {
+        report: HealthReport = {
             "status": status,
             "ready": self.service.ready(),
             "nats_connected": connected,
@@ -93,6 +93,9 @@ class IslandAdminBackend:
             "snapshot_lag_seconds": round(lag, 3),
             "breakers": [b.as_dict() for b in breakers],
         }
+        if self.core.indexer is not None:
+            report["index"] = self.core.indexer.status()
+        return report
 
     def _storage(self) -> StorageReport:
         if self.storage is None:

@@ -27,6 +27,7 @@ from aggregate.adapters.placement_kv import PlacementWatcher
 from aggregate.adapters.quota_kv import QuotaWatcher
 from aggregate.adapters.shard_directory import ShardDirectory
 from aggregate.application.activity import ActivityTracker
+from aggregate.application.changes import ChangeFeed
 from aggregate.application.gate import TenantGate
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.application.placement import PlacementController
@@ -37,6 +38,7 @@ from aggregate.domain.placement import PlacementDecision
 from aggregate.ingest.wiring import build_ingestor
 from aggregate.programs.base import ProgramLimits
 from aggregate.programs.reload import ProgramCatalog
+from aggregate.service.index import hosts_every_tenant, open_indexer
 from aggregate.service.protection import build_protection
 from aggregate.service.shards import advertised_entry
 
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from aggregate.ingest.runner import Ingestor
     from aggregate.programs.registry import ProgramRegistry
     from aggregate.programs.reload import ReloadOutcome
+    from aggregate.query.indexer import Indexer
     from aggregate.service.protection import Breakers
 
 log = logging.getLogger(__name__)
@@ -138,6 +141,10 @@ class IslandCore:
         self._tasks: TaskGroup | None = None
         self._stop: anyio.Event | None = None
         self._closing = False
+        self.changes = ChangeFeed()
+        self.indexer: Indexer | None = None
+        """The read side's change feed (``aggregate.application.changes``): the handler
+        reports its appends to it; readers (index, watch) add themselves to its consumers."""
 
     # ---- lifecycle --------------------------------------------------------------
     async def run(self, report: Callable[[CoreInfo], None]) -> None:
@@ -199,6 +206,7 @@ class IslandCore:
                 types=self.registry,
                 snapshots=self.snapshots,
                 snapshot_sink=self.snapshot_sink,
+                change_sink=self.changes,
                 gate=self.gate,
                 protection=self.protection,
                 settings=handler_settings(settings),
@@ -210,11 +218,24 @@ class IslandCore:
             self.metrics.set_cache_size_source(lambda: len(handler.cache))
             self.protection_metrics.set_queue_depth_source(lambda: handler.locks.waiting)
             self.protection_metrics.set_load_limit(settings.max_in_flight)
+            if settings.index_enabled:
+                self.indexer = await open_indexer(
+                    stack,
+                    settings,
+                    nc,
+                    store,
+                    self.changes,
+                    self.registry,
+                    self.programs.manifest,
+                    self.gate,
+                )
+                self.metrics.set_index_source(self.indexer.status)
             self.server = CommandServer(
                 self.handler,
                 GrpcOptions.from_settings(settings),
                 observer=self.metrics,
                 tracer=self.tracer,
+                queries=self.indexer,
             )
             server = self.server
             self.protection_metrics.set_shed_source(lambda: server.service.shed)
@@ -234,6 +255,8 @@ class IslandCore:
                 self.ingestor = build_ingestor(settings, handler, self.registry, nc, self.metrics)
             async with anyio.create_task_group() as tg:
                 self._tasks = tg
+                if self.indexer is not None:
+                    await tg.start(self.indexer.serve)
                 await tg.start(self.controller.run, self.watcher.updates())
                 await tg.start(self._follow_quotas)
                 if self.directory is not None:
@@ -390,6 +413,8 @@ class IslandCore:
         if self.handler is not None:
             for tenant in change.left:
                 self.handler.forget_tenant(tenant)
+        if self.indexer is not None:
+            self.indexer.placement_changed(hosts_every_tenant=hosts_every_tenant(change.decision))
         log.info("placement changed: %s", change.as_dict())
 
     def tenant_payload(self) -> Any:

@@ -13,6 +13,7 @@ from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from aggregate.adapters.jetstream import JetStreamEventStore, StreamPolicy, ensure_stream
+from aggregate.adapters.jetstream.stream_reader import JetStreamStreamReader
 from aggregate.adapters.nats_server import NatsServerProcess
 from tests.property.machine import HandlerMachine, World
 
@@ -35,10 +36,12 @@ def jetstream_world_factory(url: str) -> Any:
 
         nc = portal.call(connect)
         store = JetStreamEventStore(nc, stream="MACHINE_EVENTS", request_timeout_s=5)
-        world = World(portal=portal, store=store, tenant_prefix=f"run{next(_runs)}_")
+        reader = JetStreamStreamReader(nc, stream="MACHINE_EVENTS", request_timeout_s=5)
+        world = World(portal=portal, store=store, tenant_prefix=f"run{next(_runs)}_", reader=reader)
 
         def close() -> None:
             try:
+                portal.call(reader.aclose)
                 portal.call(store.aclose)
                 portal.call(nc.close)
             finally:

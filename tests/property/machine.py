@@ -31,6 +31,7 @@ from hypothesis.stateful import (
 
 from aggregate.adapters.grpc import convert
 from aggregate.application.activity import ActivityTracker
+from aggregate.application.changes import ChangeFeed
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.application.quota import Protection
 from aggregate.domain.context import RequestContext
@@ -54,6 +55,7 @@ from aggregate.testing.programs import FunctionProgram
 from specs import bank, boundary
 from specs.model import Model, ModelResult, ModelType
 from specs.protection import Limits, QuotaModel, TenantUsage
+from tests.property.query_rules import QueryRules
 
 _IDLE = TenantUsage(Fraction(0))
 
@@ -83,6 +85,10 @@ class World:
     program: Any = None
     registry: ProgramRegistry | None = None
     schemas: CommandSchemas | None = None  # the bank example's command schemas, or none
+    reader: Any = None
+    """The stream reader of the index (None: the store is its own, as in memory)."""
+    changes: Any = None
+    """The change feed the handlers report to (the machine's index reads it)."""
 
     def standard_program(self) -> Any:
         return self.program or FunctionProgram(TYPE, bank.decide, bank.apply)
@@ -108,6 +114,7 @@ class World:
             snapshots=self.snapshots,
             snapshot_sink=self.snapshots,
             protection=protection,
+            change_sink=self.changes,
             settings=HandlerSettings(
                 max_retries=3,
                 snapshot_threshold=SNAPSHOT_THRESHOLD,
@@ -177,8 +184,9 @@ spellings = st.sampled_from(
 )
 
 
-class HandlerMachine(RuleBasedStateMachine):
-    """Subclasses set ``make_world`` (a callable returning a World)."""
+class HandlerMachine(QueryRules, RuleBasedStateMachine):
+    """Subclasses set ``make_world`` (a callable returning a World). The query rules
+    (``tests.property.query_rules``) run an index beside the handlers."""
 
     make_world: ClassVar[Any]
 
@@ -205,7 +213,9 @@ class HandlerMachine(RuleBasedStateMachine):
         self.quotas = [QuotaModel(dict(QUOTAS)), QuotaModel(dict(QUOTAS))]
         self.held: list[list[Any]] = [[], []]  # admissions held open: commands in flight
         self.protections = [self.new_protection(), self.new_protection()]
+        self.world.changes = ChangeFeed()
         self.nodes = [self.world.new_handler(p) for p in self.protections]
+        self.start_index(self.world.changes)
         self.clock_ms = 1_750_000_000_000
         self.counter = itertools.count()
         self.retired_activity: dict[str, int] = {}
@@ -225,7 +235,10 @@ class HandlerMachine(RuleBasedStateMachine):
         )
 
     def teardown(self) -> None:
-        self.world.close()
+        try:
+            self.stop_index()
+        finally:
+            self.world.close()
 
     # ---- helpers --------------------------------------------------------------------
     def fresh_id(self, v7: bool = True) -> uuid.UUID:
@@ -719,6 +732,23 @@ def bank_manifest_type() -> Any:
     return load_manifest(example_manifest_path("bank")).types[TYPE]
 
 
+class SlowAckStore(InMemoryEventStore):
+    """The in-memory store, with the acknowledgement of the next appends delayed by
+    ``ack_delays`` (seconds, one per append): answers come back out of position order."""
+
+    ack_delays: list[float]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ack_delays = []
+
+    async def append(self, record: Any, *, expected_last_seq: int, context: Any) -> int:
+        seq = await super().append(record, expected_last_seq=expected_last_seq, context=context)
+        if self.ack_delays:
+            await anyio.sleep(self.ack_delays.pop())
+        return seq
+
+
 def memory_world_factory(
     backend: str = "trio", program: str = "function", *, schemas: bool = False
 ) -> Any:
@@ -732,7 +762,7 @@ def memory_world_factory(
     def make() -> World:
         stack = contextlib.ExitStack()
         portal = stack.enter_context(anyio.from_thread.start_blocking_portal(backend))
-        world = World(portal=portal, store=InMemoryEventStore(), supports_faults=True)
+        world = World(portal=portal, store=SlowAckStore(), supports_faults=True)
         world.close = stack.close  # type: ignore[method-assign]
         if schemas:
             world.schemas = bank_manifest_type().schemas

@@ -197,7 +197,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
     ) -> None:
         """Handle one command. Cancellation (client gone, deadline): as ``handle``; the
         command may or may not have been appended."""
-        tenant_id, context = await self._open_call(stream)
+        tenant_id, context = await self.open_call(stream)
         request = await convert.receive(stream)
         if request is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "SubmitCommand needs a request message")
@@ -214,7 +214,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
     ) -> None:
         """Pipelined commands: results in request order, errors in place (see
         ``CommandStream``)."""
-        tenant_id, context = await self._open_call(stream)
+        tenant_id, context = await self.open_call(stream)
         command_stream = CommandStream(self, stream, tenant_id, context)
         self._streams.add(command_stream)
         if self._stopping:
@@ -226,7 +226,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
 
     async def GetAggregate(self, stream: Stream[pb.GetAggregateRequest, pb.AggregateView]) -> None:
         """An aggregate's state and version; NOT_FOUND when it has no events."""
-        tenant_id, context = await self._open_call(stream)
+        tenant_id, context = await self.open_call(stream)
         request = await convert.receive(stream)
         if request is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "GetAggregate needs a request message")
@@ -256,7 +256,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                 outcome = "deadline_exceeded"
             raise
         finally:
-            type_label = self._type_label(request.aggregate_type)
+            type_label = self.type_label(request.aggregate_type)
             seconds = time.perf_counter() - started
             self.observer.read_finished("GetAggregate", tenant_id, type_label, outcome, seconds)
             if self.access_log.enabled:
@@ -291,7 +291,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         Cancellation propagates (the command may or may not have been appended).
         """
         started = time.perf_counter()
-        type_label = self._type_label(request.aggregate_type)
+        type_label = self.type_label(request.aggregate_type)
         self.observer.command_started(tenant_id, type_label)
         outcome = "cancelled"
         # Logged only in its canonical form: a malformed id is the client's text, unbounded.
@@ -388,7 +388,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
 
     # --- helpers ---
 
-    async def _open_call(self, stream: Stream[Any, Any]) -> tuple[str, RequestContext]:
+    async def open_call(self, stream: Stream[Any, Any]) -> tuple[str, RequestContext]:
         """Context from metadata, echoed at once in the initial metadata; then the tenant.
 
         Raises:
@@ -414,7 +414,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
             raise GRPCError(Status.INVALID_ARGUMENT, exc.message) from None
         return tenant_id, context
 
-    def _type_label(self, aggregate_type: str) -> str:
+    def type_label(self, aggregate_type: str) -> str:
         """The metrics label of a type: the name when configured (bounded cardinality)."""
         try:
             self.handler.types.get(aggregate_type)
