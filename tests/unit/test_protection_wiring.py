@@ -30,6 +30,7 @@ def samples(registry: CollectorRegistry) -> Samples:
 class ConnectedCore:
     connected = True
     handler = None
+    indexer = None
 
 
 def trip(breaker: CircuitBreaker) -> None:
