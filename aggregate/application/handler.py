@@ -204,7 +204,9 @@ class CommandHandler:
             if isinstance(decision, Rejected):
                 raise CommandRejectedError(decision.reason)
             if not decision.events:
-                return CommandResult(key, command.command_id, instance.version, ())
+                return CommandResult(
+                    key, command.command_id, instance.version, (), position=instance.last_seq
+                )
             record = instance.record_for(
                 command.command_id,
                 decision.events,
@@ -223,13 +225,24 @@ class CommandHandler:
                     # Our own append, landed on an earlier attempt of the store's retry.
                     instance.accept(stored.seq, stored.record, decision.state)
                     self._maybe_snapshot(instance)
-                    return CommandResult(key, command.command_id, instance.version, record.events)
+                    return CommandResult(
+                        key,
+                        command.command_id,
+                        instance.version,
+                        record.events,
+                        position=stored.seq,
+                    )
                 # A repeat of a command this aggregate no longer remembers (a non-v7 id
                 # beyond the history) that the store's duplicate window still knows: answer
                 # the stored result, never apply it twice.
                 original = stored.record
                 return CommandResult(
-                    key, command.command_id, original.last_version, original.events, True
+                    key,
+                    command.command_id,
+                    original.last_version,
+                    original.events,
+                    True,
+                    position=stored.seq,
                 )
             except VersionConflictError:
                 self.observer.conflict(key)
@@ -239,7 +252,9 @@ class CommandHandler:
                 continue
             instance.accept(seq, record, decision.state)
             self._maybe_snapshot(instance)
-            return CommandResult(key, command.command_id, instance.version, record.events)
+            return CommandResult(
+                key, command.command_id, instance.version, record.events, position=seq
+            )
         # The last conflict may have been our own append landing (a retried publish).
         entry = instance.lookup(command.command_id)
         if entry is not None:
@@ -347,7 +362,9 @@ class CommandHandler:
         stored = await self._stored_command(key, entry.command_id, entry.stream_seq)
         events = stored.record.events
         duplicate = attempted is None or events[0].event_id != attempted.event_id
-        return CommandResult(key, entry.command_id, entry.last_version, events, duplicate)
+        return CommandResult(
+            key, entry.command_id, entry.last_version, events, duplicate, position=stored.seq
+        )
 
     async def _stored_command(
         self, key: AggregateKey, command_id: uuid.UUID, seq: int

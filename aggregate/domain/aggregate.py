@@ -113,7 +113,7 @@ class AggregateInstance:
         )
 
     def view(self) -> AggregateView:
-        return AggregateView(self.key, self.version, copy.deepcopy(self.state))
+        return AggregateView(self.key, self.version, copy.deepcopy(self.state), self.last_seq)
 
     def lookup(self, command_id: uuid.UUID) -> HistoryEntry | None:
         """The history entry of an already applied command id, else None after checking

@@ -283,7 +283,9 @@ class CommandResult:
     """The answer to a command: the aggregate's version after it and its events.
 
     ``duplicate`` is true when the command id had been applied before; the events and
-    version are then the original ones.
+    version are then the original ones. ``position`` is the stream sequence of the
+    command's message (a duplicate: of the original message; a command that decided no
+    events: of the aggregate's last message, 0 when it has none).
     """
 
     key: AggregateKey
@@ -291,12 +293,15 @@ class CommandResult:
     version: int
     events: tuple[Event, ...]
     duplicate: bool = False
+    position: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class AggregateView:
-    """An aggregate's current state and version (``GetAggregate``)."""
+    """An aggregate's current state and version (``GetAggregate``); ``position`` is the
+    stream sequence of its last message."""
 
     key: AggregateKey
     version: int
     state: JsonObject
+    position: int = 0

@@ -26,8 +26,9 @@ from grpclib.exceptions import GRPCError
 from aggregate.adapters.grpc import CommandServer, GrpcOptions
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.domain.errors import TenantUnavailableError
-from aggregate.gateway.v1 import aggregate_grpc
+from aggregate.gateway.v1 import aggregate_grpc, query_grpc
 from aggregate.gateway.v1 import aggregate_pb2 as pb
+from aggregate.gateway.v1 import query_pb2 as qpb
 from aggregate.programs.base import AggregateTypeSpec
 from aggregate.testing.memory_store import InMemoryEventStore
 from aggregate.testing.programs import FunctionProgram, StaticTypes
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO = "aggregate/gateway/v1/aggregate.proto"
+QUERY_PROTO = "aggregate/gateway/v1/query.proto"
 TYPE = "bank-account"
 ACME = {"x-tenant-id": "acme"}
 """Metadata of a call for the tenant ``acme``."""
@@ -237,14 +239,17 @@ class GrpclibClient:
     def __init__(self, host: str, port: int) -> None:
         self.channel = Channel(host, port)
         self.stub = aggregate_grpc.CommandServiceStub(self.channel)
+        self.queries = query_grpc.QueryServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
 
-    async def _unary(self, method: Any, request: Any, metadata: dict[str, str]) -> Reply:
+    async def _unary(
+        self, method: Any, request: Any, metadata: dict[str, str], grpc_timeout: float = TIMEOUT
+    ) -> Reply:
         initial: dict[str, str] = {}
         try:
-            async with method.open(metadata=metadata, timeout=TIMEOUT) as stream:
+            async with method.open(metadata=metadata, timeout=grpc_timeout) as stream:
                 await stream.send_message(request, end=True)
                 await stream.recv_initial_metadata()
                 initial = _text(stream.initial_metadata.items())
@@ -259,6 +264,19 @@ class GrpclibClient:
 
     async def get(self, request: pb.GetAggregateRequest, metadata: dict[str, str]) -> Reply:
         return await self._unary(self.stub.GetAggregate, request, metadata)
+
+    async def query(
+        self,
+        request: qpb.QueryAggregatesRequest,
+        metadata: dict[str, str],
+        *,
+        grpc_timeout: float = TIMEOUT,
+    ) -> Reply:
+        return await self._unary(self.queries.QueryAggregates, request, metadata, grpc_timeout)
+
+    async def watch(self, request: qpb.WatchAggregatesRequest, metadata: dict[str, str]) -> Reply:
+        """The status of a watch that the server ends at once (the first change, if any)."""
+        return await self._unary(self.queries.WatchAggregates, request, metadata)
 
     async def submit_many(
         self, requests: Sequence[pb.SubmitCommandRequest], metadata: dict[str, str]
@@ -290,14 +308,17 @@ class GrpcioClient:
             f"{host}:{port}", options=[("grpc.enable_http_proxy", 0)]
         )
         self.stub = grpcio_stubs().CommandServiceStub(self.channel)
+        self.queries = grpcio_query_stubs().QueryServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
 
-    def _unary_sync(self, method: Any, request: Any, metadata: dict[str, str]) -> Reply:
+    def _unary_sync(
+        self, method: Any, request: Any, metadata: dict[str, str], grpc_timeout: float = TIMEOUT
+    ) -> Reply:
         try:
             response, call = method.with_call(
-                request, metadata=tuple(metadata.items()), timeout=TIMEOUT
+                request, metadata=tuple(metadata.items()), timeout=grpc_timeout
             )
         except grpc.RpcError as exc:
             return Reply(
@@ -317,6 +338,34 @@ class GrpcioClient:
         return await anyio.to_thread.run_sync(
             self._unary_sync, self.stub.GetAggregate, request, metadata
         )
+
+    async def query(
+        self,
+        request: qpb.QueryAggregatesRequest,
+        metadata: dict[str, str],
+        *,
+        grpc_timeout: float = TIMEOUT,
+    ) -> Reply:
+        return await anyio.to_thread.run_sync(
+            self._unary_sync, self.queries.QueryAggregates, request, metadata, grpc_timeout
+        )
+
+    def _first_change_sync(
+        self, request: qpb.WatchAggregatesRequest, metadata: dict[str, str]
+    ) -> Reply:
+        call = self.queries.WatchAggregates(
+            request, metadata=tuple(metadata.items()), timeout=TIMEOUT
+        )
+        first = None
+        with contextlib.suppress(grpc.RpcError, StopIteration):
+            first = next(call)
+        status = call.code().name
+        message = call.details() if status != "OK" else None
+        return Reply(status, message, first, _text(call.initial_metadata() or ()))
+
+    async def watch(self, request: qpb.WatchAggregatesRequest, metadata: dict[str, str]) -> Reply:
+        """The status of a watch that the server ends at once (the first change, if any)."""
+        return await anyio.to_thread.run_sync(self._first_change_sync, request, metadata)
 
     def _stream_sync(
         self, requests: Sequence[pb.SubmitCommandRequest], metadata: dict[str, str]
@@ -355,9 +404,18 @@ def _text(items: Any) -> dict[str, str]:
     return {str(k): v for k, v in items if isinstance(v, str)}
 
 
-@functools.cache
 def grpcio_stubs() -> ModuleType:
-    """grpcio's service stubs for protos/, generated into a temporary directory."""
+    """grpcio's ``CommandService`` stubs for protos/, generated into a temporary directory."""
+    return _grpcio_stubs(PROTO)
+
+
+def grpcio_query_stubs() -> ModuleType:
+    """grpcio's ``QueryService`` stubs, like ``grpcio_stubs``."""
+    return _grpcio_stubs(QUERY_PROTO)
+
+
+@functools.cache
+def _grpcio_stubs(proto: str) -> ModuleType:
     with tempfile.TemporaryDirectory() as out:
         subprocess.run(
             [
@@ -366,13 +424,14 @@ def grpcio_stubs() -> ModuleType:
                 "grpc_tools.protoc",
                 f"-I{ROOT / 'protos'}",
                 f"--grpc_python_out={out}",
-                PROTO,
+                proto,
             ],
             check=True,
             cwd=ROOT,
         )
-        path = Path(out, PROTO).with_name("aggregate_pb2_grpc.py")
-        spec = importlib.util.spec_from_file_location("aggregate_pb2_grpc_test_only", path)
+        name = Path(proto).stem + "_pb2_grpc"
+        path = Path(out, proto).with_name(f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"{name}_test_only", path)
         assert spec is not None
         assert spec.loader is not None
         module = importlib.util.module_from_spec(spec)

@@ -15,7 +15,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from grpclib.reflection.v1.reflection_grpc import ServerReflectionStub
 from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest, ServerReflectionResponse
 
-from aggregate.adapters.grpc import COMMAND_SERVICE
+from aggregate.adapters.grpc import COMMAND_SERVICE, QUERY_SERVICE
 from tests.integration.grpc_harness import CLIENT_KINDS, open_server
 
 if TYPE_CHECKING:
@@ -87,13 +87,14 @@ async def reflect(
 @pytest.mark.parametrize("kind", CLIENT_KINDS)
 async def test_health_follows_readiness(server: CommandServer, kind: str) -> None:
     with anyio.fail_after(10):
-        serving = [await health(kind, server.address, name) for name in ("", COMMAND_SERVICE)]
+        names = ("", COMMAND_SERVICE, QUERY_SERVICE)
+        serving = [await health(kind, server.address, name) for name in names]
         server.set_serving(False)
-        not_serving = [await health(kind, server.address, name) for name in ("", COMMAND_SERVICE)]
+        not_serving = [await health(kind, server.address, name) for name in names]
         server.set_serving(True)
         again = await health(kind, server.address, COMMAND_SERVICE)
-    assert serving == [HealthCheckResponse.SERVING] * 2
-    assert not_serving == [HealthCheckResponse.NOT_SERVING] * 2
+    assert serving == [HealthCheckResponse.SERVING] * 3
+    assert not_serving == [HealthCheckResponse.NOT_SERVING] * 3
     assert again == HealthCheckResponse.SERVING
 
 
@@ -116,7 +117,7 @@ async def test_reflection_lists_services_and_describes_the_api(
             ServerReflectionRequest(file_containing_symbol=COMMAND_SERVICE),
         )
     names = {s.name for s in listed.list_services_response.service}
-    assert {COMMAND_SERVICE, "grpc.health.v1.Health"} <= names
+    assert {COMMAND_SERVICE, QUERY_SERVICE, "grpc.health.v1.Health"} <= names
     [raw] = described.file_descriptor_response.file_descriptor_proto
     proto = FileDescriptorProto.FromString(raw)
     assert (proto.name, proto.package) == (
@@ -125,3 +126,20 @@ async def test_reflection_lists_services_and_describes_the_api(
     )
     [service] = proto.service
     assert [m.name for m in service.method] == ["SubmitCommand", "SubmitCommands", "GetAggregate"]
+
+
+@pytest.mark.parametrize("kind", CLIENT_KINDS)
+async def test_reflection_describes_the_query_service(server: CommandServer, kind: str) -> None:
+    with anyio.fail_after(10):
+        described = await reflect(
+            kind, server.address, ServerReflectionRequest(file_containing_symbol=QUERY_SERVICE)
+        )
+    protos = [
+        FileDescriptorProto.FromString(raw)
+        for raw in described.file_descriptor_response.file_descriptor_proto
+    ]
+    [query] = [p for p in protos if p.name == "aggregate/gateway/v1/query.proto"]
+    assert query.package == "aggregate.gateway.v1"
+    [service] = query.service
+    assert [m.name for m in service.method] == ["QueryAggregates", "WatchAggregates"]
+    assert service.method[1].server_streaming

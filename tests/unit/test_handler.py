@@ -240,3 +240,50 @@ async def test_own_append_reported_as_duplicate_is_a_first_application() -> None
     assert (opened.version, deposit.version) == (1, 2)
     assert len(store.messages) == 2
     assert (await h.get(key)).state["balance"] == 4
+
+
+async def test_positions_are_the_stream_sequences_of_the_messages() -> None:
+    """Every answer carries the stream sequence of its message: a new command its own, a
+    duplicate the original's, a command with no events the aggregate's last, a read too."""
+
+    def decide(state: dict[str, Any], command: dict[str, Any]) -> Any:
+        return [] if command["type"] == "Noop" else bank.decide(state, command)
+
+    store = InMemoryEventStore()
+    types = StaticTypes({TYPE: AggregateTypeSpec(TYPE, FunctionProgram(TYPE, decide, bank.apply))})
+    h = CommandHandler(store=store, types=types)
+    key, other = new_key(), new_key()
+    assert (await h.handle(cmd(key, {"type": "Noop"}))).position == 0
+    opened = await h.handle(cmd(key, {"type": "OpenAccount", "owner": "ann"}))
+    await h.handle(cmd(other, {"type": "OpenAccount", "owner": "bob"}))
+    deposit = cmd(key, {"type": "Deposit", "amount": 5})
+    deposited = await h.handle(deposit)
+    await h.handle(cmd(other, {"type": "Deposit", "amount": 1}))
+    assert (opened.position, deposited.position) == (1, 3)
+    again = await h.handle(deposit)
+    assert (again.duplicate, again.position) == (True, 3)
+    nothing = await h.handle(cmd(key, {"type": "Noop"}))
+    assert (nothing.events, nothing.position) == ((), 3)
+    assert (await h.get(key)).position == 3
+    assert (await h.get(other)).position == 4
+    h.cache.discard(key)  # from the store, not the cache
+    assert (await h.get(key)).position == 3
+
+
+async def test_own_append_reported_as_duplicate_answers_its_position() -> None:
+    store = DuplicateAfterStoring()
+    h = handler(store)
+    key = new_key()
+    await h.handle(cmd(key, {"type": "OpenAccount", "owner": "ann"}))
+    deposit = await h.handle(cmd(key, {"type": "Deposit", "amount": 4}))
+    assert deposit.position == 2
+
+
+async def test_a_lost_ack_retried_answers_the_stored_position() -> None:
+    store = InMemoryEventStore()
+    h = handler(store)
+    key = new_key()
+    await h.handle(cmd(key, {"type": "OpenAccount", "owner": "ann"}))
+    store.conflict_next_ack()
+    deposited = await h.handle(cmd(key, {"type": "Deposit", "amount": 7}))
+    assert (deposited.duplicate, deposited.position) == (False, 2)

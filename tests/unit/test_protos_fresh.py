@@ -40,7 +40,7 @@ def test_a_changed_proto_is_detected(tmp_path: Path) -> None:
     target.parent.mkdir(parents=True)
     target.write_text(
         source.read_text().replace(
-            "string state_json = 5;", "string state_json = 5;\n  int32 x = 6;"
+            "string state_json = 5;", "string state_json = 5;\n  int32 x = 99;"
         )
     )
     script = tmp_path / "scripts" / "gen-protos"

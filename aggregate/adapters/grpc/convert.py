@@ -248,6 +248,7 @@ def response_message(result: CommandResult) -> pb.SubmitCommandResponse:
         version=result.version,
         events=[event_message(event) for event in result.events],
         duplicate=result.duplicate,
+        position=result.position,
     )
 
 
@@ -260,6 +261,7 @@ def view_message(view: AggregateView) -> pb.AggregateView:
         aggregate_id=str(key.aggregate_id),
         version=view.version,
         state_json=dumps(view.state).decode(),
+        position=view.position,
     )
 
 

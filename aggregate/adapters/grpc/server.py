@@ -1,10 +1,11 @@
 """The gRPC command server on the asyncio island, with a graceful drain (DESIGN §3).
 
-Serves ``CommandService``, the standard ``grpc.health.v1.Health`` (readiness switchable) and
-server reflection. grpclib's own ``Server.close()`` is not graceful (grpclib issues #107 and
-#148; the fix, PR #190, is not merged): it cancels in-flight calls and leaves accepted HTTP/2
-connections open, so calls keep arriving after ``wait_closed()``. ``CommandServer.drain``
-works around it with a wrapper around the service's methods plus one override:
+Serves ``CommandService`` and ``QueryService``, the standard ``grpc.health.v1.Health``
+(readiness switchable) and server reflection. grpclib's own ``Server.close()`` is not
+graceful (grpclib issues #107 and #148; the fix, PR #190, is not merged): it cancels
+in-flight calls and leaves accepted HTTP/2 connections open, so calls keep arriving after
+``wait_closed()``. ``CommandServer.drain`` works around it with a wrapper around the
+services' methods plus one override:
 
 a. every ``CommandService`` method is wrapped (once, when the server is built) so that it
    refuses new calls with UNAVAILABLE once the drain begins (health and reflection keep
@@ -49,6 +50,7 @@ from grpclib.health.service import Health
 from grpclib.reflection.service import ServerReflection
 
 from aggregate.adapters.grpc.connections import SHUTTING_DOWN, DrainableServer, TrackedProtocol
+from aggregate.adapters.grpc.query_service import QueryService
 from aggregate.adapters.grpc.service import CommandService, GrpcOptions
 from aggregate.adapters.grpc.tracing import traced
 from aggregate.adapters.grpc.transport import TransportLimits
@@ -56,7 +58,7 @@ from aggregate.domain.errors import ConfigError
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
-    from grpclib._typing import IServerMethodFunc
+    from grpclib._typing import IServable, IServerMethodFunc
     from grpclib.const import Handler
     from grpclib.server import Server, Stream
     from opentelemetry.trace import Tracer
@@ -112,11 +114,12 @@ class _CallTracker:
 
 
 class _TrackedService:
-    """``CommandService`` as grpclib serves it, each method wrapped by ``_CallTracker.tracked``
-    once, when the server is built (a ``RecvRequest`` listener would do the same work on every
-    call: grpclib builds an event object per request once anything listens)."""
+    """``CommandService`` (or ``QueryService``) as grpclib serves it, each method wrapped by
+    ``_CallTracker.tracked`` once, when the server is built (a ``RecvRequest`` listener would
+    do the same work on every call: grpclib builds an event object per request once anything
+    listens)."""
 
-    def __init__(self, service: CommandService, calls: _CallTracker) -> None:
+    def __init__(self, service: CommandService | QueryService, calls: _CallTracker) -> None:
         self._service = service
         self._calls = calls
 
@@ -150,6 +153,7 @@ class CommandServer:
         self.options = options or GrpcOptions()
         self.service = CommandService(handler, self.options, observer=observer, tracer=tracer)
         self.service.settle = self._settle_all
+        self.queries = QueryService(self.service)
         self.readiness = ServiceStatus()
         self._calls = _CallTracker()
         self._connections: set[TrackedProtocol] = set()
@@ -190,9 +194,14 @@ class CommandServer:
         """
         if self._server is not None:
             raise RuntimeError("the gRPC server is already started")
-        health = Health({self.service: [self.readiness]})
+        health = Health({self.service: [self.readiness], self.queries: [self.readiness]})
+        services: list[IServable] = [
+            _TrackedService(self.service, self._calls),
+            _TrackedService(self.queries, self._calls),
+            health,
+        ]
         server = DrainableServer(
-            ServerReflection.extend([_TrackedService(self.service, self._calls), health]),
+            ServerReflection.extend(services),
             self._connections,
             TransportLimits(
                 max_message_bytes=self.options.max_message_bytes,

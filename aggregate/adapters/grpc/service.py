@@ -184,7 +184,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
     ) -> None:
         """Handle one command. Cancellation (client gone, deadline): as ``handle``; the
         command may or may not have been appended."""
-        tenant_id, context = await self._open_call(stream)
+        tenant_id, context = await self.open_call(stream)
         request = await convert.receive(stream)
         if request is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "SubmitCommand needs a request message")
@@ -198,7 +198,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
     ) -> None:
         """Pipelined commands: results in request order, errors in place (see
         ``CommandStream``)."""
-        tenant_id, context = await self._open_call(stream)
+        tenant_id, context = await self.open_call(stream)
         command_stream = CommandStream(self, stream, tenant_id, context)
         self._streams.add(command_stream)
         if self._stopping:
@@ -210,7 +210,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
 
     async def GetAggregate(self, stream: Stream[pb.GetAggregateRequest, pb.AggregateView]) -> None:
         """An aggregate's state and version; NOT_FOUND when it has no events."""
-        tenant_id, context = await self._open_call(stream)
+        tenant_id, context = await self.open_call(stream)
         request = await convert.receive(stream)
         if request is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "GetAggregate needs a request message")
@@ -361,7 +361,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
 
     # --- helpers ---
 
-    async def _open_call(self, stream: Stream[Any, Any]) -> tuple[str, RequestContext]:
+    async def open_call(self, stream: Stream[Any, Any]) -> tuple[str, RequestContext]:
         """Context from metadata, echoed at once in the initial metadata; then the tenant.
 
         Raises:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$aggregate/gateway/v1/aggregate.proto\x12\x14\x61ggregate.gateway.v1\"\x9f\x02\n\x14SubmitCommandRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x03 \x01(\t\x12\x14\n\x0cpayload_json\x18\x04 \x01(\t\x12J\n\x08metadata\x18\x05 \x03(\x0b\x32\x38.aggregate.gateway.v1.SubmitCommandRequest.MetadataEntry\x12\x1d\n\x10\x65xpected_version\x18\x06 \x01(\x04H\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x13\n\x11_expected_version\"g\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x14\n\x0cpayload_json\x18\x04 \x01(\t\x12\x11\n\ttimestamp\x18\x05 \x01(\t\"\xbd\x01\n\x15SubmitCommandResponse\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x03 \x01(\t\x12\x12\n\ncommand_id\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12+\n\x06\x65vents\x18\x06 \x03(\x0b\x32\x1b.aggregate.gateway.v1.Event\x12\x11\n\tduplicate\x18\x07 \x01(\x08\"\x8e\x01\n\x13SubmitCommandResult\x12?\n\x08response\x18\x01 \x01(\x0b\x32+.aggregate.gateway.v1.SubmitCommandResponseH\x00\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.aggregate.gateway.v1.ErrorH\x00\x42\x08\n\x06result\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"C\n\x13GetAggregateRequest\x12\x16\n\x0e\x61ggregate_type\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\"u\n\rAggregateView\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x12\n\nstate_json\x18\x05 \x01(\t2\xc7\x02\n\x0e\x43ommandService\x12h\n\rSubmitCommand\x12*.aggregate.gateway.v1.SubmitCommandRequest\x1a+.aggregate.gateway.v1.SubmitCommandResponse\x12k\n\x0eSubmitCommands\x12*.aggregate.gateway.v1.SubmitCommandRequest\x1a).aggregate.gateway.v1.SubmitCommandResult(\x01\x30\x01\x12^\n\x0cGetAggregate\x12).aggregate.gateway.v1.GetAggregateRequest\x1a#.aggregate.gateway.v1.AggregateViewb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$aggregate/gateway/v1/aggregate.proto\x12\x14\x61ggregate.gateway.v1\"\x9f\x02\n\x14SubmitCommandRequest\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x03 \x01(\t\x12\x14\n\x0cpayload_json\x18\x04 \x01(\t\x12J\n\x08metadata\x18\x05 \x03(\x0b\x32\x38.aggregate.gateway.v1.SubmitCommandRequest.MetadataEntry\x12\x1d\n\x10\x65xpected_version\x18\x06 \x01(\x04H\x00\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x13\n\x11_expected_version\"g\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x14\n\x0cpayload_json\x18\x04 \x01(\t\x12\x11\n\ttimestamp\x18\x05 \x01(\t\"\xcf\x01\n\x15SubmitCommandResponse\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x03 \x01(\t\x12\x12\n\ncommand_id\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12+\n\x06\x65vents\x18\x06 \x03(\x0b\x32\x1b.aggregate.gateway.v1.Event\x12\x11\n\tduplicate\x18\x07 \x01(\x08\x12\x10\n\x08position\x18\x08 \x01(\x04\"\x8e\x01\n\x13SubmitCommandResult\x12?\n\x08response\x18\x01 \x01(\x0b\x32+.aggregate.gateway.v1.SubmitCommandResponseH\x00\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.aggregate.gateway.v1.ErrorH\x00\x42\x08\n\x06result\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"C\n\x13GetAggregateRequest\x12\x16\n\x0e\x61ggregate_type\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\"\x87\x01\n\rAggregateView\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x12\n\nstate_json\x18\x05 \x01(\t\x12\x10\n\x08position\x18\x06 \x01(\x04\x32\xc7\x02\n\x0e\x43ommandService\x12h\n\rSubmitCommand\x12*.aggregate.gateway.v1.SubmitCommandRequest\x1a+.aggregate.gateway.v1.SubmitCommandResponse\x12k\n\x0eSubmitCommands\x12*.aggregate.gateway.v1.SubmitCommandRequest\x1a).aggregate.gateway.v1.SubmitCommandResult(\x01\x30\x01\x12^\n\x0cGetAggregate\x12).aggregate.gateway.v1.GetAggregateRequest\x1a#.aggregate.gateway.v1.AggregateViewb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,15 +40,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENT']._serialized_start=352
   _globals['_EVENT']._serialized_end=455
   _globals['_SUBMITCOMMANDRESPONSE']._serialized_start=458
-  _globals['_SUBMITCOMMANDRESPONSE']._serialized_end=647
-  _globals['_SUBMITCOMMANDRESULT']._serialized_start=650
-  _globals['_SUBMITCOMMANDRESULT']._serialized_end=792
-  _globals['_ERROR']._serialized_start=794
-  _globals['_ERROR']._serialized_end=832
-  _globals['_GETAGGREGATEREQUEST']._serialized_start=834
-  _globals['_GETAGGREGATEREQUEST']._serialized_end=901
-  _globals['_AGGREGATEVIEW']._serialized_start=903
-  _globals['_AGGREGATEVIEW']._serialized_end=1020
-  _globals['_COMMANDSERVICE']._serialized_start=1023
-  _globals['_COMMANDSERVICE']._serialized_end=1350
+  _globals['_SUBMITCOMMANDRESPONSE']._serialized_end=665
+  _globals['_SUBMITCOMMANDRESULT']._serialized_start=668
+  _globals['_SUBMITCOMMANDRESULT']._serialized_end=810
+  _globals['_ERROR']._serialized_start=812
+  _globals['_ERROR']._serialized_end=850
+  _globals['_GETAGGREGATEREQUEST']._serialized_start=852
+  _globals['_GETAGGREGATEREQUEST']._serialized_end=919
+  _globals['_AGGREGATEVIEW']._serialized_start=922
+  _globals['_AGGREGATEVIEW']._serialized_end=1057
+  _globals['_COMMANDSERVICE']._serialized_start=1060
+  _globals['_COMMANDSERVICE']._serialized_end=1387
 # @@protoc_insertion_point(module_scope)

@@ -140,6 +140,7 @@ class SubmitCommandResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     aggregate_type: _builtins.str
     aggregate_id: _builtins.str
@@ -147,6 +148,11 @@ class SubmitCommandResponse(_message.Message):
     version: _builtins.int
     duplicate: _builtins.bool
     """true: this command id was already applied; original result"""
+    position: _builtins.int
+    """The stream sequence of the command's message (a duplicate: of the original message; a
+    command that decided no events: of the aggregate's last message, 0 if it has none).
+    A query with min_position set to it sees the command (read-your-writes).
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
     def __init__(
@@ -159,10 +165,11 @@ class SubmitCommandResponse(_message.Message):
         version: _builtins.int = ...,
         events: _abc.Iterable[Global___Event] | None = ...,
         duplicate: _builtins.bool = ...,
+        position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "command_id", b"command_id", "duplicate", b"duplicate", "events", b"events", "tenant_id", b"tenant_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "command_id", b"command_id", "duplicate", b"duplicate", "events", b"events", "position", b"position", "tenant_id", b"tenant_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -248,11 +255,14 @@ class AggregateView(_message.Message):
     AGGREGATE_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     STATE_JSON_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     aggregate_type: _builtins.str
     aggregate_id: _builtins.str
     version: _builtins.int
     state_json: _builtins.str
+    position: _builtins.int
+    """the stream sequence of the aggregate's last message"""
     def __init__(
         self,
         *,
@@ -261,10 +271,11 @@ class AggregateView(_message.Message):
         aggregate_id: _builtins.str = ...,
         version: _builtins.int = ...,
         state_json: _builtins.str = ...,
+        position: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "state_json", b"state_json", "tenant_id", b"tenant_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "position", b"position", "state_json", b"state_json", "tenant_id", b"tenant_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
