@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from opentelemetry import trace
@@ -99,6 +99,12 @@ class _NoObserver:
         pass
 
 
+class StateSink(Protocol):
+    """Where the handler reports the state after each message it stored; must not raise."""
+
+    def committed(self, position: int, state: dict[str, Any]) -> None: ...
+
+
 class TypeLookup(Protocol):
     def get(self, name: str) -> AggregateTypeSpec:
         """The configured type. Raises: UnknownAggregateTypeError."""
@@ -144,6 +150,9 @@ class CommandHandler:
             activity if activity is not None else NoActivityTracker()
         )
         """Counts the commands the gate admitted, per tenant (the admin views)."""
+        self.state_sink: StateSink | None = None
+        """Told the new state of every command it appended (the watch hub), before the
+        handler awaits again."""
 
     def _span(self, name: str) -> AbstractContextManager[object]:
         """A child span of the current one (tracing on), else nothing."""
@@ -251,6 +260,8 @@ class CommandHandler:
                     await self._backoff(attempt)
                 continue
             instance.accept(seq, record, decision.state)
+            if self.state_sink is not None:
+                self.state_sink.committed(seq, decision.state)
             self._maybe_snapshot(instance)
             return CommandResult(
                 key, command.command_id, instance.version, record.events, position=seq

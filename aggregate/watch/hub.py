@@ -1,12 +1,13 @@
 """The watch hub: committed changes fanned out in process to per-watcher bounded queues.
 
-Fed by the command path (``WatchedStore`` takes a ticket around each append; the handler
-offers each committed change with its new state), it releases changes in position order
-(``Sequencer``) and keeps the latest ones in a buffer bounded in count and bytes, so a
-watcher resuming from a recent position is served from memory. A tenant's buffer is
-complete after its *floor*: every change of the tenant with a greater position is in it.
-A watcher asking for older changes reads them from the stream first (the gRPC servicer
-does), then takes the live ones, skipping what it already sent.
+Fed by the command path (``WatchedStore`` takes a ticket around each append and reports
+where it was stored; the handler offers the new state), it releases changes in position
+order (``Sequencer``), fans them out in its own task (``serve``) and keeps the latest ones
+in a buffer bounded in count and bytes, so a watcher resuming from a recent position is
+served from memory. A tenant's buffer is complete after its *floor*: every change of the
+tenant with a greater position is in it. A watcher asking for older changes reads them from
+the stream first (the gRPC servicer does), then takes the live ones, skipping what it
+already sent.
 
 A watcher's queue is bounded in changes and bytes; one that is not read fast enough is
 ended with ``WatcherTooSlowError`` and its queue dropped at once, so a slow client costs
@@ -18,11 +19,12 @@ from __future__ import annotations
 import collections
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from aggregate.domain.errors import ResourceExhaustedError
+from aggregate.watch.changes import Change
 from aggregate.watch.errors import (
     WatcherTooSlowError,
     WatchInterruptedError,
@@ -33,8 +35,11 @@ from aggregate.watch.order import Sequencer
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from anyio.abc import TaskStatus
+
+    from aggregate.domain.envelopes import CommandRecord
     from aggregate.domain.errors import AggregateError
-    from aggregate.watch.changes import Change, WatchSubset
+    from aggregate.watch.changes import WatchSubset
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +147,10 @@ class WatchHub:
         self._buffer_bytes = 0
         self._floors: dict[str, int] = {}
         self._blocked: dict[str, int] = {}
-        self._stored: dict[int, int] = {}
+        self._awaiting_state: set[int] = set()
+        self._states: dict[int, dict[str, Any]] = {}
+        self._ready: list[tuple[Change, int]] = []
+        self._flush = anyio.Event()
         self._watchers: dict[str, set[Watcher]] = {}
         self._count = 0
         self.closed = False
@@ -152,10 +160,19 @@ class WatchHub:
         """A ticket for an append about to be sent (``WatchedStore``)."""
         return self.sequencer.begin()
 
-    def stored(self, ticket: int, position: int) -> None:
-        """The append of ``ticket`` is stored at ``position``; its content comes through
-        ``committed``."""
-        self._stored[position] = ticket
+    def stored(self, ticket: int, position: int, record: CommandRecord) -> None:
+        """The append of ``ticket`` stored ``record`` at ``position``. Its new state comes
+        through ``committed`` before the change goes out."""
+        self._awaiting_state.add(position)
+        change = Change.of(
+            record.key,
+            version=record.last_version,
+            position=position,
+            command_id=record.command_id,
+            events=record.events,
+            state=None,
+        )
+        self.sequencer.acknowledged(ticket, change)
 
     def not_stored(self, ticket: int) -> None:
         self.sequencer.not_stored(ticket)
@@ -163,13 +180,26 @@ class WatchHub:
     def unknown(self, ticket: int, tenant_id: str) -> None:
         self.sequencer.unknown(ticket, tenant_id)
 
-    def committed(self, change: Change) -> None:
-        """The command path's offer of a committed change (with its new state). A change
-        whose append was not reported stored here (its outcome was unknown) is ignored:
-        its tenant's watchers were already told to resume from the stream."""
-        ticket = self._stored.pop(change.position, None)
-        if ticket is not None:
-            self.sequencer.acknowledged(ticket, change)
+    def committed(self, position: int, state: dict[str, Any]) -> None:
+        """The command path's offer of the state after the change stored at ``position``
+        (called right after ``stored``, before the handler awaits again). States of
+        positions not reported by ``stored`` are ignored."""
+        if position in self._awaiting_state:
+            self._states[position] = state
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Fan released changes out to the watchers until cancelled. The fan-out runs in
+        this task, after the handler that stored a change has offered its state.
+
+        Cancellation: stops; changes not yet fanned out are dropped (the service stops).
+        """
+        task_status.started()
+        while True:
+            await self._flush.wait()
+            self._flush = anyio.Event()
+            ready, self._ready = self._ready, []
+            for change, ticket in ready:
+                self._fan_out(change, ticket)
 
     # ---- the watchers' side -------------------------------------------------------
     def watch(self, subset: WatchSubset, from_position: int) -> tuple[Watcher, list[Change] | None]:
@@ -245,6 +275,14 @@ class WatchHub:
 
     # ---- internals ----------------------------------------------------------------
     def _release(self, change: Change, ticket: int) -> None:
+        self._ready.append((change, ticket))
+        self._flush.set()
+
+    def _fan_out(self, change: Change, ticket: int) -> None:
+        self._awaiting_state.discard(change.position)
+        state = self._states.pop(change.position, None)
+        if state is not None:
+            change = change.with_state(state)
         self.watermark = max(self.watermark, change.position)
         tenant = change.key.tenant_id
         blocked = self._blocked.get(tenant)

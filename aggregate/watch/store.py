@@ -48,7 +48,7 @@ class WatchedStore:
         except BaseException:
             self.hub.unknown(ticket, record.key.tenant_id)
             raise
-        self.hub.stored(ticket, seq)
+        self.hub.stored(ticket, seq, record)
         return seq
 
     async def read(self, key: AggregateKey, *, after_seq: int = 0) -> list[StoredRecord]:
