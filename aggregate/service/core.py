@@ -20,7 +20,9 @@ import nats.errors
 
 from aggregate.adapters.grpc.server import CommandServer
 from aggregate.adapters.grpc.service import GrpcOptions
+from aggregate.adapters.grpc.watch_service import WatchServer
 from aggregate.adapters.jetstream import JetStreamEventStore, StreamPolicy, ensure_stream
+from aggregate.adapters.jetstream.change_reader import StreamChangeReader
 from aggregate.adapters.jetstream.connect import open_connection
 from aggregate.adapters.placement_kv import PlacementWatcher
 from aggregate.application.activity import ActivityTracker
@@ -34,6 +36,8 @@ from aggregate.domain.placement import PlacementDecision
 from aggregate.programs.base import ProgramLimits
 from aggregate.programs.pool import WorkerPool
 from aggregate.programs.registry import ProgramRegistry, check_manifest, isolation_warnings
+from aggregate.watch.hub import WatchHub, WatchLimits
+from aggregate.watch.store import WatchedStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -65,6 +69,16 @@ def program_limits(settings: Settings) -> ProgramLimits:
         hard_timeout_seconds=settings.program_hard_timeout_seconds,
         max_memory_bytes=settings.program_max_memory_bytes,
         pool_size=settings.program_workers,
+    )
+
+
+def watch_limits(settings: Settings) -> WatchLimits:
+    return WatchLimits(
+        queue_changes=settings.watch_queue_changes,
+        queue_bytes=settings.watch_queue_bytes,
+        buffer_changes=settings.watch_buffer_changes,
+        buffer_bytes=settings.watch_buffer_bytes,
+        max_watchers=settings.max_watchers,
     )
 
 
@@ -109,6 +123,8 @@ class IslandCore:
         self.watcher: PlacementWatcher | None = None
         self.activity = ActivityTracker()
         """Per-tenant command counts and last activity (the admin views)."""
+        self.watch_hub = WatchHub(watch_limits(settings))
+        """The change feed of ``WatchAggregates``, fed by the command path."""
         self._stop: anyio.Event | None = None
         self._closing = False
 
@@ -165,8 +181,12 @@ class IslandCore:
                 request_timeout=settings.nats_timeout_seconds,
                 replicas=settings.stream_replicas,
             )
+            reader = StreamChangeReader(
+                nc, settings.stream_name, timeout_s=settings.nats_timeout_seconds
+            )
+            stack.push_async_callback(reader.aclose)
             self.handler = CommandHandler(
-                store=store,
+                store=WatchedStore(store, self.watch_hub),
                 types=self.registry,
                 snapshots=self.snapshots,
                 snapshot_sink=self.snapshot_sink,
@@ -176,6 +196,7 @@ class IslandCore:
                 tracer=self.tracer,
                 activity=self.activity,
             )
+            self.handler.state_sink = self.watch_hub
             handler = self.handler
             self.metrics.set_cache_size_source(lambda: len(handler.cache))
             self.server = CommandServer(
@@ -184,7 +205,9 @@ class IslandCore:
                 observer=self.metrics,
                 tracer=self.tracer,
             )
+            self.server.queries.watches = WatchServer(self.server.service, self.watch_hub, reader)
             async with anyio.create_task_group() as tg:
+                await tg.start(self.watch_hub.serve)
                 await tg.start(self.controller.run, self.watcher.updates())
                 host, port = await self.server.start()
                 stack.push_async_callback(self.server.aclose)
@@ -272,6 +295,8 @@ class IslandCore:
         if self.handler is not None:
             for tenant in change.left:
                 self.handler.forget_tenant(tenant)
+        for tenant in change.left:
+            self.watch_hub.forget_tenant(tenant, change.decision.owner_of(tenant))
         log.info("placement changed: %s", change.as_dict())
 
     def tenant_payload(self) -> Any:

@@ -150,7 +150,7 @@ class WatchHub:
         self._awaiting_state: set[int] = set()
         self._states: dict[int, dict[str, Any]] = {}
         self._ready: list[tuple[Change, int]] = []
-        self._flush = anyio.Event()
+        self._flush: anyio.Event | None = None
         self._watchers: dict[str, set[Watcher]] = {}
         self._count = 0
         self.closed = False
@@ -193,10 +193,12 @@ class WatchHub:
 
         Cancellation: stops; changes not yet fanned out are dropped (the service stops).
         """
+        self._flush = anyio.Event()  # made here: the hub may be built on another loop
         task_status.started()
         while True:
-            await self._flush.wait()
-            self._flush = anyio.Event()
+            if not self._ready:
+                await self._flush.wait()
+                self._flush = anyio.Event()
             ready, self._ready = self._ready, []
             for change, ticket in ready:
                 self._fan_out(change, ticket)
@@ -276,7 +278,8 @@ class WatchHub:
     # ---- internals ----------------------------------------------------------------
     def _release(self, change: Change, ticket: int) -> None:
         self._ready.append((change, ticket))
-        self._flush.set()
+        if self._flush is not None:
+            self._flush.set()
 
     def _fan_out(self, change: Change, ticket: int) -> None:
         self._awaiting_state.discard(change.position)

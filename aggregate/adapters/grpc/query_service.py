@@ -5,8 +5,9 @@ from ``x-tenant-id`` metadata, request context echoed in the initial metadata, e
 into statuses through the one table in ``aggregate.domain.status``.
 
 ``QueryAggregates`` answers from the node's index (``queries``); with the index switched off
-it answers UNIMPLEMENTED. ``WatchAggregates`` answers UNIMPLEMENTED until the change feed's
-watchers are served.
+it answers UNIMPLEMENTED. ``WatchAggregates`` is served by ``WatchServer``
+(``aggregate.adapters.grpc.watch_service``) once the service wires it; without it,
+UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from grpclib.server import Stream
 
     from aggregate.adapters.grpc.service import CommandService
+    from aggregate.adapters.grpc.watch_service import WatchServer
     from aggregate.gateway.v1 import query_pb2 as qpb
 
 QUERY_SERVICE = "aggregate.gateway.v1.QueryService"
@@ -36,6 +38,8 @@ class QueryService(query_grpc.QueryServiceBase):
     def __init__(self, commands: CommandService) -> None:
         self.commands = commands
         self.tracer = commands.tracer
+        self.watches: WatchServer | None = None
+        """Serves ``WatchAggregates`` once the service has wired the change feed."""
 
     async def QueryAggregates(
         self, stream: Stream[qpb.QueryAggregatesRequest, qpb.QueryAggregatesResponse]
@@ -49,6 +53,10 @@ class QueryService(query_grpc.QueryServiceBase):
     async def WatchAggregates(
         self, stream: Stream[qpb.WatchAggregatesRequest, qpb.AggregateChange]
     ) -> None:
-        """Not served yet: UNIMPLEMENTED."""
+        """The changes of a tenant's aggregates as they commit (``WatchServer.watch``);
+        UNIMPLEMENTED where no change feed is wired."""
+        if self.watches is not None:
+            await self.watches.watch(stream)
+            return
         await self.commands.open_call(stream)
         raise GRPCError(Status.UNIMPLEMENTED, WATCH_NOT_SERVED)
