@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -207,3 +208,26 @@ async def test_resume_after_a_restart_and_shutdown_ends_watches(tmp_path: Path) 
     finally:
         if service.proc.poll() is None:
             service.stop(signal.SIGKILL)
+
+
+async def test_the_cli_prints_json_lines_and_says_where_to_resume(
+    service: ServiceProcess,
+) -> None:
+    meta = tenant("cli")
+    with anyio.fail_after(60), open_client("grpclib", service.grpc) as client:
+        accounts = await open_accounts(client, meta, 3)
+    base = [
+        sys.executable, "-m", "aggregate.cli", "watch", "-T", TYPE, "--tenant", "cli",
+        "--addr", f"{service.grpc[0]}:{service.grpc[1]}",
+    ]  # fmt: skip
+    done = await anyio.run_process(
+        [*base, "--from", str(accounts[0].position), "--count", "2", "--state"], check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert [line["position"] for line in lines] == [a.position for a in accounts[1:]]
+    assert lines[0]["state"] == {"owner": "ann", "balance": 0}
+    assert lines[0]["events"][0]["event_type"] == "AccountOpened"
+    refused = await anyio.run_process([*base, "--filter", "state.balance >"], check=False)
+    assert refused.returncode == 1
+    assert b"INVALID_ARGUMENT" in refused.stderr
