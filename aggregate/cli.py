@@ -183,6 +183,35 @@ def cmd_get(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_query(args: argparse.Namespace) -> int:
+    from aggregate.adapters.grpc import query_client
+
+    host, port = args.addr
+
+    def emit(view: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(view, separators=(",", ":"), ensure_ascii=False) + "\n")
+
+    token, position = query_client.query(
+        host,
+        port,
+        aggregate_type=args.type,
+        filter_text=args.filter,
+        order_by=args.order_by,
+        page_size=args.page_size,
+        page_token=args.page_token,
+        min_position=args.min_position,
+        every_page=args.all,
+        tenant_id=args.tenant,
+        timeout=args.timeout,
+        emit=emit,
+    )
+    sys.stdout.flush()
+    print(f"position {position}", file=sys.stderr)
+    if token:
+        print(f"more: --page-token {token}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     from aggregate.adapters.jetstream.reader import read_events
     from aggregate.domain.ids import DEFAULT_TENANT, validate_tenant_id
@@ -360,6 +389,30 @@ def build_parser() -> argparse.ArgumentParser:
     _client_options(p)
     p.add_argument("--id", type=_uuid, required=True, help="aggregate id")
     p.set_defaults(run=cmd_get)
+
+    p = verbs.add_parser(
+        "query",
+        help="print the views of an aggregate type that match a filter (JSON lines)",
+        description="Ask the service over gRPC (QueryAggregates) for the views of one "
+        "aggregate type of a tenant and print one JSON object per line: aggregate_id, "
+        "version, position, state. One page unless --all; the position the answer "
+        "reflects, and the token of the next page, go to stderr. Filters: docs/queries.md.",
+    )
+    _client_options(p)
+    p.add_argument("filter", nargs="?", default="", help="the filter ('' or omitted: all)")
+    p.add_argument("--order-by", default="", help="order, e.g. 'aggregate_id' (the default)")
+    p.add_argument(
+        "--page-size", type=int, default=0, help="views per page (default: the service's, 50)"
+    )
+    p.add_argument("--page-token", default="", help="continue from this page token")
+    p.add_argument("--all", action="store_true", help="follow the page tokens to the end")
+    p.add_argument(
+        "--min-position",
+        type=int,
+        default=0,
+        help="wait until the index holds this position (a command's position: read your write)",
+    )
+    p.set_defaults(run=cmd_query)
 
     p = verbs.add_parser(
         "events",

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 from aggregate.domain.ids import TOKEN_PATTERN
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable
+    from collections.abc import Callable, Collection, Iterable, Mapping
 
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics_core import Metric
@@ -215,6 +215,26 @@ class Metrics:
             "1 while the NATS connection is up, else 0.",
             registry=registry,
         )
+        self._index_position = Gauge(
+            "aggregate_index_position",
+            "Stream position the query index reflects (every message at or below it).",
+            registry=registry,
+        )
+        self._index_lag = Gauge(
+            "aggregate_index_lag_positions",
+            "Acknowledged positions the query index does not reflect yet.",
+            registry=registry,
+        )
+        self._index_lag_seconds = Gauge(
+            "aggregate_index_lag_seconds",
+            "Age of the oldest change waiting to be written to the index (0: none).",
+            registry=registry,
+        )
+        self._index_replayed = _CallbackCounter(
+            "aggregate_index_replayed_messages",
+            "Messages read from the stream to rebuild or backfill the query index.",
+        )
+        registry.register(self._index_replayed)
         Info("aggregate_build", "The running service's version.", registry=registry).info(
             {"version": version}
         )
@@ -351,6 +371,19 @@ class Metrics:
         self._nats_connected.set_function(
             _safe(lambda: 1.0 if source() else 0.0, "aggregate_nats_connected")
         )
+
+    def set_index_source(self, status: Callable[[], Mapping[str, Any]]) -> None:
+        """Read the ``aggregate_index_*`` metrics from ``status`` (``Indexer.status``)."""
+        self._index_position.set_function(
+            _safe(lambda: float(status()["position"]), "aggregate_index_position")
+        )
+        self._index_lag.set_function(
+            _safe(lambda: float(status()["lag_positions"]), "aggregate_index_lag_positions")
+        )
+        self._index_lag_seconds.set_function(
+            _safe(lambda: float(status()["lag_seconds"]), "aggregate_index_lag_seconds")
+        )
+        self._index_replayed.set_source(lambda: float(status()["replayed_messages"]))
 
     def set_ready(self, ready: bool) -> None:
         """Set ``aggregate_ready``; ignored once ``set_ready_source`` was called."""

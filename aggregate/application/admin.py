@@ -9,7 +9,7 @@ request or raise ``InvalidArgumentError`` with a message an operator can act on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict
 from urllib.parse import parse_qsl
 
 from aggregate.domain.errors import InvalidArgumentError, quote, quote_list
@@ -66,6 +66,9 @@ class HealthReport(TypedDict):
     """Snapshots waiting to be written."""
     snapshot_lag_seconds: float
     """How long the oldest of them has waited."""
+    index: NotRequired[dict[str, Any]]
+    """The query index: ``position``, ``lag_positions``, ``lag_seconds``, ``replayed``
+    (the start-up replay is done), ``replaying_tenants``, ``replayed_messages``."""
 
 
 class TenantStatusView(TypedDict):

@@ -17,13 +17,14 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from opentelemetry import trace
 
 from aggregate.application.activity import NoActivityTracker
 from aggregate.application.cache import AggregateCache, KeyedLocks
+from aggregate.application.changes import open_append
 from aggregate.domain.aggregate import AggregateInstance, program_events
 from aggregate.domain.envelopes import AggregateView, CommandResult, Event
 from aggregate.domain.errors import (
@@ -46,7 +47,13 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from aggregate.application.activity import ActivityTracker
-    from aggregate.application.ports import EventStore, SnapshotSink, SnapshotStore, TenantGate
+    from aggregate.application.ports import (
+        ChangeSink,
+        EventStore,
+        SnapshotSink,
+        SnapshotStore,
+        TenantGate,
+    )
     from aggregate.domain.envelopes import Command, StoredRecord
     from aggregate.domain.history import HistoryEntry
     from aggregate.domain.ids import AggregateKey
@@ -99,12 +106,6 @@ class _NoObserver:
         pass
 
 
-class StateSink(Protocol):
-    """Where the handler reports the state after each message it stored; must not raise."""
-
-    def committed(self, position: int, state: dict[str, Any]) -> None: ...
-
-
 class TypeLookup(Protocol):
     def get(self, name: str) -> AggregateTypeSpec:
         """The configured type. Raises: UnknownAggregateTypeError."""
@@ -126,6 +127,7 @@ class CommandHandler:
         types: TypeLookup,
         snapshots: SnapshotStore | None = None,
         snapshot_sink: SnapshotSink | None = None,
+        change_sink: ChangeSink | None = None,
         gate: TenantGate | None = None,
         settings: HandlerSettings | None = None,
         observer: HandlerObserver | None = None,
@@ -138,6 +140,7 @@ class CommandHandler:
         self.types = types
         self.snapshots = snapshots
         self.snapshot_sink = snapshot_sink
+        self.change_sink = change_sink
         self.gate: TenantGate = gate or _OpenGate()
         self.settings = settings or HandlerSettings()
         self.observer: HandlerObserver = observer or _NoObserver()
@@ -150,9 +153,6 @@ class CommandHandler:
             activity if activity is not None else NoActivityTracker()
         )
         """Counts the commands the gate admitted, per tenant (the admin views)."""
-        self.state_sink: StateSink | None = None
-        """Told the new state of every command it appended (the watch hub), before the
-        handler awaits again."""
 
     def _span(self, name: str) -> AbstractContextManager[object]:
         """A child span of the current one (tracing on), else nothing."""
@@ -223,45 +223,53 @@ class CommandHandler:
                 trace_id=command.context.trace_id,
             )
             attempted = record.events[0]
-            try:
-                with self._span("append"):
-                    seq = await self.store.append(
-                        record, expected_last_seq=instance.last_seq, context=command.context
-                    )
-            except DuplicateAppendError as duplicate:
-                stored = await self._stored_command(key, command.command_id, duplicate.seq)
-                if stored.record.events[0].event_id == record.events[0].event_id:
-                    # Our own append, landed on an earlier attempt of the store's retry.
-                    instance.accept(stored.seq, stored.record, decision.state)
-                    self._maybe_snapshot(instance)
+            previous = instance.last_seq
+            conflicted = False
+            with open_append(self.change_sink, key.tenant_id) as append:
+                try:
+                    with self._span("append"):
+                        seq = await self.store.append(
+                            record, expected_last_seq=previous, context=command.context
+                        )
+                except DuplicateAppendError as duplicate:
+                    stored = await self._stored_command(key, command.command_id, duplicate.seq)
+                    if stored.record.events[0].event_id == record.events[0].event_id:
+                        # Our own append, landed on an earlier attempt of the store's retry.
+                        instance.accept(stored.seq, stored.record, decision.state)
+                        append.committed(instance, previous, record)
+                        self._maybe_snapshot(instance)
+                        return CommandResult(
+                            key,
+                            command.command_id,
+                            instance.version,
+                            record.events,
+                            position=stored.seq,
+                        )
+                    # A repeat of a command this aggregate no longer remembers (a non-v7 id
+                    # beyond the history) that the store's duplicate window still knows:
+                    # answer the stored result, never apply it twice.
+                    append.settled = True
+                    original = stored.record
                     return CommandResult(
                         key,
                         command.command_id,
-                        instance.version,
-                        record.events,
+                        original.last_version,
+                        original.events,
+                        True,
                         position=stored.seq,
                     )
-                # A repeat of a command this aggregate no longer remembers (a non-v7 id
-                # beyond the history) that the store's duplicate window still knows: answer
-                # the stored result, never apply it twice.
-                original = stored.record
-                return CommandResult(
-                    key,
-                    command.command_id,
-                    original.last_version,
-                    original.events,
-                    True,
-                    position=stored.seq,
-                )
-            except VersionConflictError:
+                except VersionConflictError:
+                    # Uncertain: the answer to a retried publish whose first attempt landed.
+                    conflicted = True
+                else:
+                    instance.accept(seq, record, decision.state)
+                    append.committed(instance, previous, record)
+            if conflicted:
                 self.observer.conflict(key)
                 await self._catch_up(instance, spec)
                 if attempt < self.settings.max_retries:
                     await self._backoff(attempt)
                 continue
-            instance.accept(seq, record, decision.state)
-            if self.state_sink is not None:
-                self.state_sink.committed(seq, decision.state)
             self._maybe_snapshot(instance)
             return CommandResult(
                 key, command.command_id, instance.version, record.events, position=seq

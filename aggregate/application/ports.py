@@ -2,18 +2,21 @@
 
 Adapters implement them: JetStream and the in-memory store (``EventStore``), SQLite
 (``SnapshotStore``), the snapshotter (``SnapshotSink``), the placement gate
-(``TenantGate``). All async methods are written for anyio: they run on the asyncio island in
+(``TenantGate``), the read side's change feed (``ChangeSink``). All async methods are
+written for anyio: they run on the asyncio island in
 the service and under Trio in tests.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from aggregate.domain.aggregate import Snapshot
+    from aggregate.domain.changes import CommittedChange
     from aggregate.domain.context import RequestContext
     from aggregate.domain.envelopes import CommandRecord, StoredRecord
     from aggregate.domain.ids import AggregateKey
@@ -97,5 +100,64 @@ class TenantGate(Protocol):
         Raises:
             TenantUnavailableError: the tenant is not hosted here or is draining.
             TenantAccessDeniedError: the tenant is not allowed on this node.
+        """
+        ...
+
+
+class ChangeSink(Protocol):
+    """Where the handler reports its appends, for the read side (index, watch; DESIGN §10).
+
+    Every append is bracketed: ``append_started`` before the publish, ``append_ended`` after
+    it, whatever happened; a message known to be stored (and ours) is ``offer``-ed before its
+    bracket ends. An append that ends ``uncertain`` may or may not have stored a message
+    (lost acknowledgement, cancellation, a conflict answer to a retried publish): readers
+    must find out from the stream. All three are called on the handler's thread (the asyncio
+    island), never block and never raise.
+    """
+
+    def append_started(self, tenant_id: str) -> int:
+        """An append for ``tenant_id`` is about to be sent. Returns its ticket."""
+        ...
+
+    def offer(self, change: CommittedChange) -> None:
+        """A message of ours that is stored in the stream."""
+        ...
+
+    def append_ended(self, ticket: int, *, uncertain: bool) -> None:
+        """The append of ``ticket`` is over. ``uncertain``: it may have stored a message
+        that was not offered."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPage:
+    """One page of the stream read in order: the records, how many messages were skipped
+    as unreadable (logged by the reader), and where the next page starts."""
+
+    records: list[StoredRecord]
+    skipped: int
+    next_seq: int
+    done: bool
+
+
+class StreamReader(Protocol):
+    """Reads the whole stream, or one tenant's part of it, in position order, without a
+    consumer per read (batch direct get on JetStream). The read side's rebuilds use it."""
+
+    async def stream_end(self) -> int:
+        """The stream's last sequence (0: empty).
+
+        Raises:
+            BackendUnavailableError: the store cannot be reached.
+        """
+        ...
+
+    async def read_page(self, tenant_id: str | None, *, after_seq: int, limit: int) -> StreamPage:
+        """Up to ``limit`` records after ``after_seq`` of ``tenant_id`` (None: every
+        tenant), in position order. A message that cannot be decoded under its subject is
+        skipped and counted, never returned.
+
+        Raises:
+            BackendUnavailableError: the store cannot be reached.
         """
         ...

@@ -24,6 +24,7 @@ from aggregate.domain.manifest import (
     Manifest,
     ProgramSource,
 )
+from aggregate.query.plan import index_statements, validate_index_path
 
 if TYPE_CHECKING:
     from aggregate.config.settings import Settings
@@ -36,6 +37,7 @@ TYPE_KEYS = (
     "decide_source",
     "apply_source",
     "initial_state",
+    "indexes",
 )
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 
@@ -121,7 +123,21 @@ def _parse_type(section: _Section, key: str, name: str, spec: object) -> Aggrega
         language=language,
         isolation=isolation,
         initial_state=plain,
+        indexes=_indexes(section, key, name, spec.get("indexes", [])),
     )
+
+
+def _indexes(section: _Section, key: str, name: str, value: object) -> tuple[str, ...]:
+    """The ``indexes:`` of a type: field paths the index keeps expression indexes on."""
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise section.error(f"{key}.indexes", "must be a list of field paths like state.balance")
+    for offset, path in enumerate(value):
+        try:
+            validate_index_path(path)
+        except ValueError as exc:
+            raise section.error(f"{key}.indexes[{offset}]", str(exc)) from None
+    index_statements(name, value)  # the type name is a valid index name too
+    return tuple(dict.fromkeys(value))
 
 
 def _program(

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aggregate.config import values as v
 from aggregate.config.fieldmeta import Scope as Scope
-from aggregate.config.fieldmeta import meta, ms
+from aggregate.config.fieldmeta import meta, ms, opt_path
 from aggregate.config.sections import LifecycleSettings
 from aggregate.domain.ids import DEFAULT_TENANT
 from aggregate.domain.manifest import Manifest
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from pathlib import Path
 
 ENV_PREFIX = "AGGREGATE_"
 
@@ -166,6 +167,77 @@ class Settings(LifecycleSettings):
             kind="int",
         ),
     )
+    # --- read side: the index and queries ---
+    index_enabled: bool = field(
+        default=True,
+        metadata=meta(
+            v.parse_bool,
+            "Keep the query index and serve QueryAggregates (off: UNIMPLEMENTED).",
+            kind="bool",
+        ),
+    )
+    index_path: Path | None = field(
+        default=None,
+        metadata=opt_path(
+            "The index file (derived data, rebuilt from the stream when missing); unset: "
+            "index.db under storage_path."
+        ),
+    )
+    index_batch_size: int = field(
+        default=500,
+        metadata=meta(
+            v.int_parser(1, 100_000),
+            "Changes written in one index transaction at most (1-100000).",
+            kind="int",
+        ),
+    )
+    index_batch_interval_ms: int = field(
+        default=5,
+        metadata=ms("Wait after the first change before a batch is written (coalescing)."),
+    )
+    index_replay_page: int = field(
+        default=1000,
+        metadata=meta(
+            v.int_parser(1, 10_000),
+            "Messages read per request when the index is rebuilt from the stream (1-10000).",
+            kind="int",
+        ),
+    )
+    index_max_wait_ms: int = field(
+        default=5000,
+        metadata=ms(
+            "Longest wait of a query for min_position or for its tenant's rebuild (within the "
+            "call's deadline)."
+        ),
+    )
+    query_max_filter_chars: int = field(
+        default=4096,
+        metadata=meta(v.int_parser(1, 65_536), "Longest filter, characters (1-65536).", kind="int"),
+    )
+    query_default_page_size: int = field(
+        default=50,
+        metadata=meta(v.int_parser(1, 10_000), "Page size when a query asks for 0.", kind="int"),
+    )
+    query_max_page_size: int = field(
+        default=1000,
+        metadata=meta(
+            v.int_parser(1, 10_000), "Largest page a query may ask for (1-10000).", kind="int"
+        ),
+    )
+    query_max_sqlite_steps: int = field(
+        default=10_000_000,
+        metadata=meta(
+            v.int_parser(1000),
+            "SQLite work one query may do (virtual machine steps); more: RESOURCE_EXHAUSTED.",
+            kind="int",
+        ),
+    )
+    query_threads: int = field(
+        default=4,
+        metadata=meta(
+            v.int_parser(1, 64), "Queries read from the index at once (1-64).", kind="int"
+        ),
+    )
     # --- not variables ---
     aggregate_types: Manifest | None = field(
         default=None,
@@ -208,6 +280,11 @@ class Settings(LifecycleSettings):
         return self.origins.get(name, "default")
 
     # --- derived values ---
+    @property
+    def index_file(self) -> Path:
+        """Where the index lives: ``index_path``, else ``index.db`` under ``storage_path``."""
+        return self.index_path if self.index_path is not None else self.storage_path / "index.db"
+
     @property
     def http_body_timeout_seconds(self) -> float:
         """``http_body_timeout_ms`` in seconds."""

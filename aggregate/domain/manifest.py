@@ -44,6 +44,8 @@ class AggregateTypeManifest:
     language: Language = Language.STARLARK
     isolation: Isolation = Isolation.PROCESS
     initial_state: dict[str, Any] = field(default_factory=dict)
+    indexes: tuple[str, ...] = ()
+    """Field paths (``state.balance``) the read side's index keeps expression indexes on."""
 
 
 @dataclass(frozen=True, slots=True)

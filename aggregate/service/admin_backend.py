@@ -72,7 +72,7 @@ class IslandAdminBackend:
         if self.snapshotter is not None:
             stats = self.snapshotter.stats
             pending, lag = stats.pending, stats.lag_seconds
-        return {
+        report: HealthReport = {
             "status": status,
             "ready": self.service.ready(),
             "nats_connected": connected,
@@ -84,6 +84,9 @@ class IslandAdminBackend:
             "snapshot_lag": pending,
             "snapshot_lag_seconds": round(lag, 3),
         }
+        if self.core.indexer is not None:
+            report["index"] = self.core.indexer.status()
+        return report
 
     def _storage(self) -> StorageReport:
         if self.storage is None:

@@ -26,6 +26,7 @@ from aggregate.adapters.jetstream.change_reader import StreamChangeReader
 from aggregate.adapters.jetstream.connect import open_connection
 from aggregate.adapters.placement_kv import PlacementWatcher
 from aggregate.application.activity import ActivityTracker
+from aggregate.application.changes import ChangeFeed
 from aggregate.application.gate import TenantGate
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.application.placement import PlacementController
@@ -36,8 +37,9 @@ from aggregate.domain.placement import PlacementDecision
 from aggregate.programs.base import ProgramLimits
 from aggregate.programs.pool import WorkerPool
 from aggregate.programs.registry import ProgramRegistry, check_manifest, isolation_warnings
+from aggregate.service.index import hosts_every_tenant, open_indexer
 from aggregate.watch.hub import WatchHub, WatchLimits
-from aggregate.watch.store import WatchedStore
+from aggregate.watch.sink import TeeSink
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
     from aggregate.application.placement import PlacementChange
     from aggregate.application.ports import SnapshotSink, SnapshotStore
     from aggregate.config import Settings
+    from aggregate.query.indexer import Indexer
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,10 @@ class IslandCore:
         """The change feed of ``WatchAggregates``, fed by the command path."""
         self._stop: anyio.Event | None = None
         self._closing = False
+        self.changes = ChangeFeed()
+        self.indexer: Indexer | None = None
+        """The read side's change feed (``aggregate.application.changes``): the handler
+        reports its appends to it; readers (index, watch) add themselves to its consumers."""
 
     # ---- lifecycle --------------------------------------------------------------
     async def run(self, report: Callable[[CoreInfo], None]) -> None:
@@ -186,28 +193,36 @@ class IslandCore:
             )
             stack.push_async_callback(reader.aclose)
             self.handler = CommandHandler(
-                store=WatchedStore(store, self.watch_hub),
+                store=store,
                 types=self.registry,
                 snapshots=self.snapshots,
                 snapshot_sink=self.snapshot_sink,
+                change_sink=TeeSink(self.changes, self.watch_hub),
                 gate=self.gate,
                 settings=handler_settings(settings),
                 observer=self.metrics,
                 tracer=self.tracer,
                 activity=self.activity,
             )
-            self.handler.state_sink = self.watch_hub
             handler = self.handler
             self.metrics.set_cache_size_source(lambda: len(handler.cache))
+            if settings.index_enabled:
+                self.indexer = await open_indexer(
+                    stack, settings, nc, store, self.changes, self.registry, manifest, self.gate
+                )
+                self.metrics.set_index_source(self.indexer.status)
             self.server = CommandServer(
                 self.handler,
                 GrpcOptions.from_settings(settings),
                 observer=self.metrics,
                 tracer=self.tracer,
+                queries=self.indexer,
             )
             self.server.queries.watches = WatchServer(self.server.service, self.watch_hub, reader)
             async with anyio.create_task_group() as tg:
                 await tg.start(self.watch_hub.serve)
+                if self.indexer is not None:
+                    await tg.start(self.indexer.serve)
                 await tg.start(self.controller.run, self.watcher.updates())
                 host, port = await self.server.start()
                 stack.push_async_callback(self.server.aclose)
@@ -297,6 +312,8 @@ class IslandCore:
                 self.handler.forget_tenant(tenant)
         for tenant in change.left:
             self.watch_hub.forget_tenant(tenant, change.decision.owner_of(tenant))
+        if self.indexer is not None:
+            self.indexer.placement_changed(hosts_every_tenant=hosts_every_tenant(change.decision))
         log.info("placement changed: %s", change.as_dict())
 
     def tenant_payload(self) -> Any:

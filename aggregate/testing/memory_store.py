@@ -19,10 +19,14 @@ from typing import TYPE_CHECKING
 
 import anyio.lowlevel
 
+from aggregate.application.ports import StreamPage
+from aggregate.domain.changes import key_of_subject
 from aggregate.domain.envelopes import CommandRecord, StoredRecord
 from aggregate.domain.errors import (
     BackendUnavailableError,
+    CorruptDataError,
     DuplicateAppendError,
+    TenantAccessDeniedError,
     VersionConflictError,
 )
 
@@ -167,6 +171,31 @@ class InMemoryEventStore:
         if message.subject != key.subject:
             return None
         return StoredRecord(seq, CommandRecord.decode(message.data, expected_key=key))
+
+    async def stream_end(self) -> int:
+        """See ``StreamReader.stream_end``."""
+        await anyio.lowlevel.checkpoint()
+        return self.last_seq_overall
+
+    async def read_page(self, tenant_id: str | None, *, after_seq: int, limit: int) -> StreamPage:
+        """See ``StreamReader.read_page`` (the in-memory store is its own stream reader)."""
+        await anyio.lowlevel.checkpoint()
+        prefix = f"tenant.{tenant_id}." if tenant_id is not None else "tenant."
+        matching = [m for m in self.messages if m.seq > after_seq and m.subject.startswith(prefix)]
+        page = matching[:limit]
+        records, skipped = [], 0
+        for message in page:
+            key = key_of_subject(message.subject)
+            try:
+                if key is None:
+                    raise CorruptDataError("not an aggregate's subject")
+                records.append(
+                    StoredRecord(message.seq, CommandRecord.decode(message.data, expected_key=key))
+                )
+            except (CorruptDataError, TenantAccessDeniedError):
+                skipped += 1
+        next_seq = page[-1].seq if page else after_seq
+        return StreamPage(records, skipped, next_seq, len(matching) <= limit)
 
     def subjects(self) -> set[str]:
         return set(self._last_by_subject)

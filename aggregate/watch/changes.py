@@ -49,16 +49,6 @@ class Change:
             size += len(json.dumps(state))
         return cls(key, version, position, command_id, events, state, size)
 
-    def with_state(self, state: dict[str, Any]) -> Change:
-        return Change.of(
-            self.key,
-            version=self.version,
-            position=self.position,
-            command_id=self.command_id,
-            events=self.events,
-            state=state,
-        )
-
     @property
     def updated_at(self) -> str:
         return self.events[-1].timestamp if self.events else ""

@@ -1,17 +1,17 @@
 """The watch hub: committed changes fanned out in process to per-watcher bounded queues.
 
-Fed by the command path (``WatchedStore`` takes a ticket around each append and reports
-where it was stored; the handler offers the new state), it releases changes in position
-order (``Sequencer``), fans them out in its own task (``serve``) and keeps the latest ones
-in a buffer bounded in count and bytes, so a watcher resuming from a recent position is
-served from memory. A tenant's buffer is complete after its *floor*: every change of the
-tenant with a greater position is in it. A watcher asking for older changes reads them from
-the stream first (the gRPC servicer does), then takes the live ones, skipping what it
-already sent.
+Fed by the command path (the handler's ``ChangeSink`` reports, through ``TeeSink``: each
+append started, the committed change with its new state, each append ended), it releases
+changes in position order (``Sequencer``), fans them out in its own task (``serve``) and
+keeps the latest ones in a buffer bounded in count and bytes, so a watcher resuming from a
+recent position is served from memory. A tenant's buffer is complete after its *floor*:
+every change of the tenant with a greater position is in it. A watcher asking for older
+changes reads them from the stream first (the gRPC servicer does), then takes the live ones,
+skipping what it already sent.
 
-A watcher's queue is bounded in changes and bytes; one that is not read fast enough is
-ended with ``WatcherTooSlowError`` and its queue dropped at once, so a slow client costs
-at most its bound. Runs on one thread (the island loop).
+A watcher's queue is bounded in changes and bytes; one that is not read fast enough is ended
+with ``WatcherTooSlowError`` and its queue dropped at once, so a slow client costs at most
+its bound. Runs on one thread (the island loop).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskStatus
 
+    from aggregate.domain.changes import CommittedChange
     from aggregate.domain.envelopes import CommandRecord
     from aggregate.domain.errors import AggregateError
     from aggregate.watch.changes import WatchSubset
@@ -147,8 +148,8 @@ class WatchHub:
         self._buffer_bytes = 0
         self._floors: dict[str, int] = {}
         self._blocked: dict[str, int] = {}
-        self._awaiting_state: set[int] = set()
-        self._states: dict[int, dict[str, Any]] = {}
+        self._tenant_of: dict[int, str] = {}
+        self._offered: CommittedChange | None = None
         self._ready: list[tuple[Change, int]] = []
         self._flush: anyio.Event | None = None
         self._watchers: dict[str, set[Watcher]] = {}
@@ -157,20 +158,25 @@ class WatchHub:
 
     # ---- the command path's side --------------------------------------------------
     def begin(self) -> int:
-        """A ticket for an append about to be sent (``WatchedStore``)."""
+        """A ticket for an append about to be sent."""
         return self.sequencer.begin()
 
-    def stored(self, ticket: int, position: int, record: CommandRecord) -> None:
-        """The append of ``ticket`` stored ``record`` at ``position``. Its new state comes
-        through ``committed`` before the change goes out."""
-        self._awaiting_state.add(position)
+    def stored(
+        self,
+        ticket: int,
+        position: int,
+        record: CommandRecord,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        """The append of ``ticket`` stored ``record`` at ``position`` (``state``: the
+        aggregate's state after it, when known)."""
         change = Change.of(
             record.key,
             version=record.last_version,
             position=position,
             command_id=record.command_id,
             events=record.events,
-            state=None,
+            state=state,
         )
         self.sequencer.acknowledged(ticket, change)
 
@@ -180,16 +186,9 @@ class WatchHub:
     def unknown(self, ticket: int, tenant_id: str) -> None:
         self.sequencer.unknown(ticket, tenant_id)
 
-    def committed(self, position: int, state: dict[str, Any]) -> None:
-        """The command path's offer of the state after the change stored at ``position``
-        (called right after ``stored``, before the handler awaits again). States of
-        positions not reported by ``stored`` are ignored."""
-        if position in self._awaiting_state:
-            self._states[position] = state
-
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Fan released changes out to the watchers until cancelled. The fan-out runs in
-        this task, after the handler that stored a change has offered its state.
+        this task, off the handler's path.
 
         Cancellation: stops; changes not yet fanned out are dropped (the service stops).
         """
@@ -202,6 +201,40 @@ class WatchHub:
             ready, self._ready = self._ready, []
             for change, ticket in ready:
                 self._fan_out(change, ticket)
+
+    # ---- ChangeSink (the handler's reports, through ``TeeSink``) --------------------
+    def append_started(self, tenant_id: str) -> int:
+        ticket = self.begin()
+        self._tenant_of[ticket] = tenant_id
+        return ticket
+
+    def offer(self, change: CommittedChange) -> None:
+        # The handler ends the append right after offering it, before it awaits again.
+        self._offered = change
+
+    def append_ended(self, ticket: int, *, uncertain: bool) -> None:
+        tenant_id = self._tenant_of.pop(ticket, "")
+        offered, self._offered = self._offered, None
+        if uncertain:
+            self.unknown(ticket, tenant_id)
+        elif offered is None:
+            self.not_stored(ticket)
+        else:
+            self.stored_change(ticket, offered)
+
+    def stored_change(self, ticket: int, change: CommittedChange) -> None:
+        """The append of ``ticket`` stored ``change`` (with its new state)."""
+        self.sequencer.acknowledged(
+            ticket,
+            Change.of(
+                change.key,
+                version=change.version,
+                position=change.position,
+                command_id=change.command_id,
+                events=change.events,
+                state=change.state,
+            ),
+        )
 
     # ---- the watchers' side -------------------------------------------------------
     def watch(self, subset: WatchSubset, from_position: int) -> tuple[Watcher, list[Change] | None]:
@@ -282,10 +315,6 @@ class WatchHub:
             self._flush.set()
 
     def _fan_out(self, change: Change, ticket: int) -> None:
-        self._awaiting_state.discard(change.position)
-        state = self._states.pop(change.position, None)
-        if state is not None:
-            change = change.with_state(state)
         self.watermark = max(self.watermark, change.position)
         tenant = change.key.tenant_id
         blocked = self._blocked.get(tenant)

@@ -11,8 +11,8 @@ so it holds a ticket no higher than the highest ticket taken by then (``p``'s ho
 and releases go strictly in position order. Appends of other nodes do not matter: a tenant
 is written by one node at a time, and a watch is scoped to one tenant.
 
-An append whose outcome is unknown (timeout, disconnect, cancellation, a retried publish
-answered as a conflict or a duplicate) may have been stored at a position nobody will
+An append whose outcome is unknown (timeout, disconnect, cancellation, a conflict: it may
+answer a retried publish that landed) may have been stored at a position nobody will
 report: the sequencer reports its tenant as uncertain, and the hub ends that tenant's
 watches with a resume position (resuming reads the stream, which holds the truth).
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
+from aggregate.application.changes import ChangeFeed
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.domain.context import RequestContext
 from aggregate.domain.envelopes import Command, CommandRecord, events_from_decision
@@ -25,7 +26,7 @@ from aggregate.watch.errors import (
     WatchTenantMovedError,
 )
 from aggregate.watch.hub import Watcher, WatchHub, WatchLimits
-from aggregate.watch.store import WatchedStore
+from aggregate.watch.sink import TeeSink
 from specs import bank
 
 if TYPE_CHECKING:
@@ -89,14 +90,13 @@ async def test_a_failed_append_releases_what_waited_behind_it() -> None:
         assert [c.position for c in await take(watcher, 1)] == [5]
 
 
-async def test_the_state_offered_after_the_append_goes_out_with_the_change() -> None:
+async def test_a_filter_sees_the_state_after_the_change() -> None:
     async with running(WatchHub()) as hub:
         rich = WatchSubset("acme", predicate=lambda v: v.state["balance"] > 10)
         watcher, _ = hub.watch(rich, 0)
         for position, balance in ((1, 5), (2, 50)):
             ticket = hub.begin()
-            hub.stored(ticket, position, record(key()))
-            hub.committed(position, {"balance": balance})
+            hub.stored(ticket, position, record(key()), {"balance": balance})
         (change,) = await take(watcher, 1)
         assert (change.position, change.state) == (2, {"balance": 50})
 
@@ -238,13 +238,12 @@ def bank_handler(store: Any, hub: WatchHub) -> CommandHandler:
     types = StaticTypes(
         {TYPE: AggregateTypeSpec(TYPE, FunctionProgram(TYPE, bank.decide, bank.apply))}
     )
-    handler = CommandHandler(
-        store=WatchedStore(store, hub),
+    return CommandHandler(
+        store=store,
         types=types,
         settings=HandlerSettings(retry_backoff_s=0),
+        change_sink=TeeSink(ChangeFeed(), hub),
     )
-    handler.state_sink = hub
-    return handler
 
 
 async def test_the_handler_feeds_every_change_in_order_with_its_state() -> None:

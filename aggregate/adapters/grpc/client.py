@@ -104,6 +104,7 @@ def submit(
         "command_id": reply.command_id,
         "version": reply.version,
         "duplicate": reply.duplicate,
+        "position": reply.position,
         "events": [event_json(e) for e in reply.events],
     }
 
@@ -132,5 +133,6 @@ def get(
         "aggregate_type": view.aggregate_type,
         "aggregate_id": view.aggregate_id,
         "version": view.version,
+        "position": view.position,
         "state": json.loads(view.state_json or "{}"),
     }

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 
     from aggregate.application.handler import CommandHandler
     from aggregate.application.observe import CommandObserver
+    from aggregate.query.indexer import Indexer
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +150,12 @@ class CommandServer:
         *,
         observer: CommandObserver | None = None,
         tracer: Tracer | None = None,
+        queries: Indexer | None = None,
     ) -> None:
         self.options = options or GrpcOptions()
         self.service = CommandService(handler, self.options, observer=observer, tracer=tracer)
         self.service.settle = self._settle_all
-        self.queries = QueryService(self.service)
+        self.queries = QueryService(self.service, queries)
         self.readiness = ServiceStatus()
         self._calls = _CallTracker()
         self._connections: set[TrackedProtocol] = set()

@@ -236,7 +236,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                 outcome = "deadline_exceeded"
             raise
         finally:
-            type_label = self._type_label(request.aggregate_type)
+            type_label = self.type_label(request.aggregate_type)
             seconds = time.perf_counter() - started
             self.observer.read_finished("GetAggregate", tenant_id, type_label, outcome, seconds)
             if self.access_log.enabled:
@@ -268,7 +268,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         Cancellation propagates (the command may or may not have been appended).
         """
         started = time.perf_counter()
-        type_label = self._type_label(request.aggregate_type)
+        type_label = self.type_label(request.aggregate_type)
         self.observer.command_started(tenant_id, type_label)
         outcome = "cancelled"
         # Logged only in its canonical form: a malformed id is the client's text, unbounded.
@@ -387,7 +387,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
             raise GRPCError(Status.INVALID_ARGUMENT, exc.message) from None
         return tenant_id, context
 
-    def _type_label(self, aggregate_type: str) -> str:
+    def type_label(self, aggregate_type: str) -> str:
         """The metrics label of a type: the name when configured (bounded cardinality)."""
         try:
             self.handler.types.get(aggregate_type)

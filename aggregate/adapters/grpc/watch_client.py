@@ -109,6 +109,4 @@ def watch(
         from_position=from_position,
         include_state=include_state,
     )
-    asyncio.run(
-        _watch(host, port, request, _metadata(tenant_id, None), on_change, count, timeout)
-    )
+    asyncio.run(_watch(host, port, request, _metadata(tenant_id, None), on_change, count, timeout))

@@ -1,0 +1,250 @@
+"""The index file: the latest view per aggregate and a position watermark per tenant, in
+SQLite (DESIGN §10). Derived data, like the snapshots: deleting the file never changes an
+answer; the indexer rebuilds it from the stream.
+
+Tables: ``views`` (the read side's contract: one row per ``(tenant, type, id)``; an
+UPSERT only replaces a row with one of a higher position, so live changes and replays can
+arrive in any order), ``watermarks`` (per tenant: every message of the tenant at or below
+``position`` is reflected), ``meta`` (``replayed_through``: the position up to which every
+tenant's messages are reflected, the start of the next start-up replay). Expression
+indexes come from the manifest's ``indexes:`` (``plan.index_statements``).
+
+Synchronous and blocking: the indexer and the query service call it in worker threads.
+One writer connection (callers serialise writes); readers get one connection per thread,
+WAL mode lets them read while a batch is written. The page-token key lives beside the file
+(``<index>.key``, created 0600), so tokens survive restarts and a rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aggregate.domain.envelopes import dumps
+from aggregate.domain.errors import ConfigError
+from aggregate.query.plan import run_bounded
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from pathlib import Path
+
+    from aggregate.domain.ids import AggregateKey
+    from aggregate.query.plan import QueryPlan, Row
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS views (
+  tenant_id      TEXT NOT NULL,
+  aggregate_type TEXT NOT NULL,
+  aggregate_id   TEXT NOT NULL,
+  version        INTEGER NOT NULL,
+  position       INTEGER NOT NULL,
+  updated_at     TEXT NOT NULL,
+  state          TEXT NOT NULL,
+  PRIMARY KEY (tenant_id, aggregate_type, aggregate_id)
+);
+CREATE TABLE IF NOT EXISTS watermarks (
+  tenant_id TEXT PRIMARY KEY,
+  position  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+  key   TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
+"""
+_UPSERT = """
+INSERT INTO views (tenant_id, aggregate_type, aggregate_id, version, position, updated_at, state)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (tenant_id, aggregate_type, aggregate_id) DO UPDATE SET
+  version = excluded.version, position = excluded.position,
+  updated_at = excluded.updated_at, state = excluded.state
+WHERE excluded.position > views.position
+"""
+_WATERMARK = """
+INSERT INTO watermarks (tenant_id, position) VALUES (?, ?)
+ON CONFLICT (tenant_id) DO UPDATE SET position = excluded.position
+WHERE excluded.position > watermarks.position
+"""
+_SELECT_ONE = """
+SELECT version, position, updated_at, state FROM views
+WHERE tenant_id = ? AND aggregate_type = ? AND aggregate_id = ?
+"""
+REPLAYED_THROUGH = "replayed_through"
+
+
+@dataclass(frozen=True, slots=True)
+class ViewRow:
+    """One row to write: the view of ``key`` after the message at ``position``."""
+
+    key: AggregateKey
+    version: int
+    position: int
+    updated_at: str
+    state: dict[str, Any]
+
+    def params(self) -> tuple[object, ...]:
+        key = self.key
+        return (
+            key.tenant_id,
+            key.aggregate_type,
+            str(key.aggregate_id),
+            self.version,
+            self.position,
+            self.updated_at,
+            dumps(self.state).decode(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredView:
+    """A row as read back for a replay: version, position and the parsed state."""
+
+    version: int
+    position: int
+    updated_at: str
+    state: dict[str, Any]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA busy_timeout=5000")
+    return connection
+
+
+class IndexStore:
+    """The index file at ``path`` (created with its schema when missing)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = _connect(path)
+            self._writer.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot open the index file {path}: {exc}") from None
+        self._readers = threading.local()
+        self._all_readers: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    # --- writes (one caller at a time) ---
+
+    def write(
+        self,
+        rows: Iterable[ViewRow],
+        watermarks: dict[str, int],
+        *,
+        replayed_through: int | None = None,
+    ) -> int:
+        """Write ``rows`` (each only over an older row) and raise the tenants' watermarks,
+        in one transaction. Returns how many rows changed."""
+        connection = self._writer
+        changed = 0
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for row in rows:
+                changed += connection.execute(_UPSERT, row.params()).rowcount
+            connection.executemany(_WATERMARK, watermarks.items())
+            if replayed_through is not None:
+                connection.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (REPLAYED_THROUGH, str(replayed_through)),
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        return changed
+
+    def create_indexes(self, statements: Sequence[str]) -> None:
+        for statement in statements:
+            self._writer.execute(statement)
+
+    # --- reads ---
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection."""
+        connection: sqlite3.Connection | None = getattr(self._readers, "connection", None)
+        if connection is None:
+            connection = _connect(self.path)
+            self._readers.connection = connection
+            with self._lock:
+                self._all_readers.append(connection)
+        return connection
+
+    def run(self, plan: QueryPlan, *, max_steps: int) -> list[Row]:
+        """The rows of one planned page."""
+        return run_bounded(self.reader(), plan, max_steps=max_steps)
+
+    def views(self, keys: Iterable[AggregateKey]) -> dict[AggregateKey, StoredView]:
+        """The stored views of ``keys`` (those that have one)."""
+        found = {}
+        connection = self._writer
+        for key in keys:
+            got = connection.execute(
+                _SELECT_ONE, (key.tenant_id, key.aggregate_type, str(key.aggregate_id))
+            ).fetchone()
+            if got is not None:
+                found[key] = StoredView(got[0], got[1], got[2], json.loads(got[3]))
+        return found
+
+    def watermarks(self) -> dict[str, int]:
+        return dict(self._writer.execute("SELECT tenant_id, position FROM watermarks"))
+
+    def replayed_through(self) -> int:
+        got = self._writer.execute(
+            "SELECT value FROM meta WHERE key = ?", (REPLAYED_THROUGH,)
+        ).fetchone()
+        return int(got[0]) if got is not None else 0
+
+    def count(self, tenant_id: str | None = None) -> int:
+        if tenant_id is None:
+            return int(self._writer.execute("SELECT count(*) FROM views").fetchone()[0])
+        sql = "SELECT count(*) FROM views WHERE tenant_id = ?"
+        return int(self._writer.execute(sql, (tenant_id,)).fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._all_readers:
+                connection.close()
+            self._all_readers.clear()
+        self._writer.close()
+
+
+def token_key(index_path: Path) -> bytes:
+    """The page-token key kept beside the index file (``<index>.key``): 32 random bytes,
+    created 0600 on first use.
+
+    Raises:
+        ConfigError: the file cannot be read or created, or holds something else.
+    """
+    path = index_path.with_name(index_path.name + ".key")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_key(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the page-token key {path}: {exc}") from None
+    key = secrets.token_bytes(32)
+    with os.fdopen(fd, "wb") as file:
+        file.write(key)
+    return key
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        key = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the page-token key {path}: {exc}") from None
+    if len(key) != 32:
+        raise ConfigError(f"the page-token key {path} is not 32 bytes; delete it")
+    return key
