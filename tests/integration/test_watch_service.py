@@ -231,3 +231,36 @@ async def test_the_cli_prints_json_lines_and_says_where_to_resume(
     refused = await anyio.run_process([*base, "--filter", "state.balance >"], check=False)
     assert refused.returncode == 1
     assert b"INVALID_ARGUMENT" in refused.stderr
+
+
+async def test_a_tenant_that_moves_away_ends_its_watches_naming_the_owner(
+    tmp_path: Path,
+) -> None:
+    moving, staying = tenant("moving"), tenant("staying")
+    with running_service(tmp_path) as service, open_client("grpclib", service.grpc) as client:
+        with anyio.fail_after(60):
+            (opened,) = await open_accounts(client, moving, 1)
+            async with open_watch(
+                service.grpc, request(from_position=opened.position), moving
+            ) as watch:
+                deposit = {"type": "Deposit", "amount": 1}
+                deposited = await submit(client, moving, deposit, opened.aggregate_id)
+                result = await read(watch, WatchResult(), 1)
+                placement = {"placement": {"moving": "shard-b", "staying": "local"}}
+                status, body = await anyio.to_thread.run_sync(
+                    service.http_call, "POST", "/admin/reload", placement
+                )
+                assert status == 200, body
+                await read(watch, result)
+            refused = await watch_n(service.grpc, request(from_position=1), moving, 1)
+            (stays,) = await open_accounts(client, staying, 1)
+            still = await watch_n(
+                service.grpc, request(from_position=stays.position - 1), staying, 1
+            )
+    assert result.positions == [deposited.position]
+    assert result.status == "UNAVAILABLE", result
+    assert "shard-b" in (result.message or "")
+    assert result.resume == deposited.position
+    assert refused.status == "UNAVAILABLE"
+    assert "shard-b" in (refused.message or "")
+    assert still.positions == [stays.position]

@@ -28,23 +28,21 @@ from aggregate.domain.errors import AggregateError
 from aggregate.domain.ids import parse_uuid, validate_aggregate_type
 from aggregate.gateway.v1 import query_pb2 as qpb
 from aggregate.logcontext import log_context
-from aggregate.watch.changes import Change, WatchSubset
+from aggregate.watch.changes import WatchSubset
 from aggregate.watch.filters import compile_filter
-from aggregate.watch.replay import ReplayStates
+from aggregate.watch.follow import Follow
 
 if TYPE_CHECKING:
     from grpclib.server import Stream
 
     from aggregate.adapters.grpc.service import CommandService
-    from aggregate.domain.envelopes import StoredRecord
+    from aggregate.watch.changes import Change
     from aggregate.watch.hub import WatchHub
     from aggregate.watch.source import ChangeSource
 
 log = logging.getLogger(__name__)
 
 RESUME_HEADER = "x-resume-position"
-REPLAY_PAGE = 256
-"""Messages read from the stream per request while a watch catches up."""
 
 
 def change_message(change: Change, *, include_state: bool) -> qpb.AggregateChange:
@@ -101,76 +99,34 @@ class WatchServer:
             trace_id=context.trace_id,
             request_id=context.request_id,
         ):
+            handler = self.commands.handler
             try:
                 subset = self.subset_of(request, tenant_id)
-                with self.commands.handler.gate.admit(tenant_id):
+                with handler.gate.admit(tenant_id):
                     pass  # hosted and accepting here: else UNAVAILABLE naming the owner
-                from_position = request.from_position
-                start = from_position or self.hub.watermark
-                watcher, backlog = self.hub.watch(subset, from_position)
+                follow = Follow(
+                    self.hub,
+                    subset,
+                    request.from_position,
+                    source=self.source,
+                    store=handler.store,
+                    types=handler.types,
+                    include_state=request.include_state,
+                )
             except AggregateError as exc:
                 raise self.commands.failure_of(exc, tenant_id, context).grpc_error() from None
-            last = start
             include_state = request.include_state
+            changes = follow.changes()
             try:
-                if backlog is None:
-                    last = await self._replay(stream, subset, start, include_state)
-                else:
-                    for change in backlog:
-                        await stream.send_message(
-                            change_message(change, include_state=include_state)
-                        )
-                        last = change.position
-                while True:
-                    change = await watcher.next()
-                    if change.position <= last:
-                        continue
+                async for change in changes:
                     await stream.send_message(change_message(change, include_state=include_state))
-                    last = change.position
             except AggregateError as exc:
                 failure = self.commands.failure_of(exc, tenant_id, context)
                 await stream.send_trailing_metadata(
                     status=Status[failure.code],
                     status_message=failure.message,
-                    metadata={RESUME_HEADER: str(last)},
+                    metadata={RESUME_HEADER: str(follow.position)},
                 )
             finally:
-                watcher.close()
-
-    async def _replay(
-        self,
-        stream: Stream[qpb.WatchAggregatesRequest, qpb.AggregateChange],
-        subset: WatchSubset,
-        after: int,
-        include_state: bool,
-    ) -> int:
-        """Send the subset's stored changes after ``after`` until the stream has no more.
-        Returns the last position read."""
-        states = (
-            ReplayStates(self.commands.handler.store, self.commands.handler.types)
-            if include_state or subset.needs_state
-            else None
-        )
-        more = True
-        while more:
-            records, more = await self.source.read_after(subset, after, REPLAY_PAGE)
-            for stored in records:
-                change = await _change_of(stored, states)
-                if subset.matches(change):
-                    await stream.send_message(change_message(change, include_state=include_state))
-                after = stored.seq
-            if not records:
-                break
-        return after
-
-
-async def _change_of(stored: StoredRecord, states: ReplayStates | None) -> Change:
-    record = stored.record
-    return Change.of(
-        record.key,
-        version=record.last_version,
-        position=stored.seq,
-        command_id=record.command_id,
-        events=record.events,
-        state=await states.after(stored) if states is not None else None,
-    )
+                await changes.aclose()
+                follow.close()
