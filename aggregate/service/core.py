@@ -24,6 +24,7 @@ from aggregate.adapters.grpc.watch_service import WatchServer
 from aggregate.adapters.jetstream import JetStreamEventStore, StreamPolicy, ensure_stream
 from aggregate.adapters.jetstream.change_reader import StreamChangeReader
 from aggregate.adapters.jetstream.connect import open_connection
+from aggregate.adapters.jetstream.stream_reader import JetStreamStreamReader
 from aggregate.adapters.placement_kv import PlacementWatcher
 from aggregate.application.activity import ActivityTracker
 from aggregate.application.changes import ChangeFeed
@@ -192,6 +193,14 @@ class IslandCore:
                 nc, settings.stream_name, timeout_s=settings.nats_timeout_seconds
             )
             stack.push_async_callback(reader.aclose)
+            # A watch "from now" that ends before it sees a change resumes after this.
+            stream = JetStreamStreamReader(
+                nc, stream=settings.stream_name, request_timeout_s=settings.nats_timeout_seconds
+            )
+            try:
+                self.watch_hub.start_after(await stream.stream_end())
+            finally:
+                await stream.aclose()
             self.handler = CommandHandler(
                 store=store,
                 types=self.registry,

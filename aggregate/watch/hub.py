@@ -156,6 +156,11 @@ class WatchHub:
         self._count = 0
         self.closed = False
 
+    def start_after(self, position: int) -> None:
+        """The stream's end when the node starts: a watch from now that sees no change
+        resumes after it (never from 0, which means from now)."""
+        self.watermark = max(self.watermark, position)
+
     # ---- the command path's side --------------------------------------------------
     def begin(self) -> int:
         """A ticket for an append about to be sent."""
