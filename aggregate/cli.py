@@ -292,6 +292,30 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return EXIT_OK if summary["ok"] else EXIT_REFUSED
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from aggregate.adapters.grpc import watch_client
+
+    host, port = args.addr
+
+    def line(change: dict[str, Any]) -> None:
+        print(json.dumps(change, separators=(",", ":")), flush=True)
+
+    watch_client.watch(
+        host,
+        port,
+        aggregate_type=args.type,
+        on_change=line,
+        tenant_id=args.tenant,
+        aggregate_id=str(args.id) if args.id else "",
+        filter_text=args.filter,
+        from_position=args.from_position,
+        include_state=args.state,
+        count=args.count,
+        timeout=args.timeout,
+    )
+    return EXIT_OK
+
+
 def cmd_ready(args: argparse.Namespace) -> int:
     from aggregate.adapters.admin_probe import probe_address, probe_ready
 
@@ -316,6 +340,16 @@ def _uuid(value: str) -> uuid.UUID:
         return parse_uuid(value, "id")
     except AggregateError as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _position(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {value[:32]!r}")
+    return number
 
 
 def _config_options(p: argparse.ArgumentParser, *, example: str | None) -> None:
@@ -462,6 +496,30 @@ def build_parser() -> argparse.ArgumentParser:
     from aggregate.cli_check import add_check_verb
 
     add_check_verb(verbs)
+
+    p = verbs.add_parser(
+        "watch",
+        help="follow the changes of a type's aggregates as they commit (JSON lines)",
+        description="Watch a tenant's aggregates of one type over gRPC (WatchAggregates) and "
+        "print each committed change as one JSON line (type, id, version, position, command "
+        "id, events; the new state with --state), in position order. Runs until interrupted, "
+        "until --count changes arrived, or until the service ends the watch: then exit code "
+        "1 and a message with the position to pass to --from to resume without a gap.",
+    )
+    _client_options(p)
+    p.add_argument(
+        "--from",
+        dest="from_position",
+        type=_position,
+        default=0,
+        metavar="POSITION",
+        help="every change after this stream position (default 0: from now)",
+    )
+    p.add_argument("--id", type=_uuid, help="only this aggregate")
+    p.add_argument("--filter", default="", help="only changes whose new view matches")
+    p.add_argument("--state", action="store_true", help="include each change's new state")
+    p.add_argument("--count", type=_position, help="stop after this many changes")
+    p.set_defaults(run=cmd_watch)
 
     p = verbs.add_parser(
         "shards",

@@ -261,6 +261,50 @@ class Settings(LifecycleSettings):
         default=60_000,
         metadata=ms("JetStream source consumers' ack wait (redelivery of unacknowledged batches)."),
     )
+    # --- watches (WatchAggregates) ---
+    watch_queue_changes: int = field(
+        default=1000,
+        metadata=meta(
+            v.int_parser(1, 1_000_000),
+            "Changes one watch may have waiting to be sent; more: the watch ends with "
+            "RESOURCE_EXHAUSTED and x-resume-position.",
+            kind="int",
+        ),
+    )
+    watch_queue_bytes: int = field(
+        default=4 * 1024 * 1024,
+        metadata=meta(
+            v.int_parser(1024, 2**31 - 1),
+            "Bytes of changes one watch may have waiting to be sent (estimated); more: as "
+            "watch_queue_changes.",
+            kind="int",
+        ),
+    )
+    watch_buffer_changes: int = field(
+        default=10_000,
+        metadata=meta(
+            v.int_parser(0, 10_000_000),
+            "Recent changes kept in memory for watches that resume; older ones are read "
+            "from the stream.",
+            kind="int",
+        ),
+    )
+    watch_buffer_bytes: int = field(
+        default=32 * 1024 * 1024,
+        metadata=meta(
+            v.int_parser(1024, 2**40),
+            "Bytes of recent changes kept in memory for resuming watches (estimated).",
+            kind="int",
+        ),
+    )
+    max_watchers: int = field(
+        default=1000,
+        metadata=meta(
+            v.int_parser(1, 1_000_000),
+            "Watches open at once on this node; more: RESOURCE_EXHAUSTED.",
+            kind="int",
+        ),
+    )
     # --- read side: the index and queries ---
     index_enabled: bool = field(
         default=True,

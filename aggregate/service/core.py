@@ -21,8 +21,11 @@ import nats.errors
 
 from aggregate.adapters.grpc.server import CommandServer
 from aggregate.adapters.grpc.service import GrpcOptions
+from aggregate.adapters.grpc.watch_service import WatchServer
 from aggregate.adapters.jetstream import JetStreamEventStore, StreamPolicy, ensure_stream
+from aggregate.adapters.jetstream.change_reader import StreamChangeReader
 from aggregate.adapters.jetstream.connect import open_connection
+from aggregate.adapters.jetstream.stream_reader import JetStreamStreamReader
 from aggregate.adapters.placement_kv import PlacementWatcher
 from aggregate.adapters.quota_kv import QuotaWatcher
 from aggregate.adapters.shard_directory import ShardDirectory
@@ -41,6 +44,8 @@ from aggregate.programs.reload import ProgramCatalog
 from aggregate.service.index import hosts_every_tenant, open_indexer
 from aggregate.service.protection import build_protection
 from aggregate.service.shards import advertised_entry
+from aggregate.watch.hub import WatchHub, WatchLimits
+from aggregate.watch.sink import TeeSink
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -82,6 +87,16 @@ def program_limits(settings: Settings) -> ProgramLimits:
         max_memory_bytes=settings.program_max_memory_bytes,
         pool_size=settings.program_workers,
         max_batch_calls=settings.program_batch_calls,
+    )
+
+
+def watch_limits(settings: Settings) -> WatchLimits:
+    return WatchLimits(
+        queue_changes=settings.watch_queue_changes,
+        queue_bytes=settings.watch_queue_bytes,
+        buffer_changes=settings.watch_buffer_changes,
+        buffer_bytes=settings.watch_buffer_bytes,
+        max_watchers=settings.max_watchers,
     )
 
 
@@ -139,6 +154,8 @@ class IslandCore:
         self.directory: ShardDirectory | None = None
         self._grpc_bound: tuple[str, int] | None = None
         self._tasks: TaskGroup | None = None
+        self.watch_hub = WatchHub(watch_limits(settings))
+        """The change feed of ``WatchAggregates``, fed by the command path."""
         self._stop: anyio.Event | None = None
         self._closing = False
         self.changes = ChangeFeed()
@@ -201,12 +218,24 @@ class IslandCore:
                 request_timeout=settings.nats_timeout_seconds,
                 replicas=settings.stream_replicas,
             )
+            reader = StreamChangeReader(
+                nc, settings.stream_name, timeout_s=settings.nats_timeout_seconds
+            )
+            stack.push_async_callback(reader.aclose)
+            # A watch "from now" that ends before it sees a change resumes after this.
+            stream = JetStreamStreamReader(
+                nc, stream=settings.stream_name, request_timeout_s=settings.nats_timeout_seconds
+            )
+            try:
+                self.watch_hub.start_after(await stream.stream_end())
+            finally:
+                await stream.aclose()
             self.handler = CommandHandler(
                 store=store,
                 types=self.registry,
                 snapshots=self.snapshots,
                 snapshot_sink=self.snapshot_sink,
-                change_sink=self.changes,
+                change_sink=TeeSink(self.changes, self.watch_hub),
                 gate=self.gate,
                 protection=self.protection,
                 settings=handler_settings(settings),
@@ -253,8 +282,10 @@ class IslandCore:
                 self.server.service.owner_address = self._owner_address
             if settings.ingest_sources:
                 self.ingestor = build_ingestor(settings, handler, self.registry, nc, self.metrics)
+            self.server.queries.watches = WatchServer(self.server.service, self.watch_hub, reader)
             async with anyio.create_task_group() as tg:
                 self._tasks = tg
+                await tg.start(self.watch_hub.serve)
                 if self.indexer is not None:
                     await tg.start(self.indexer.serve)
                 await tg.start(self.controller.run, self.watcher.updates())
@@ -413,6 +444,8 @@ class IslandCore:
         if self.handler is not None:
             for tenant in change.left:
                 self.handler.forget_tenant(tenant)
+        for tenant in change.left:
+            self.watch_hub.forget_tenant(tenant, change.decision.owner_of(tenant))
         if self.indexer is not None:
             self.indexer.placement_changed(hosts_every_tenant=hosts_every_tenant(change.decision))
         log.info("placement changed: %s", change.as_dict())

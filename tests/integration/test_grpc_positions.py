@@ -10,7 +10,6 @@ import anyio
 import pytest
 
 from aggregate.gateway.v1 import aggregate_pb2 as pb
-from aggregate.gateway.v1 import query_pb2 as qpb
 from tests.integration.grpc_harness import (
     ACME,
     CLIENT_KINDS,
@@ -71,11 +70,3 @@ async def test_responses_carry_the_stream_positions(client: Client) -> None:
     assert streamed.status == "OK", streamed
     assert [r.response.position for r in streamed.results] == [4, 3]
     assert (view.status, view.response.position, view.response.version) == ("OK", 4, 3)
-
-
-async def test_watch_is_not_served_yet(client: Client) -> None:
-    with anyio.fail_after(10):
-        reply = await client.watch(qpb.WatchAggregatesRequest(aggregate_type=TYPE), ACME)
-    assert reply.status == "UNIMPLEMENTED"
-    assert "WatchAggregates" in (reply.message or "")
-    assert "x-correlation-id" in reply.initial_metadata

@@ -107,7 +107,7 @@ def description_of(text: str) -> str:
     return body.split("options:", 1)[0].strip()
 
 
-@pytest.mark.parametrize("verb", ["serve", "submit", "get", "events", "check", "ready"])
+@pytest.mark.parametrize("verb", ["serve", "submit", "get", "events", "check", "ready", "watch"])
 def test_every_verb_has_a_description(capsys: pytest.CaptureFixture[str], verb: str) -> None:
     assert len(description_of(help_of(capsys, verb))) > 40
 
@@ -222,3 +222,13 @@ def test_other_spellings_are_usage_errors(
         build_parser().parse_args([*verb, "-T", "bank-account", "--id", text])
     assert caught.value.code == 2
     assert "is not a UUID" in capsys.readouterr().err
+
+
+def test_watch_takes_a_position_and_refuses_a_negative_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = build_parser().parse_args(["watch", "-T", "bank-account", "--from", "42"])
+    assert (args.from_position, args.count, args.state) == (42, None, False)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["watch", "-T", "bank-account", "--from", "-1"])
+    assert "whole number" in capsys.readouterr().err

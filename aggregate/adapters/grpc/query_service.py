@@ -8,7 +8,9 @@ not host is refused by the same tenant gate as commands (UNAVAILABLE naming the 
 ``QueryAggregates`` answers from the node's index (``queries``, an ``Indexer``); with the
 index switched off it answers UNIMPLEMENTED. ``min_position`` waits within the call's
 deadline (at most ``index_max_wait_ms``): DEADLINE_EXCEEDED when the index does not reach
-it in time. ``WatchAggregates`` answers UNIMPLEMENTED until the watch is served.
+it in time. ``WatchAggregates`` is served by ``WatchServer``
+(``aggregate.adapters.grpc.watch_service``) once the service wires it; without it,
+UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from grpclib.server import Stream
 
     from aggregate.adapters.grpc.service import CommandService
+    from aggregate.adapters.grpc.watch_service import WatchServer
     from aggregate.query.indexer import Indexer, QueryAnswer
 
 QUERY_SERVICE = "aggregate.gateway.v1.QueryService"
@@ -50,6 +53,8 @@ class QueryService(query_grpc.QueryServiceBase):
         self.commands = commands
         self.queries = queries
         self.tracer = commands.tracer
+        self.watches: WatchServer | None = None
+        """Serves ``WatchAggregates`` once the service has wired the change feed."""
 
     async def QueryAggregates(
         self, stream: Stream[qpb.QueryAggregatesRequest, qpb.QueryAggregatesResponse]
@@ -114,7 +119,11 @@ class QueryService(query_grpc.QueryServiceBase):
     async def WatchAggregates(
         self, stream: Stream[qpb.WatchAggregatesRequest, qpb.AggregateChange]
     ) -> None:
-        """Not served yet: UNIMPLEMENTED."""
+        """The changes of a tenant's aggregates as they commit (``WatchServer.watch``);
+        UNIMPLEMENTED where no change feed is wired."""
+        if self.watches is not None:
+            await self.watches.watch(stream)
+            return
         await self.commands.open_call(stream)
         raise GRPCError(Status.UNIMPLEMENTED, WATCH_NOT_SERVED)
 

@@ -261,6 +261,8 @@ class CommandServer:
         self.readiness.set(False)
         self._calls.refusing = True
         self.service.stop_streams()
+        if self.queries.watches is not None:  # open watches end now, with a resume position
+            self.queries.watches.hub.close()
 
     async def drain(self, grace: float) -> bool:
         """Stop gracefully: readiness NOT_SERVING and new ``CommandService`` calls refused
