@@ -70,6 +70,7 @@ async def open_indexer(
     statements = [
         statement
         for name, spec in manifest.types.items()
+        if spec.indexes  # (the programs of every type, `*`, have none)
         for statement in index_statements(name, spec.indexes)
     ]
     await anyio.to_thread.run_sync(store.create_indexes, statements)

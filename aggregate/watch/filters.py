@@ -3,10 +3,9 @@ of the query planner), compiled once per watch."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from aggregate.domain.errors import InvalidArgumentError
+from aggregate.query.plan import QueryLimits, compile_predicate
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -19,15 +18,9 @@ def compile_filter(text: str) -> Callable[[ChangeView], bool] | None:
 
     Raises:
         InvalidArgumentError: the filter is malformed or beyond the language's limits (the
-            message names the position), or this build has no filter language.
+            message names the position).
     """
     if not text:
         return None
-    try:
-        plan: Any = importlib.import_module("aggregate.query.plan")
-    except ImportError:
-        raise InvalidArgumentError("filters are not supported yet") from None
-    predicate: Callable[[ChangeView], bool] = plan.compile_predicate(
-        text, limits=plan.QueryLimits()
-    )
+    predicate: Callable[[ChangeView], bool] = compile_predicate(text, limits=QueryLimits())
     return predicate

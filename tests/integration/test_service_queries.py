@@ -243,7 +243,8 @@ def test_cli_query_prints_json_lines_and_follows_pages(service: ServiceProcess) 
     last = str(max(positions))
     one_page = cli("query", *tenant, "", "--page-size", "2", "--min-position", last)
     every = cli("query", *tenant, "--page-size", "2", "--all", "--min-position", last)
-    refused = cli("query", *tenant, "state.balance > 5")
+    filtered = cli("query", *tenant, 'state.owner = "q"', "--min-position", last)
+    refused = cli("query", *tenant, "state.balance >")
     assert one_page.returncode == 0, one_page.stderr
     assert len(one_page.stdout.splitlines()) == 2
     assert "more: --page-token " in one_page.stderr
@@ -254,5 +255,7 @@ def test_cli_query_prints_json_lines_and_follows_pages(service: ServiceProcess) 
     assert sorted(v["position"] for v in views) == sorted(positions)
     assert [json.loads(x) for x in one_page.stdout.splitlines() + rest.stdout.splitlines()] == views
     assert "more:" not in every.stderr
+    assert [json.loads(line)["state"]["owner"] for line in filtered.stdout.splitlines()] == ["q"]
     assert refused.returncode == 1
     assert "INVALID_ARGUMENT" in refused.stderr
+    assert "column" in refused.stderr  # the filter's error names where it is
