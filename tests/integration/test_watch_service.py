@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -207,7 +208,10 @@ async def test_resume_after_a_restart_and_shutdown_ends_watches(tmp_path: Path) 
         assert json.loads(result.changes[-1].state_json) == {"owner": "ann", "balance": 7}
     finally:
         if service.proc.poll() is None:
-            service.stop(signal.SIGKILL)
+            try:  # SIGTERM: the service stops its embedded nats-server (SIGKILL would orphan it)
+                service.stop(signal.SIGTERM, timeout=30)
+            except subprocess.TimeoutExpired:
+                service.stop(signal.SIGKILL)
 
 
 async def test_the_cli_prints_json_lines_and_says_where_to_resume(
