@@ -242,13 +242,7 @@ def query(work: Path, rows: int, repeat: int) -> dict[str, Any]:
         out["selective_via"] = "hand"
         plan_text = store.reader().execute("EXPLAIN QUERY PLAN " + sql, hand.params).fetchall()
         out["selective_plan"] = " | ".join(str(row[-1]) for row in plan_text)
-    owner = "json_extract(state, '$.owner')"
-    scan_sql = (
-        "SELECT aggregate_id, version, position, updated_at, state FROM views "
-        f"WHERE tenant_id = ? AND aggregate_type = ? AND {owner} = ? ORDER BY aggregate_id LIMIT ?"
-    )
-    scan = QueryPlan(scan_sql, (TENANT, TYPE, "nobody", 51), 50, lambda _: "")
-    out["unindexed_scan_ms"] = timed(lambda: store.run(scan, max_steps=10**9))
+    out["unindexed_scan_ms"] = timed(lambda: page('state.owner = "nobody"'))
     store.close()
     return out
 
