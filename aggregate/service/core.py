@@ -41,7 +41,7 @@ from aggregate.domain.placement import PlacementDecision
 from aggregate.ingest.wiring import build_ingestor
 from aggregate.programs.base import ProgramLimits
 from aggregate.programs.reload import ProgramCatalog
-from aggregate.service.index import hosts_every_tenant, open_indexer
+from aggregate.service.index import hosts_every_tenant, open_indexer, query_limits
 from aggregate.service.protection import build_protection
 from aggregate.service.shards import advertised_entry
 from aggregate.watch.hub import WatchHub, WatchLimits
@@ -282,7 +282,9 @@ class IslandCore:
                 self.server.service.owner_address = self._owner_address
             if settings.ingest_sources:
                 self.ingestor = build_ingestor(settings, handler, self.registry, nc, self.metrics)
-            self.server.queries.watches = WatchServer(self.server.service, self.watch_hub, reader)
+            self.server.queries.watches = WatchServer(
+                self.server.service, self.watch_hub, reader, query_limits(settings)
+            )
             async with anyio.create_task_group() as tg:
                 self._tasks = tg
                 await tg.start(self.watch_hub.serve)

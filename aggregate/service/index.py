@@ -40,12 +40,17 @@ def index_settings(settings: Settings) -> IndexSettings:
         max_wait_s=settings.index_max_wait_ms / 1000,
         query_threads=settings.query_threads,
         retry_s=1.0,
-        limits=QueryLimits(
-            max_filter_chars=settings.query_max_filter_chars,
-            default_page_size=settings.query_default_page_size,
-            max_page_size=settings.query_max_page_size,
-            max_sqlite_steps=settings.query_max_sqlite_steps,
-        ),
+        limits=query_limits(settings),
+    )
+
+
+def query_limits(settings: Settings) -> QueryLimits:
+    """The filter language's limits, for queries and watches alike."""
+    return QueryLimits(
+        max_filter_chars=settings.query_max_filter_chars,
+        default_page_size=settings.query_default_page_size,
+        max_page_size=settings.query_max_page_size,
+        max_sqlite_steps=settings.query_max_sqlite_steps,
     )
 
 

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from aggregate.watch.changes import ChangeView
 
 
-def compile_filter(text: str) -> Callable[[ChangeView], bool] | None:
+def compile_filter(
+    text: str, limits: QueryLimits | None = None
+) -> Callable[[ChangeView], bool] | None:
     """The predicate of a watch's ``filter`` (None for '': every change).
 
     Raises:
@@ -22,5 +24,7 @@ def compile_filter(text: str) -> Callable[[ChangeView], bool] | None:
     """
     if not text:
         return None
-    predicate: Callable[[ChangeView], bool] = compile_predicate(text, limits=QueryLimits())
+    predicate: Callable[[ChangeView], bool] = compile_predicate(
+        text, limits=limits or QueryLimits()
+    )
     return predicate

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aggregate.domain.errors import InvalidArgumentError
+from aggregate.query.plan import QueryLimits
 from aggregate.watch.changes import ChangeView
 from aggregate.watch.filters import compile_filter
 
@@ -30,3 +31,10 @@ def test_a_filter_keeps_only_matching_views_with_the_query_semantics() -> None:
 def test_a_bad_filter_is_invalid_argument_naming_the_column() -> None:
     with pytest.raises(InvalidArgumentError, match="column"):
         compile_filter("state.balance >")
+
+
+def test_a_watch_filter_keeps_the_configured_limits() -> None:
+    text = "state.balance > 50"
+    assert compile_filter(text, QueryLimits(max_filter_chars=len(text))) is not None
+    with pytest.raises(InvalidArgumentError):
+        compile_filter(text, QueryLimits(max_filter_chars=len(text) - 1))

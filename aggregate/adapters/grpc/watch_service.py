@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from grpclib.server import Stream
 
     from aggregate.adapters.grpc.service import CommandService
+    from aggregate.query.plan import QueryLimits
     from aggregate.watch.changes import Change
     from aggregate.watch.hub import WatchHub
     from aggregate.watch.source import ChangeSource
@@ -63,8 +64,15 @@ def change_message(change: Change, *, include_state: bool) -> qpb.AggregateChang
 class WatchServer:
     """Serves ``WatchAggregates`` calls from ``hub``, reading older changes from ``source``."""
 
-    def __init__(self, commands: CommandService, hub: WatchHub, source: ChangeSource) -> None:
+    def __init__(
+        self,
+        commands: CommandService,
+        hub: WatchHub,
+        source: ChangeSource,
+        limits: QueryLimits | None = None,
+    ) -> None:
         self.commands = commands
+        self.limits = limits  # the filter language's limits (None: its defaults)
         self.hub = hub
         self.source = source
 
@@ -82,7 +90,9 @@ class WatchServer:
         aggregate_id = None
         if request.aggregate_id:
             aggregate_id = parse_uuid(request.aggregate_id, "aggregate_id")
-        return WatchSubset(tenant_id, aggregate_type, aggregate_id, compile_filter(request.filter))
+        return WatchSubset(
+            tenant_id, aggregate_type, aggregate_id, compile_filter(request.filter, self.limits)
+        )
 
     async def watch(self, stream: Stream[qpb.WatchAggregatesRequest, qpb.AggregateChange]) -> None:
         """Serve one call until the client leaves or the watch ends (see the module).
