@@ -13,7 +13,7 @@ import collections
 from typing import TYPE_CHECKING, Any
 
 from aggregate.domain.aggregate import program_events
-from aggregate.domain.errors import AggregateError
+from aggregate.domain.errors import UnknownAggregateTypeError
 
 if TYPE_CHECKING:
     from aggregate.application.handler import TypeLookup
@@ -44,7 +44,7 @@ class ReplayStates:
         key = record.key
         try:
             spec = self._types.get(key.aggregate_type)
-        except AggregateError:
+        except UnknownAggregateTypeError:  # a type this node does not serve
             return None
         cached = self._states.pop(key, None)
         if cached is not None and cached[0] == record.first_version - 1:
