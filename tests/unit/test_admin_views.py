@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
 from typing import Any
 
@@ -128,7 +129,9 @@ async def test_the_handler_counts_admitted_commands_per_tenant_not_refused_ones(
     with pytest.raises(TenantUnavailableError):
         await handler.handle(command(AggregateKey("far", TYPE, uuid7()), {"type": "x"}))
     assert tracker.of("acme").commands_total == 2
-    assert tracker.of("acme").last_activity is not None
+    last = tracker.of("acme").last_activity
+    assert last is not None
+    assert datetime.datetime.fromisoformat(last.replace("Z", "+00:00")).tzinfo is not None
     assert tracker.of("far") == TenantActivity(0, None)
     assert handler.cache.tenant_count("acme") == 1
 
