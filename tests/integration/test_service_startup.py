@@ -1,22 +1,27 @@
 """Start-up of the real service process: it gives up on an unreachable NATS within the
 connect timeout (exit code 3, one line saying why), a signal stops any phase of start-up at
-once, and a busy port is one line of configuration error (exit code 2)."""
+once, a busy port is one line of configuration error (exit code 2), and an embedded
+nats-server left running by a killed service is stopped before a new one starts on its
+store."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
 from aggregate.adapters.nats_server import free_port
-from tests.integration.service_harness import ServiceProcess, launch_service
+from aggregate.gateway.v1 import aggregate_pb2 as pb
+from tests.integration.grpc_harness import TYPE, command, open_client
+from tests.integration.service_harness import ServiceProcess, launch_service, start_service
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 pytestmark = pytest.mark.integration
 CONNECT_TIMEOUT_S = 2.0
@@ -128,3 +133,45 @@ def test_a_busy_port_is_one_line_and_exit_code_2(tmp_path: Path, which: str) -> 
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in printed[0]
     assert variable in printed[0]
     assert "Traceback" not in service.text()
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_node_left_by_a_killed_service_is_stopped_before_the_next_start(
+    tmp_path: Path,
+) -> None:
+    storage = tmp_path / "svc"
+    first = start_service(storage)
+    with open_client("grpclib", first.grpc) as client:
+        opened = await client.submit(
+            command({"type": "OpenAccount", "owner": "ann"}), {"x-tenant-id": "acme"}
+        )
+    assert opened.status == "OK"
+    account = str(opened.response.aggregate_id)
+    orphan = int((storage / "nats" / "aggregate-embedded.pid").read_text())
+    first.stop(signal.SIGKILL)  # a killed process cannot stop its child
+    assert _running(orphan)
+
+    second = start_service(storage)
+    try:
+        line = second.wait_for_log("left running on this storage path")
+        assert f"pid {orphan}" in str(line["message"])
+        assert not _running(orphan)
+        with open_client("grpclib", second.grpc) as client:
+            read = await client.get(
+                pb.GetAggregateRequest(aggregate_type=TYPE, aggregate_id=account),
+                {"x-tenant-id": "acme"},
+            )
+        assert (read.status, read.response.version) == ("OK", 1)
+    finally:
+        second.stop()
+        if _running(orphan):  # the fix failed: do not leave the node behind
+            os.kill(orphan, signal.SIGKILL)
