@@ -150,14 +150,16 @@ async def test_a_node_left_by_a_killed_service_is_stopped_before_the_next_start(
 ) -> None:
     storage = tmp_path / "svc"
     first = start_service(storage)
-    with open_client("grpclib", first.grpc) as client:
-        opened = await client.submit(
-            command({"type": "OpenAccount", "owner": "ann"}), {"x-tenant-id": "acme"}
-        )
+    try:
+        with open_client("grpclib", first.grpc) as client:
+            opened = await client.submit(
+                command({"type": "OpenAccount", "owner": "ann"}), {"x-tenant-id": "acme"}
+            )
+        orphan = int((storage / "nats" / "aggregate-embedded.pid").read_text())
+    finally:
+        first.stop(signal.SIGKILL)  # a killed process cannot stop its child
     assert opened.status == "OK"
     account = str(opened.response.aggregate_id)
-    orphan = int((storage / "nats" / "aggregate-embedded.pid").read_text())
-    first.stop(signal.SIGKILL)  # a killed process cannot stop its child
     assert _running(orphan)
 
     second = start_service(storage)
