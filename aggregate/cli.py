@@ -22,7 +22,6 @@ from aggregate.domain.errors import (
     AggregateNotFoundError,
     BackendUnavailableError,
     ConfigError,
-    InvalidArgumentError,
 )
 from aggregate.domain.ids import AggregateKey, parse_uuid, uuid7, validate_aggregate_type
 from aggregate.domain.status import status_of
@@ -156,35 +155,6 @@ def cmd_get(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_query(args: argparse.Namespace) -> int:
-    from aggregate.adapters.grpc import query_client
-
-    host, port = args.addr
-
-    def emit(view: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(view, separators=(",", ":"), ensure_ascii=False) + "\n")
-
-    token, position = query_client.query(
-        host,
-        port,
-        aggregate_type=args.type,
-        filter_text=args.filter,
-        order_by=args.order_by,
-        page_size=args.page_size,
-        page_token=args.page_token,
-        min_position=args.min_position,
-        every_page=args.all,
-        tenant_id=args.tenant,
-        timeout=args.timeout,
-        emit=emit,
-    )
-    sys.stdout.flush()
-    print(f"position {position}", file=sys.stderr)
-    if token:
-        print(f"more: --page-token {token}", file=sys.stderr)
-    return EXIT_OK
-
-
 def _nats_url(settings: Settings) -> str:
     """The NATS URL(s) as the service finds them: the setting, or the embedded server's
     URL file under the storage path."""
@@ -212,107 +182,6 @@ def cmd_events(args: argparse.Namespace) -> int:
     if not events:
         raise AggregateNotFoundError(f"aggregate {key} not found")
     _print(events)
-    return EXIT_OK
-
-
-def _routing(args: argparse.Namespace) -> Any:
-    from aggregate.adapters.routing import read_routing
-
-    settings = _settings(args)
-    return read_routing(
-        _nats_url(settings).split(","),
-        directory_bucket=settings.shard_directory_bucket,
-        placement_bucket=settings.placement_bucket,
-        placement_key=settings.placement_key,
-        timeout=args.timeout,
-    )
-
-
-def cmd_shards(args: argparse.Namespace) -> int:
-    routing = _routing(args)
-    _print([routing.shards[shard].as_dict() for shard in sorted(routing.shards)])
-    return EXIT_OK
-
-
-def cmd_route(args: argparse.Namespace) -> int:
-    from aggregate.domain.ids import validate_tenant_id
-
-    tenant = validate_tenant_id(args.tenant_id)
-    answer = _routing(args).route(tenant)
-    _print(answer)
-    return EXIT_OK if answer["live"] else EXIT_REFUSED
-
-
-def cmd_tenant_move(args: argparse.Namespace) -> int:
-    from aggregate.adapters.admin_client import admin_call
-    from aggregate.adapters.admin_probe import probe_address
-    from aggregate.domain.directory import dial_address
-    from aggregate.domain.ids import validate_tenant_id
-    from aggregate.domain.placement import validate_shard_id
-
-    settings = _settings(args)
-    tenant, shard = validate_tenant_id(args.tenant_id), validate_shard_id(args.to)
-    addr = dial_address(*probe_address(*settings.http_bind))
-    body: dict[str, Any] = {"to": shard}
-    if args.timeout is not None:
-        body["timeout_ms"] = int(args.timeout * 1000)
-    wait = (args.timeout or settings.move_timeout_seconds) + 5
-    status, answer = admin_call(
-        addr,
-        "POST",
-        f"/admin/tenant/{tenant}/move",
-        body=body,
-        token=settings.admin_token,
-        timeout=wait,
-    )
-    if status != 200:
-        reason = answer.get("error") if isinstance(answer, dict) else None
-        print(f"aggregate tenant move: HTTP {status}: {reason or answer}", file=sys.stderr)
-        return EXIT_REFUSED
-    _print(answer)
-    return EXIT_OK
-
-
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from aggregate.adapters.logging import configure_logging
-    from aggregate.service.ingest_once import run_ingest_once
-
-    if not args.once:
-        raise UsageError(
-            "give --once (periodic runs are part of `aggregate serve`, every "
-            "AGGREGATE_INGEST_INTERVAL_MS)"
-        )
-    settings = _settings(args)
-    configure_logging(settings.log_level, None, library_level=settings.library_log_level)
-    try:
-        summary = run_ingest_once(settings, args.source)
-    except InvalidArgumentError as exc:  # an unknown --source
-        raise UsageError(exc.message) from None
-    _print(summary)
-    return EXIT_OK if summary["ok"] else EXIT_REFUSED
-
-
-def cmd_watch(args: argparse.Namespace) -> int:
-    from aggregate.adapters.grpc import watch_client
-
-    host, port = args.addr
-
-    def line(change: dict[str, Any]) -> None:
-        print(json.dumps(change, separators=(",", ":")), flush=True)
-
-    watch_client.watch(
-        host,
-        port,
-        aggregate_type=args.type,
-        on_change=line,
-        tenant_id=args.tenant,
-        aggregate_id=str(args.id) if args.id else "",
-        filter_text=args.filter,
-        from_position=args.from_position,
-        include_state=args.state,
-        count=args.count,
-        timeout=args.timeout,
-    )
     return EXIT_OK
 
 
@@ -392,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"aggregate {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    # The verbs of each room live beside it (they import this module's helpers).
+    from aggregate.cli_check import add_check_verb
+    from aggregate.cli_ingest import add_ingest_verb
+    from aggregate.cli_read import add_query_verb, add_watch_verb
+    from aggregate.cli_shards import add_shard_verbs
 
     p = verbs.add_parser(
         "serve",
@@ -448,29 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", type=_uuid, required=True, help="aggregate id")
     p.set_defaults(run=cmd_get)
 
-    p = verbs.add_parser(
-        "query",
-        help="print the views of an aggregate type that match a filter (JSON lines)",
-        description="Ask the service over gRPC (QueryAggregates) for the views of one "
-        "aggregate type of a tenant and print one JSON object per line: aggregate_id, "
-        "version, position, state. One page unless --all; the position the answer "
-        "reflects, and the token of the next page, go to stderr. Filters: docs/queries.md.",
-    )
-    _client_options(p)
-    p.add_argument("filter", nargs="?", default="", help="the filter ('' or omitted: all)")
-    p.add_argument("--order-by", default="", help="order, e.g. 'aggregate_id' (the default)")
-    p.add_argument(
-        "--page-size", type=int, default=0, help="views per page (default: the service's, 50)"
-    )
-    p.add_argument("--page-token", default="", help="continue from this page token")
-    p.add_argument("--all", action="store_true", help="follow the page tokens to the end")
-    p.add_argument(
-        "--min-position",
-        type=int,
-        default=0,
-        help="wait until the index holds this position (a command's position: read your write)",
-    )
-    p.set_defaults(run=cmd_query)
+    add_query_verb(verbs)
 
     p = verbs.add_parser(
         "events",
@@ -493,107 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", type=_uuid, required=True, help="aggregate id")
     p.set_defaults(run=cmd_events)
 
-    from aggregate.cli_check import add_check_verb
-
     add_check_verb(verbs)
-
-    p = verbs.add_parser(
-        "watch",
-        help="follow the changes of a type's aggregates as they commit (JSON lines)",
-        description="Watch a tenant's aggregates of one type over gRPC (WatchAggregates) and "
-        "print each committed change as one JSON line (type, id, version, position, command "
-        "id, events; the new state with --state), in position order. Runs until interrupted, "
-        "until --count changes arrived, or until the service ends the watch: then exit code "
-        "1 and a message with the position to pass to --from to resume without a gap.",
-    )
-    _client_options(p)
-    p.add_argument(
-        "--from",
-        dest="from_position",
-        type=_position,
-        default=0,
-        metavar="POSITION",
-        help="every change after this stream position (default 0: from now)",
-    )
-    p.add_argument("--id", type=_uuid, help="only this aggregate")
-    p.add_argument("--filter", default="", help="only changes whose new view matches")
-    p.add_argument("--state", action="store_true", help="include each change's new state")
-    p.add_argument("--count", type=_position, help="stop after this many changes")
-    p.set_defaults(run=cmd_watch)
-
-    p = verbs.add_parser(
-        "shards",
-        help="list the live shards of the shard directory (read from NATS KV)",
-        description="Read the shard directory (AGGREGATE_SHARD_DIRECTORY_BUCKET) straight "
-        "from NATS KV and print its live entries as JSON: shard id, gRPC and admin HTTP "
-        "addresses, start time, version. NATS is found as `events` finds it.",
-    )
-    _config_options(p, example=None)
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for NATS")
-    p.set_defaults(run=cmd_shards)
-
-    p = verbs.add_parser(
-        "route",
-        help="print the shard that owns a tenant and its address",
-        description="Read the placement map and the shard directory from NATS KV and print "
-        "which shard owns TENANT (the map's shard when the map pins it, else its place on "
-        "the ring over the live shards) and the owner's gRPC and admin addresses. Exit code "
-        "1 when the owner is not live (a pinned tenant whose shard is down).",
-    )
-    p.add_argument("tenant_id", metavar="TENANT", help="tenant id")
-    _config_options(p, example=None)
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for NATS")
-    p.set_defaults(run=cmd_route)
-
-    p = verbs.add_parser(
-        "tenant",
-        help="tenant administration (move)",
-        description="Tenant administration through a running node's admin HTTP API.",
-    )
-    tenant_verbs = p.add_subparsers(dest="tenant_verb", required=True, metavar="ACTION")
-    p = tenant_verbs.add_parser(
-        "move",
-        help="move a tenant to another shard, online",
-        description="POST /admin/tenant/TENANT/move on the node at AGGREGATE_HTTP_ADDR (or "
-        "--http-addr), with AGGREGATE_ADMIN_TOKEN: the owner drains TENANT, the placement "
-        "map pins it to SHARD, and the answer comes once SHARD accepts it, with the "
-        "unavailability window in ms. Exit code 1 when the move is refused or not finished.",
-    )
-    p.add_argument("tenant_id", metavar="TENANT", help="tenant id")
-    p.add_argument("--to", required=True, metavar="SHARD", help="the shard that takes it")
-    p.add_argument(
-        "--timeout",
-        type=float,
-        help="seconds the move may take (default AGGREGATE_MOVE_TIMEOUT_MS)",
-    )
-    p.add_argument(
-        "--config", type=Path, help="config file (YAML/TOML/JSON); sets AGGREGATE_CONFIG_PATH"
-    )
-    p.add_argument("--http-addr", help="admin HTTP HOST:PORT of any node (AGGREGATE_HTTP_ADDR)")
-    p.set_defaults(run=cmd_tenant_move)
-
-    p = verbs.add_parser(
-        "ingest",
-        help="run usage ingestion once over the configured sources",
-        description="Read the configured usage sources (AGGREGATE_INGEST_SOURCES), charge every "
-        "new record once to its account's ledger through the command handler, and print the "
-        "run summary as JSON. NATS: AGGREGATE_NATS_URL or --nats-url, or, when embedded, the "
-        "URL the running `aggregate serve` wrote under the storage path. Exit code 0 when every "
-        "source was consumed or skipped, 1 when one halted on a bad record or failed, 2 bad "
-        "usage or configuration, 3 NATS unreachable. See docs/ingestion.md.",
-    )
-    _config_options(p, example="use a bundled example manifest's types (billing: the ledger)")
-    _manifest_option(p)
-    p.add_argument("--once", action="store_true", help="one run, then exit")
-    p.add_argument("--source", help="run only this source (a node name or JetStream source)")
-    p.add_argument(
-        "--log-level",
-        type=str.lower,
-        choices=(*LOG_LEVELS, "warn"),
-        metavar="LEVEL",
-        help=f"{', '.join(LOG_LEVELS)} (AGGREGATE_LOG_LEVEL)",
-    )
-    p.set_defaults(run=cmd_ingest)
+    add_watch_verb(verbs)
+    add_shard_verbs(verbs)
+    add_ingest_verb(verbs)
 
     p = verbs.add_parser(
         "ready",
@@ -650,4 +405,9 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m aggregate.cli``: run the package's module, not this ``__main__`` copy, so
+    # the verbs in their own modules (which import ``aggregate.cli``) raise the errors
+    # ``_main`` catches.
+    from aggregate.cli import main as package_main
+
+    sys.exit(package_main())

@@ -232,3 +232,25 @@ def test_watch_takes_a_position_and_refuses_a_negative_one(
     with pytest.raises(SystemExit):
         build_parser().parse_args(["watch", "-T", "bank-account", "--from", "-1"])
     assert "whole number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("entry", ["aggregate", "aggregate.cli"])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["ingest"], "give --once"),
+        (["check", "a.yaml", "--manifest", "b.yaml"], "give the manifest once"),
+    ],
+)
+def test_a_usage_error_of_a_verb_in_its_own_module_exits_2_from_either_entry(
+    entry: str, args: list[str], says: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", entry, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stderr.count("\n")) == (2, 1), done.stderr
+    assert says in done.stderr
