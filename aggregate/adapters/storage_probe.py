@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from aggregate.adapters.sqlite_snapshots import DATABASE_NAME, TABLE
+from aggregate.adapters.sqlite_snapshot_file import DATABASE_NAME, TABLE
 from aggregate.application.activity import rfc3339_utc
 
 if TYPE_CHECKING:

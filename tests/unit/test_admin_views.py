@@ -10,10 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aggregate.adapters.sqlite_snapshots import (
-    SqliteSnapshotStore,
-    count_by_tenant_sql,
-)
+from aggregate.adapters.sqlite_snapshot_file import count_by_tenant_sql
+from aggregate.adapters.sqlite_snapshots import SqliteSnapshotStore
 from aggregate.application import tenant_views
 from aggregate.application.activity import ActivityTracker, TenantActivity, rfc3339_utc
 from aggregate.application.admin import (

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from aggregate.adapters.sqlite_snapshots import decode_row
+from aggregate.adapters.sqlite_snapshot_file import decode_row
 from aggregate.domain.envelopes import CommandRecord, events_from_decision
 from aggregate.domain.errors import (
     CorruptDataError,

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import trio
 
-from aggregate.adapters.sqlite_snapshots import DATABASE_NAME, SqliteSnapshotStore
+from aggregate.adapters.sqlite_snapshot_file import DATABASE_NAME
+from aggregate.adapters.sqlite_snapshots import SqliteSnapshotStore
 from aggregate.adapters.storage_probe import (
     PROBE_TABLE,
     StorageCheckError,
