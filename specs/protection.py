@@ -7,6 +7,14 @@ a command is admitted when the tenant has fewer than ``max_in_flight`` commands 
 and, with a rate, at least one token, which it spends. A refused command spends nothing
 and changes nothing (``QuotaExceededError``). 0 means "no limit" for each of the three.
 
+The early check (``early_check``), made when a call's headers arrive, before its command is
+read: it refuses what ``admit`` would refuse now, counting the promises of the calls that
+passed it and have not yet come to ``admit`` (``release``) as tokens and slots already
+taken. A promise counts for ``PROMISE_TTL`` seconds at most, from the first of a run of
+them (a call that vanished never releases its own). A tenant no command has come to
+``admit`` for yet passes and holds no promise. Promises never change what ``admit``
+decides: the bucket alone does.
+
 The node's in-flight limit is simpler still: with ``limit`` commands in flight a new one is
 refused at once (``OverloadedError``), never queued (``shed``).
 
@@ -30,10 +38,15 @@ class Limits:
         return self.burst or max(1, self.rate)
 
 
+PROMISE_TTL = Fraction(1)
+
+
 @dataclass
 class TenantUsage:
     tokens: Fraction
     in_flight: int = 0
+    promised: int = 0
+    promised_since: Fraction = Fraction(0)
 
 
 @dataclass
@@ -43,6 +56,8 @@ class QuotaModel:
     limits: dict[str, Limits]
     now: Fraction = Fraction(0)
     usage: dict[str, TenantUsage] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+    """Tenants with a limit that a command has come to ``admit`` for."""
 
     def limits_of(self, tenant: str) -> Limits:
         return self.limits.get(tenant, Limits())
@@ -73,6 +88,8 @@ class QuotaModel:
     def admit(self, tenant: str) -> bool:
         """Admit one command (it spends a token and is in flight until ``finish``), or
         refuse it (nothing changes). Returns whether it was admitted."""
+        if self.limits_of(tenant) != Limits():
+            self.seen.add(tenant)
         if not self.admits(tenant):
             return False
         usage = self._usage(tenant)
@@ -83,6 +100,30 @@ class QuotaModel:
 
     def finish(self, tenant: str) -> None:
         self._usage(tenant).in_flight -= 1
+
+    def early_check(self, tenant: str) -> bool:
+        """Whether a call of ``tenant`` passes the early check; one that passes holds a
+        promise (of a tenant already seen) until ``release``."""
+        if tenant not in self.seen:
+            return True
+        limits, usage = self.limits_of(tenant), self._usage(tenant)
+        if usage.promised and self.now - usage.promised_since > PROMISE_TTL:
+            usage.promised = 0
+        if limits.max_in_flight and usage.in_flight + usage.promised >= limits.max_in_flight:
+            return False
+        if limits.rate and usage.tokens - usage.promised < 1:
+            return False
+        if not usage.promised:
+            usage.promised_since = self.now
+        usage.promised += 1
+        return True
+
+    def release(self, tenant: str) -> None:
+        """A call that passed ``early_check`` comes to ``admit`` (or ends): its promise no
+        longer counts; without one, nothing changes."""
+        usage = self.usage.get(tenant)
+        if usage is not None and usage.promised:
+            usage.promised -= 1
 
 
 def shed(in_flight: int, limit: int) -> bool:

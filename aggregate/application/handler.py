@@ -178,6 +178,24 @@ class CommandHandler:
         if check is not None:
             check(tenant_id)
 
+    def precheck_promised(self, tenant_id: str) -> None:
+        """``precheck`` for a call whose command comes later: a call that passes holds a
+        promise of its token and in-flight slot, which later prechecks count, until
+        ``release`` (``aggregate.application.quota.Protection.check``).
+
+        Raises:
+            CircuitOpenError, QuotaExceededError: as ``handle``.
+        """
+        check = getattr(self.protection, "check", None)
+        if check is not None:
+            check(tenant_id, promise=True)
+
+    def release(self, tenant_id: str) -> None:
+        """The call that passed ``precheck_promised`` is about to be handled, or ends."""
+        release = getattr(self.protection, "release", None)
+        if release is not None:
+            release(tenant_id)
+
     async def handle(self, command: Command) -> CommandResult:
         """Run one command to completion.
 

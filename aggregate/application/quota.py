@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 PRUNE_AT = 10_000
 """Tenants tracked before idle ones (full bucket, nothing in flight) are forgotten."""
+PROMISE_TTL_SECONDS = 1.0
+"""How long ``check``'s promises count at most (see ``check``): a call that passed the check
+and then never released its promise (its client vanished first) stops counting by then."""
 
 
 class QuotaObserver:
@@ -44,7 +47,7 @@ class QuotaObserver:
 class _Usage:
     """One tenant's bucket and in-flight count; also the context manager ``admit`` returns."""
 
-    __slots__ = ("in_flight", "quota", "rejected", "tokens", "updated")
+    __slots__ = ("in_flight", "promised", "promised_at", "quota", "rejected", "tokens", "updated")
 
     def __init__(self, quota: TenantQuota, now: float) -> None:
         self.quota = quota
@@ -52,6 +55,9 @@ class _Usage:
         self.updated = now
         self.in_flight = 0
         self.rejected = 0
+        self.promised = 0
+        """Calls that passed ``check(promise=True)`` and have not released it yet."""
+        self.promised_at = now
 
     def refill(self, now: float) -> None:
         rate = self.quota.commands_per_second
@@ -167,9 +173,15 @@ class Protection:
         usage.in_flight += 1
         return usage
 
-    def check(self, tenant_id: str) -> None:
+    def check(self, tenant_id: str, *, promise: bool = False) -> None:
         """Refuse at once what ``admit`` would refuse now, spending nothing: the transport
         calls it before it decodes a request, so a refused command costs little.
+
+        With ``promise``, a call that passes counts as a promise until it ``release``s
+        it, just before its ``admit``: the calls that passed and are still being read take
+        their token and in-flight slot in this check already, so a batch of requests that
+        arrive together does not all pass on one token (to be refused, expensively, by
+        ``admit``). A promise counts for ``PROMISE_TTL_SECONDS`` at most.
 
         Raises:
             CircuitOpenError, QuotaExceededError: as ``admit``.
@@ -180,13 +192,30 @@ class Protection:
         if usage is None:
             return
         quota = usage.quota
-        if quota.max_in_flight and usage.in_flight >= quota.max_in_flight:
+        promised = usage.promised
+        if promised:
+            now = self._clock()
+            if now - usage.promised_at > PROMISE_TTL_SECONDS:
+                usage.promised = promised = 0
+        if quota.max_in_flight and usage.in_flight + promised >= quota.max_in_flight:
             self._refuse_in_flight(usage, tenant_id)
         rate = quota.commands_per_second
         if rate:
             usage.refill(self._clock())
-            if usage.tokens < 1:
-                self._refuse_rate(usage, tenant_id)
+            if usage.tokens - promised < 1:
+                self._refuse_rate(usage, tenant_id, usage.tokens - promised)
+        if promise:
+            if not promised:
+                usage.promised_at = self._clock()
+            usage.promised = promised + 1
+
+    def release(self, tenant_id: str) -> None:
+        """A call that passed ``check(promise=True)`` is about to ``admit`` (or ends
+        without it): its promise no longer counts. A call without one releases nothing
+        (the count stays at 0 or above)."""
+        usage = self._usage.get(tenant_id)
+        if usage is not None and usage.promised:
+            usage.promised -= 1
 
     def status(self, tenant_id: str) -> QuotaStatus:
         usage = self._usage.get(tenant_id)
@@ -216,9 +245,10 @@ class Protection:
             self.in_flight_retry_after_ms,
         )
 
-    def _refuse_rate(self, usage: _Usage, tenant_id: str) -> None:
+    def _refuse_rate(self, usage: _Usage, tenant_id: str, tokens: float | None = None) -> None:
         quota, rate = usage.quota, usage.quota.commands_per_second
-        wait_ms = max(1, math.ceil((1 - usage.tokens) / rate * 1000))
+        available = usage.tokens if tokens is None else tokens
+        wait_ms = max(1, math.ceil((1 - available) / rate * 1000))
         self._refuse(
             usage,
             tenant_id,

@@ -648,6 +648,28 @@ class HandlerMachine(QueryRules, RuleBasedStateMachine):
         note(f"node {node}: {tenant} in flight: admitted {got}, model {want}")
         assert got == want
 
+    @rule(node=st.integers(0, 1), tenant=tenants, calls=st.integers(1, 4))
+    def early_checks(self, node: int, tenant: str, calls: int) -> None:
+        """The headers of ``calls`` calls arrive together (one read): the transport's early
+        check passes each (holding a promise of the tenant's token and slot) or refuses
+        it, as the model says."""
+        for _ in range(calls):
+            want = self.quotas[node].early_check(tenant)
+            try:
+                self.protections[node].check(self.world.tenant_prefix + tenant, promise=True)
+            except QuotaExceededError:
+                got = False
+            else:
+                got = True
+            note(f"node {node}: {tenant} early check: passed {got}, model {want}")
+            assert got == want
+
+    @rule(node=st.integers(0, 1), tenant=tenants)
+    def promise_released(self, node: int, tenant: str) -> None:
+        """A call that passed the early check comes to its admission (or ends)."""
+        self.quotas[node].release(tenant)
+        self.protections[node].release(self.world.tenant_prefix + tenant)
+
     @precondition(lambda self: any(self.held))
     @rule(node=st.integers(0, 1))
     def command_in_flight_finishes(self, node: int) -> None:

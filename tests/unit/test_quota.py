@@ -9,7 +9,7 @@ import pytest
 if TYPE_CHECKING:
     from pathlib import Path
 
-from aggregate.application.quota import Protection, QuotaObserver
+from aggregate.application.quota import PROMISE_TTL_SECONDS, Protection, QuotaObserver
 from aggregate.config import load_settings
 from aggregate.domain.errors import ConfigError, InvalidArgumentError, QuotaExceededError
 from aggregate.domain.quota import QuotaOverride, TenantQuota, parse_quota_overrides
@@ -189,3 +189,53 @@ def test_check_refuses_what_admit_would_and_spends_nothing() -> None:
     p.check("acme")
     assert p.status("acme").tokens == 1  # checking spent nothing
     assert seen.seen == [("acme", "in_flight"), ("acme", "rate")]
+
+
+def test_calls_that_passed_a_promised_check_hold_their_token_until_they_release_it() -> None:
+    """Requests that arrive together are checked before any of them is admitted: each one
+    that passes promises its token, so they do not all pass on the last one."""
+    clock = Clock()
+    p = Protection(TenantQuota(commands_per_second=1, burst=2), clock=clock)
+    take(p, "acme", 1)  # tracked, one token left
+    p.check("acme", promise=True)
+    with pytest.raises(QuotaExceededError) as info:
+        p.check("acme", promise=True)  # the one token is promised
+    assert retry_after_ms_of(info.value) == 1000
+    p.release("acme")  # the first call is about to be admitted
+    assert take(p, "acme", 1) == 1
+    with pytest.raises(QuotaExceededError):
+        p.check("acme")
+    assert p.status("acme").rejected == 2
+    assert p.status("acme").tokens == 0
+
+
+def test_a_promise_also_holds_an_in_flight_slot() -> None:
+    p = Protection(TenantQuota(max_in_flight=2), clock=Clock())
+    with p.admit("acme"):
+        p.check("acme", promise=True)
+        with pytest.raises(QuotaExceededError):
+            p.check("acme", promise=True)
+        p.release("acme")
+        p.check("acme")
+
+
+def test_a_promise_never_released_stops_counting_after_its_ttl() -> None:
+    clock = Clock()
+    p = Protection(TenantQuota(commands_per_second=1, burst=1), clock=clock)
+    take(p, "acme", 1)
+    clock.now += 1.0  # one token again
+    p.check("acme", promise=True)  # its call vanishes without releasing it
+    with pytest.raises(QuotaExceededError):
+        p.check("acme")
+    clock.now += PROMISE_TTL_SECONDS + 0.001  # (and the bucket is full again)
+    p.check("acme")
+    assert take(p, "acme", 1) == 1
+
+
+def test_releasing_without_a_promise_changes_nothing() -> None:
+    p = Protection(TenantQuota(commands_per_second=1, burst=1), clock=Clock())
+    take(p, "acme", 1)
+    p.release("acme")
+    p.release("nobody")
+    with pytest.raises(QuotaExceededError):
+        p.check("acme")

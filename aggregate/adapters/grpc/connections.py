@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     from grpclib.protocol import AbstractHandler
     from h2.config import H2Configuration
 
+    from aggregate.adapters.grpc.transport import EarlyCheck
+
 log = logging.getLogger(__name__)
 
 SHUTTING_DOWN = "server is shutting down; retry on another node"
@@ -64,10 +66,12 @@ class TrackedProtocol(H2Protocol):
         h2_config: H2Configuration,
         registry: set[TrackedProtocol],
         limits: TransportLimits,
+        early: EarlyCheck | None = None,
     ) -> None:
         super().__init__(handler, config, h2_config)
         self._registry = registry
         self._limits = limits
+        self._early = early
         self._pings: dict[bytes, asyncio.Future[None]] = {}
         self.socket: socket.socket | None = None
         self._transport: asyncio.Transport | None = None
@@ -98,7 +102,7 @@ class TrackedProtocol(H2Protocol):
 
             processors[PingAckReceived] = on_ping_ack
             self._hears_pings = True
-        accept_calls(self, self._limits)
+        accept_calls(self, self._limits, self._early)
         self._registry.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -194,14 +198,21 @@ class DrainableServer(Server):
         handlers: Collection[IServable],
         connections: set[TrackedProtocol],
         limits: TransportLimits,
+        early: EarlyCheck | None = None,
     ):
         super().__init__(handlers)
         self.connections = connections
         self._limits = limits
+        self._early = early
         self._transport_h2_config = server_h2_config()
 
     def _protocol_factory(self) -> H2Protocol:
         plain = super()._protocol_factory()
         return TrackedProtocol(
-            plain.handler, plain.config, self._transport_h2_config, self.connections, self._limits
+            plain.handler,
+            plain.config,
+            self._transport_h2_config,
+            self.connections,
+            self._limits,
+            self._early,
         )

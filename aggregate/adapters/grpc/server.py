@@ -30,7 +30,9 @@ strict xfail runs the same scenario on plain ``Server.close()``: when grpclib is
 test says so.
 
 The same connections carry the transport's handling of hostile input (limits, framing, bad
-headers: ``aggregate.adapters.grpc.transport``).
+headers: ``aggregate.adapters.grpc.transport``), and refuse the commands a tenant over its
+quota or an open breaker would refuse from their headers alone
+(``aggregate.adapters.grpc.early``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from grpclib.reflection.service import ServerReflection
 
 from aggregate.adapters.grpc.connections import SHUTTING_DOWN, DrainableServer, TrackedProtocol
 from aggregate.adapters.grpc.convert import TrailedError
+from aggregate.adapters.grpc.early import EarlyRefusals
 from aggregate.adapters.grpc.query_service import QueryService
 from aggregate.adapters.grpc.service import CommandService, GrpcOptions
 from aggregate.adapters.grpc.tracing import traced
@@ -161,6 +164,8 @@ class CommandServer:
         self.service = CommandService(handler, self.options, observer=observer, tracer=tracer)
         self.service.settle = self._settle_all
         self.queries = QueryService(self.service, queries)
+        self.early = EarlyRefusals(self.service, lambda: self._calls.refusing)
+        """Commands refused from their headers, before grpclib runs a call for them."""
         self.readiness = ServiceStatus()
         self._calls = _CallTracker()
         self._connections: set[TrackedProtocol] = set()
@@ -215,6 +220,7 @@ class CommandServer:
                 max_header_list_bytes=self.options.max_header_list_bytes,
                 max_concurrent_streams=self.options.max_concurrent_streams,
             ),
+            self.early,
         )
         sock = await _listening_socket(self.options.host, self.options.port)
         try:

@@ -198,10 +198,16 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         """Handle one command. Cancellation (client gone, deadline): as ``handle``; the
         command may or may not have been appended."""
         tenant_id, context = await self.open_call(stream)
-        request = await convert.receive(stream)
-        if request is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, "SubmitCommand needs a request message")
-        outcome = await self.run_command(request, tenant_id, context, stream.deadline)
+        try:
+            request = await convert.receive(stream)
+            if request is None:
+                raise GRPCError(Status.INVALID_ARGUMENT, "SubmitCommand needs a request message")
+        except BaseException:
+            self.handler.release(tenant_id)  # its early check's promise (early.py)
+            raise
+        outcome = await self.run_command(
+            request, tenant_id, context, stream.deadline, promised=True
+        )
         if isinstance(outcome, Failure):
             if outcome.trailers():
                 await convert.send_failure(stream, outcome)
@@ -284,9 +290,13 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         context: RequestContext,
         deadline: Deadline | None,
         method: str = "SubmitCommand",
+        *,
+        promised: bool = False,
     ) -> CommandResult | Failure:
         """Validate and handle one command; errors come back as a ``Failure``. ``method``
-        names the call in the access log.
+        names the call in the access log. ``promised``: the call's early check
+        (``aggregate.adapters.grpc.early``) may hold a quota promise, released here, just
+        before the command's own check and admission (no await in between).
 
         Cancellation propagates (the command may or may not have been appended).
         """
@@ -306,6 +316,8 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                 command_id=command_id,
             ):
                 try:
+                    if promised:
+                        self.handler.release(tenant_id)
                     self.handler.precheck(tenant_id)
                     command = convert.command_from_request(
                         request,
@@ -422,13 +434,11 @@ class CommandService(aggregate_grpc.CommandServiceBase):
             return _UNKNOWN_TYPE_LABEL
         return aggregate_type
 
-    @contextmanager
-    def _admit(self) -> Iterator[None]:
-        """Count one command in flight on this server.
+    def check_capacity(self) -> None:
+        """Refuse a new command when ``max_in_flight`` commands are being handled.
 
         Raises:
-            OverloadedError: ``max_in_flight`` commands are already being handled (shed at
-                once, never queued).
+            OverloadedError: at the limit (counted in ``shed``).
         """
         limit = self.options.max_in_flight
         if self._in_flight >= limit:
@@ -439,6 +449,16 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                 f"retry after {retry} ms or on another node",
                 retry_after_ms=retry,
             )
+
+    @contextmanager
+    def _admit(self) -> Iterator[None]:
+        """Count one command in flight on this server.
+
+        Raises:
+            OverloadedError: ``max_in_flight`` commands are already being handled (shed at
+                once, never queued).
+        """
+        self.check_capacity()
         self._in_flight += 1
         try:
             yield

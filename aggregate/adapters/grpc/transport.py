@@ -23,6 +23,10 @@ and has a test in ``tests/integration/test_grpc_transport.py`` that fails withou
    prefix announced, and raised ``AssertionError`` when the stream ended inside a message
    or an empty DATA frame came mid-stream: all UNKNOWN "Internal Server Error".
 4. **Limits**: SETTINGS_MAX_CONCURRENT_STREAMS from the options (h2's default is 100).
+5. **Early answers** (``early``, optional): a call the service can refuse from its headers
+   alone (``aggregate.adapters.grpc.early``: a tenant over its quota, an open breaker) is
+   answered here, before grpclib builds a stream, a task and a request handler for it: a
+   refusal then costs a few header blocks rather than a whole call.
 
 grpclib internals this relies on: ``EventsProcessor.processors`` (to take over
 ``RequestReceived``), ``Connection._connection`` and ``._transport``, and that
@@ -75,6 +79,8 @@ _UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e
 _QUOTE_LIMIT = 40
 
 Headers = list[tuple[str, str]]
+if TYPE_CHECKING:
+    EarlyCheck = Callable[[Headers], "Refusal | None"]
 
 
 def quoted(text: str) -> str:
@@ -132,6 +138,12 @@ class Refusal:
     status: Status
     message: str
     http_status: int = 200
+    initial: tuple[tuple[str, str], ...] = ()
+    """Response metadata sent before the status (then not trailers-only): validated values."""
+    trailers: tuple[tuple[str, str], ...] = ()
+    """Trailing metadata sent with the status: validated values."""
+    quiet: bool = False
+    """No log line (a refusal that may come thousands of times a second: the caller counts)."""
 
 
 def check_request(
@@ -337,10 +349,13 @@ class TransportLimits:
     max_concurrent_streams: int = 100
 
 
-def accept_calls(protocol: H2Protocol, limits: TransportLimits) -> None:
+def accept_calls(
+    protocol: H2Protocol, limits: TransportLimits, early: EarlyCheck | None = None
+) -> None:
     """Take over the calls of a freshly made grpclib server connection: apply ``limits``
-    (sent to the client as SETTINGS), answer the requests ``check_request`` refuses, and
-    give the others a ``CallStream``."""
+    (sent to the client as SETTINGS), answer the requests ``check_request`` refuses and
+    those ``early`` refuses (a valid request, from its headers), and give the others a
+    ``CallStream``. ``early`` must not raise."""
     connection = protocol.connection
     h2_connection = getattr(connection, "_connection", None)
     transport = getattr(connection, "_transport", None)
@@ -365,6 +380,8 @@ def accept_calls(protocol: H2Protocol, limits: TransportLimits) -> None:
         stream_id = event.stream_id
         fields = dict(headers)
         refusal = check_request(headers, fields, limits.max_header_list_bytes)
+        if refusal is None and early is not None:
+            refusal = early(headers)
         if refusal is not None:
             _refuse(h2_connection, stream_id, headers, refusal, transport)
             return
@@ -388,18 +405,25 @@ def _refuse(
     refusal: Refusal,
     transport: Any,
 ) -> None:
-    """Answer a call trailers-only, then reset it (NO_ERROR) unless the client has ended
-    its side (the gRPC spec's "early server closure"); one short log line."""
-    response = [
-        (":status", str(refusal.http_status)),
-        ("content-type", _GRPC),
+    """Answer a call trailers-only (or response metadata, then trailers), then reset it
+    (NO_ERROR) unless the client has ended its side (the gRPC spec's "early server
+    closure"); one short log line unless the refusal is ``quiet``."""
+    status = [(":status", str(refusal.http_status)), ("content-type", _GRPC)]
+    ending = [
         ("grpc-status", str(refusal.status.value)),
         ("grpc-message", encode_grpc_message(refusal.message)),
+        *refusal.trailers,
     ]
-    h2_connection.send_headers(stream_id, response, end_stream=True)
+    if refusal.initial:
+        h2_connection.send_headers(stream_id, [*status, *refusal.initial])
+        h2_connection.send_headers(stream_id, ending, end_stream=True)
+    else:
+        h2_connection.send_headers(stream_id, [*status, *ending], end_stream=True)
     stream = h2_connection.streams.get(stream_id)
     if stream is not None and not stream.closed:
         h2_connection.reset_stream(stream_id)
+    if refusal.quiet:
+        return
     path = next((value for name, value in headers if name == ":path"), "")
     peer = transport.get_extra_info("peername") if transport is not None else None
     log.info(
