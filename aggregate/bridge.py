@@ -55,6 +55,7 @@ class Island:
         only when the thread has finished (so nothing on the island outlives this task).
         """
         loop = new_event_loop(self.event_loop)
+        log.info("%s runs on the %s event loop", self.name, self.event_loop)
         self._token = trio.lowlevel.current_trio_token()
         running = trio.Event()
         token = self._token
