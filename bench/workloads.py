@@ -39,7 +39,7 @@ class Plan:
     short_s: float = 5.0
     open_loop_s: float = 6.0
     warmup_s: float = 1.0
-    rates: tuple[int, ...] = (250, 500, 1000)
+    rates: tuple[int, ...] = (250, 500, 750, 1000)
     histories: tuple[int, ...] = (100, 1000, 10000)
     per_history: int = 3
     clients: int = 32
