@@ -33,8 +33,10 @@ class IslandNotRunningError(RuntimeError):
 class Island:
     """An asyncio event loop on a Trio-owned thread."""
 
-    def __init__(self, *, name: str = "aggregate-island") -> None:
+    def __init__(self, *, name: str = "aggregate-island", event_loop: str = "asyncio") -> None:
+        """``event_loop``: ``uvloop`` or ``asyncio`` (``Settings.event_loop``)."""
         self.name = name
+        self.event_loop = event_loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._token: trio.lowlevel.TrioToken | None = None
 
@@ -52,7 +54,8 @@ class Island:
         Cancellation: stops the loop after cancelling every task still on it, and returns
         only when the thread has finished (so nothing on the island outlives this task).
         """
-        loop = asyncio.new_event_loop()
+        loop = new_event_loop(self.event_loop)
+        log.info("%s runs on the %s event loop", self.name, self.event_loop)
         self._token = trio.lowlevel.current_trio_token()
         running = trio.Event()
         token = self._token
@@ -136,6 +139,21 @@ class Island:
             raise IslandNotRunningError("the island has not started")
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(fn, *args)
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A new event loop of ``kind``: ``uvloop`` or ``asyncio``.
+
+    Raises:
+        ValueError: for another kind.
+    """
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    if kind == "asyncio":
+        return asyncio.new_event_loop()
+    raise ValueError(f"unknown event loop {kind!r}")
 
 
 def _finish_loop(loop: asyncio.AbstractEventLoop) -> None:

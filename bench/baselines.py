@@ -12,6 +12,10 @@ nats-server (same binary as the service's embedded one).
     acknowledged sequence as the expected one), ``js.publish_async`` futures: the rate the
     Python client and the server reach with no gRPC at all.
 
+Both run on the event loop the service's command path runs on (``event_loop`` in the spec:
+``uvloop`` or ``asyncio``, as ``AGGREGATE_EVENT_LOOP``; ``bench/run.py`` passes the service's):
+they are ceilings of the same stack, so a faster loop raises them as much as the service.
+
 Both write the same message shape the service writes (one JSON body of a command, the same
 header names), into a stream created by the service's own ``ensure_stream``.
 
@@ -28,7 +32,8 @@ import json
 import signal
 import sys
 import time
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats
 from grpclib.const import Status
@@ -36,9 +41,15 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 
 from aggregate.adapters.jetstream import StreamPolicy, ensure_stream
+from aggregate.bridge import new_event_loop
 from aggregate.domain.ids import uuid7
 from aggregate.gateway.v1 import aggregate_grpc
 from aggregate.gateway.v1 import aggregate_pb2 as pb
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+T = TypeVar("T")
 
 STREAM = "AGGREGATE_EVENTS"
 
@@ -213,12 +224,19 @@ async def raw(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _run(main: Coroutine[Any, Any, T], event_loop: str) -> T:
+    """``main`` on a new loop of kind ``event_loop`` (``uvloop`` or ``asyncio``)."""
+    with asyncio.Runner(loop_factory=partial(new_event_loop, event_loop)) as runner:
+        return runner.run(main)
+
+
 if __name__ == "__main__":
     mode, spec = sys.argv[1], json.load(sys.stdin)
+    loop = str(spec.get("event_loop", "asyncio"))
     if mode == "grpc-server":
-        asyncio.run(grpc_server(spec))
+        _run(grpc_server(spec), loop)
     elif mode == "raw":
-        result = asyncio.run(asyncio.wait_for(raw(spec), float(spec.get("timeout_s", 300))))
+        result = _run(asyncio.wait_for(raw(spec), float(spec.get("timeout_s", 300))), loop)
         result["kind"] = "raw"
         print("RESULT " + json.dumps(result), flush=True)
     else:

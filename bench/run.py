@@ -13,6 +13,10 @@ the same binary. Per round: cold reads after the restart, (a), service unary 32 
 Then, once: the memory series (cache filling, then full), and with ``--profile`` a py-spy
 profile of the service under the unary and streaming workloads.
 
+The baselines run on the event loop the service's command path runs on (uvloop by default,
+``--service-env AGGREGATE_EVENT_LOOP=asyncio`` for the standard one): they are the ceilings
+of the same stack, so the ratios measure only the service's own overhead.
+
 Writes ``bench/results/<timestamp>.json`` (raw per-round results + the summary), prints the
 table with ratios and the targets (judged on the inline configuration: trusted programs),
 and draws ``docs/latency_vs_load.png`` (``--quick`` writes the plot next to the JSON
@@ -56,6 +60,7 @@ from bench.workloads import (
     cold_reads_without_snapshots,
     memory_series,
     open_accounts,
+    service_event_loop,
     service_open_loop,
     service_stream,
     service_unary,
@@ -233,7 +238,10 @@ def run_all(
     env: dict[str, str],
 ) -> None:
     manifests = write_manifests(workdir)
-    base_a, raw_b = BareGrpcServer(workdir), RawPublisher(workdir)
+    loop = service_event_loop(env)
+    results["event_loop"] = loop
+    base_a = BareGrpcServer(workdir, event_loop=loop)
+    raw_b = RawPublisher(workdir, event_loop=loop)
     inline = ServiceProcess(workdir / "inline", manifests["inline"], env=env)
     process = ServiceProcess(workdir / "process", manifests["process"], env=env)
     memory = ServiceProcess(

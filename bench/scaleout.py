@@ -40,6 +40,7 @@ from bench.workloads import (
     BareGrpcServer,
     Plan,
     open_accounts,
+    service_event_loop,
     service_stream,
     service_unary,
     warm,
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     manifests = write_manifests(workdir)
     cluster = NatsCluster(base_dir=workdir / "nats", size=3) if args.nats == "cluster" else None
     single = NatsServerProcess(store_dir=workdir / "nats", name="one") if cluster is None else None
-    base_a = BareGrpcServer(workdir)
+    base_a = BareGrpcServer(workdir, event_loop=service_event_loop({}))
     services: list[ServiceProcess] = []
     rounds: list[dict[str, Any]] = []
     try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aggregate.adapters.nats_server import NatsServerProcess, free_port, terminate
+from aggregate.config.values import default_event_loop
 from aggregate.domain.ids import uuid7
 from bench.procs import ROOT, CpuSample, ServiceProcess, cpu_seconds, rss_bytes, run_client
 
@@ -38,7 +39,7 @@ class Plan:
     short_s: float = 5.0
     open_loop_s: float = 6.0
     warmup_s: float = 1.0
-    rates: tuple[int, ...] = (250, 500, 1000)
+    rates: tuple[int, ...] = (250, 500, 750, 1000)
     histories: tuple[int, ...] = (100, 1000, 10000)
     per_history: int = 3
     clients: int = 32
@@ -279,12 +280,20 @@ def memory_series(svc: ServiceProcess, plan: Plan) -> dict[str, Any]:
 
 
 # ---- baselines -------------------------------------------------------------------------
+def service_event_loop(env: dict[str, str]) -> str:
+    """The event loop a service started with ``env`` runs its command path on (its
+    ``AGGREGATE_EVENT_LOOP``, else the service's default): the baselines run on the same."""
+    chosen = env.get("AGGREGATE_EVENT_LOOP")
+    return chosen.strip().lower() if chosen else str(default_event_loop())
+
+
 class BareGrpcServer:
     """Baseline (a): ``python -m bench.baselines grpc-server`` on its own nats-server."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, event_loop: str = "asyncio") -> None:
         self.nats = NatsServerProcess(store_dir=workdir / "baseline-a-nats", name="baseline-a")
         self.port = free_port()
+        self.event_loop = event_loop
         self._proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
@@ -298,7 +307,8 @@ class BareGrpcServer:
         )
         assert proc.stdin is not None
         assert proc.stdout is not None
-        proc.stdin.write(json.dumps({"nats_url": self.nats.url, "port": self.port}))
+        spec = {"nats_url": self.nats.url, "port": self.port, "event_loop": self.event_loop}
+        proc.stdin.write(json.dumps(spec))
         proc.stdin.close()
         line = proc.stdout.readline()  # bounded: the process exits (EOF) if it cannot start
         if not line.startswith("READY"):
@@ -347,8 +357,9 @@ class BareGrpcServer:
 class RawPublisher:
     """Baseline (b): nats-py conditional publishes, pipelined, on its own nats-server."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, event_loop: str = "asyncio") -> None:
         self.nats = NatsServerProcess(store_dir=workdir / "baseline-b-nats", name="baseline-b")
+        self.event_loop = event_loop
 
     def start(self) -> None:
         self.nats.start()
@@ -361,6 +372,7 @@ class RawPublisher:
         spec = {
             "nats_url": self.nats.url,
             "in_flight": plan.raw_in_flight,
+            "event_loop": self.event_loop,
             "warmup_s": plan.warmup_s,
             "duration_s": plan.window_s,
         }

@@ -376,6 +376,14 @@ class Settings(LifecycleSettings):
             v.int_parser(1, 64), "Queries read from the index at once (1-64).", kind="int"
         ),
     )
+    event_loop: v.EventLoop = field(
+        default_factory=v.default_event_loop,
+        metadata=meta(
+            v.parse_event_loop,
+            "Event loop of the command path: uvloop (the default where installed) or asyncio.",
+            kind="enum",
+        ),
+    )
     # --- not variables ---
     aggregate_types: Manifest | None = field(
         default=None,

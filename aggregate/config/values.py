@@ -8,6 +8,7 @@ came from (the file and key, or the environment variable), so these stay small a
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import re
 from collections.abc import Callable
@@ -36,6 +37,32 @@ class AccessLogMode(StrEnum):
     OFF = "off"
     ON = "on"
     SAMPLED = "sampled"
+
+
+class EventLoop(StrEnum):
+    """The asyncio event loop the command path (gRPC, NATS, the handler) runs on."""
+
+    UVLOOP = "uvloop"
+    ASYNCIO = "asyncio"
+
+
+def default_event_loop() -> EventLoop:
+    """``uvloop`` when it is installed (it is a dependency, except on Windows), else the
+    standard library's loop."""
+    return EventLoop.UVLOOP if uvloop_available() else EventLoop.ASYNCIO
+
+
+def uvloop_available() -> bool:
+    """True when ``uvloop`` can be imported."""
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def parse_event_loop(value: object) -> EventLoop:
+    """``uvloop`` or ``asyncio``; ``uvloop`` only where it is installed."""
+    loop: EventLoop = enum_parser(EventLoop)(value)
+    if loop is EventLoop.UVLOOP and not uvloop_available():
+        raise ValueError("uvloop is not installed here; use asyncio")
+    return loop
 
 
 _TRUE = frozenset({"true", "1", "yes"})

@@ -71,7 +71,7 @@ class Service:
         self.tracer = self.tracing.tracer if self.tracing is not None else None
         self.state = "starting"
         self.started_at = time.monotonic()
-        self.island = Island()
+        self.island = Island(event_loop=settings.event_loop)
         self.core: IslandCore | None = None
         self.snapshotter: Snapshotter | None = None
         self.snapshots: SqliteSnapshotStore | None = None

@@ -79,7 +79,7 @@ async def ingest_once(settings: Settings, source: str | None) -> dict[str, Any]:
         protection_metrics=protection_metrics,
         serve_grpc=False,
     )
-    island = Island()
+    island = Island(event_loop=settings.event_loop)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(island.serve)

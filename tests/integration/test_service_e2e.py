@@ -202,6 +202,11 @@ def test_startup_objects_are_frozen_out_of_the_cyclic_gc(service: ServiceProcess
     assert frozen > 50_000
 
 
+def test_the_command_path_runs_on_uvloop_by_default(service: ServiceProcess) -> None:
+    line = service.wait_for_log("event loop")
+    assert line["message"] == "aggregate-island runs on the uvloop event loop"
+
+
 async def test_metrics_count_the_traffic(service: ServiceProcess) -> None:
     with open_client("grpclib", service.grpc) as client:
         agg = await open_account(client, "metrics")

@@ -8,14 +8,20 @@ import threading
 import pytest
 import trio
 
-from aggregate.bridge import Island, IslandNotRunningError
+from aggregate.bridge import Island, IslandNotRunningError, new_event_loop
 
 pytestmark = pytest.mark.trio
 
 
-async def test_runs_asyncio_code_on_its_own_thread_and_returns_results() -> None:
+@pytest.fixture(params=["uvloop", "asyncio"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Every test runs on both event loops the island offers (``AGGREGATE_EVENT_LOOP``)."""
+    return str(request.param)
+
+
+async def test_runs_asyncio_code_on_its_own_thread_and_returns_results(kind: str) -> None:
     async with trio.open_nursery() as nursery:
-        island = await nursery.start(Island().serve)
+        island = await nursery.start(Island(event_loop=kind).serve)
 
         async def on_island(x: int) -> tuple[int, int, bool]:
             await asyncio.sleep(0)
@@ -29,9 +35,9 @@ async def test_runs_asyncio_code_on_its_own_thread_and_returns_results() -> None
         nursery.cancel_scope.cancel()
 
 
-async def test_errors_propagate() -> None:
+async def test_errors_propagate(kind: str) -> None:
     async with trio.open_nursery() as nursery:
-        island = await nursery.start(Island().serve)
+        island = await nursery.start(Island(event_loop=kind).serve)
 
         async def boom() -> None:
             raise KeyError("nope")
@@ -41,11 +47,11 @@ async def test_errors_propagate() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_cancelling_the_trio_caller_cancels_the_island_task() -> None:
+async def test_cancelling_the_trio_caller_cancels_the_island_task(kind: str) -> None:
     finished = threading.Event()
     started = trio.Event()
     async with trio.open_nursery() as nursery:
-        island = await nursery.start(Island().serve)
+        island = await nursery.start(Island(event_loop=kind).serve)
         token = trio.lowlevel.current_trio_token()
 
         async def slow() -> None:
@@ -64,9 +70,9 @@ async def test_cancelling_the_trio_caller_cancels_the_island_task() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_stopping_the_island_cancels_its_tasks_and_joins_the_thread() -> None:
+async def test_stopping_the_island_cancels_its_tasks_and_joins_the_thread(kind: str) -> None:
     cleaned = threading.Event()
-    island = Island()
+    island = Island(event_loop=kind)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             await nursery.start(island.serve)
@@ -84,11 +90,24 @@ async def test_stopping_the_island_cancels_its_tasks_and_joins_the_thread() -> N
         await island.run(asyncio.sleep, 0)
 
 
-async def test_island_can_hand_work_back_to_trio() -> None:
+async def test_island_can_hand_work_back_to_trio(kind: str) -> None:
     got = trio.Event()
     async with trio.open_nursery() as nursery:
-        island = await nursery.start(Island().serve)
+        island = await nursery.start(Island(event_loop=kind).serve)
         await island.call(island.to_trio_soon, got.set)
         with trio.fail_after(5):
             await got.wait()
         nursery.cancel_scope.cancel()
+
+
+async def test_the_island_runs_the_loop_it_was_asked_for(kind: str) -> None:
+    async with trio.open_nursery() as nursery:
+        island = await nursery.start(Island(event_loop=kind).serve)
+        loop_type = await island.call(lambda: type(asyncio.get_running_loop()))
+        assert loop_type.__module__.split(".")[0] == kind
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_unknown_event_loop_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown event loop"):
+        new_event_loop("tokio")

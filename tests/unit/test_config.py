@@ -19,10 +19,11 @@ from aggregate.config import (
     load_settings,
     manifest_from_settings,
     split_host_port,
+    values,
 )
 from aggregate.config.manifest import EXAMPLES_DIR
 from aggregate.config.settings import settable_fields
-from aggregate.config.values import AccessLogMode
+from aggregate.config.values import AccessLogMode, EventLoop
 from aggregate.domain.errors import ConfigError
 from aggregate.domain.ids import DEFAULT_TENANT
 from aggregate.domain.manifest import ANY_TYPE, Isolation, Language
@@ -819,3 +820,19 @@ def test_a_weak_admin_token_is_refused_only_off_loopback(tmp_path: Path) -> None
     assert "10.0.0.5:8080 (config file" in message
     assert "placeholder" in message
     assert "password1234567890" not in message
+
+
+def test_the_event_loop_is_uvloop_by_default_and_asyncio_on_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings({}).event_loop is EventLoop.UVLOOP
+    assert load_settings({"AGGREGATE_EVENT_LOOP": "asyncio"}).event_loop is EventLoop.ASYNCIO
+    assert load_settings({"AGGREGATE_EVENT_LOOP": "UVLOOP"}).event_loop is EventLoop.UVLOOP
+    message = config_error({"AGGREGATE_EVENT_LOOP": "tokio"})
+    assert "AGGREGATE_EVENT_LOOP" in message
+    assert "uvloop, asyncio" in message
+    # Where uvloop is not installed (Windows), the default is asyncio and asking for
+    # uvloop is an error at start-up rather than a failure on the first command.
+    monkeypatch.setattr(values, "uvloop_available", lambda: False)
+    assert load_settings({}).event_loop is EventLoop.ASYNCIO
+    assert "not installed" in config_error({"AGGREGATE_EVENT_LOOP": "uvloop"})

@@ -20,7 +20,7 @@ from aggregate.adapters.logging import (
     reset_logging,
     set_log_levels,
 )
-from aggregate.logcontext import log_context
+from aggregate.logcontext import current_log_fields, log_context
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -67,6 +67,21 @@ def test_context_fields_inside_log_context_only(capsys: pytest.CaptureFixture[st
     assert "command_id" not in inside
     assert "tenant_id" not in outside
     assert "correlation_id" not in outside
+
+
+def test_nested_log_contexts_merge_and_each_exit_restores_the_outer_fields() -> None:
+    with log_context(tenant_id="acme", command_id="c-1"):
+        with log_context(command_id="c-2", trace_id=None, request_id="r-1"):
+            assert current_log_fields() == {
+                "tenant_id": "acme",
+                "command_id": "c-2",
+                "request_id": "r-1",
+            }
+        assert current_log_fields() == {"tenant_id": "acme", "command_id": "c-1"}
+        with pytest.raises(KeyError), log_context(tenant_id="other"):
+            raise KeyError("x")
+        assert current_log_fields() == {"tenant_id": "acme", "command_id": "c-1"}
+    assert current_log_fields() == {}
 
 
 def test_exceptions_carry_the_traceback(capsys: pytest.CaptureFixture[str]) -> None:

@@ -96,6 +96,8 @@ async def open_connection(
     nc = Client()
     headers.install(nc)
     connect: Any = nc.connect  # nats-py annotates its timeouts as int; they are floats
+    task = asyncio.current_task()
+    cancels = task.cancelling() if task is not None else 0
     try:
         async with asyncio.timeout(timeout_s):
             await connect(
@@ -120,6 +122,13 @@ async def open_connection(
     except BaseException:
         await _close_quietly(nc)
         raise
+    if task is not None and task.cancelling() > cancels:
+        # Cancelled while connecting, and nats-py returned anyway: Python 3.11's
+        # asyncio.wait_for (in its connect handshake) drops a cancellation that arrives as
+        # its inner wait completes. Honour it, or a service stopping during start-up would
+        # go on starting.
+        await _close_quietly(nc)
+        raise asyncio.CancelledError
     connecting = False
     return nc
 
