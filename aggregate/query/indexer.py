@@ -16,6 +16,11 @@ replayed since the last placement change: the first query after a change replays
 watermark (cheap when nothing happened elsewhere), so a tenant that arrives is backfilled
 before it is answered. An append of uncertain outcome is resolved by a replay of its tenant.
 
+**Timing.** ``deliver`` notes when each change arrived (one clock read); after each batch
+the changes that became visible (their tenant's watermark reached them) are handed to the
+``observer`` as ages in seconds, with the batch's size and write time: the index's own
+ack -> visible lag, without a query in the way.
+
 **Queries.** ``query`` waits (within its deadline) for the tenant to be current and for
 ``min_position``, then runs the planned page in a worker thread. The answer's position is
 the tenant's watermark before the page was read: everything at or below it is reflected.
@@ -26,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -38,6 +43,8 @@ from aggregate.query.plan import QueryLimits, plan_query
 from aggregate.query.replay import Replayer
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from anyio.abc import TaskStatus
 
     from aggregate.application.changes import ChangeFeed
@@ -49,6 +56,19 @@ if TYPE_CHECKING:
     from aggregate.query.plan import QueryRequest, Row
 
 log = logging.getLogger(__name__)
+
+MAX_UNSEEN = 100_000
+"""Changes written but not yet visible that the indexer keeps timing; beyond it (a tenant
+held for long by an uncertain append) the oldest are no longer timed."""
+
+
+class IndexObserver(Protocol):
+    """Where the indexer reports its batches (the service's metrics)."""
+
+    def index_batch(self, lags_s: Sequence[float], size: int, write_s: float) -> None:
+        """A batch of ``size`` changes was written in ``write_s``; ``lags_s``: for each
+        change that became visible with it, seconds from its delivery. Must not raise."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +122,9 @@ class Indexer:
         )
         self.reader = reader
         self._buffer: list[CommittedChange] = []
+        self._delivered: list[float] = []
+        self._unseen: list[tuple[str, int, float]] = []  # written, not visible yet
+        self.observer: IndexObserver | None = None
         self._first_buffered = 0.0
         self._wake = anyio.Event()
         self._changed = anyio.Event()
@@ -122,9 +145,11 @@ class Indexer:
     # --- the feed's consumer (island thread; never blocks) ---
 
     def deliver(self, change: CommittedChange) -> None:
+        now = time.monotonic()
         if not self._buffer:
-            self._first_buffered = time.monotonic()
+            self._first_buffered = now
         self._buffer.append(change)
+        self._delivered.append(now)
         self._wake.set()
 
     # --- lifecycle ---
@@ -178,6 +203,7 @@ class Indexer:
         """Write the buffer with the frontier taken just before it (see the module)."""
         frontier = self.feed.frontier()
         batch, self._buffer = self._buffer, []
+        delivered, self._delivered = self._delivered, []
         newest: dict[AggregateKey, CommittedChange] = {}
         for change in batch:
             kept = newest.get(change.key)
@@ -195,14 +221,46 @@ class Indexer:
         if self.hosts_every_tenant and self.started and not frontier.held:
             through = frontier.known
         self._persisted.update(watermarks)
+        write_s = 0.0
         if rows or watermarks or through is not None:
+            started = time.monotonic()
             self.rows_written += await anyio.to_thread.run_sync(
                 lambda: self.store.write(rows, watermarks, replayed_through=through),
                 limiter=self._writes,
             )
+            write_s = time.monotonic() - started
             self.batches += 1
         self.visible = frontier
         self._notify()
+        if self.observer is not None:
+            self._observe(batch, delivered, write_s)
+
+    def _observe(
+        self, batch: list[CommittedChange], delivered: list[float], write_s: float
+    ) -> None:
+        """Time the changes that are visible now (this batch's and earlier held ones)."""
+        now = time.monotonic()
+        unseen = self._unseen
+        unseen.extend(
+            (c.key.tenant_id, c.position, at) for c, at in zip(batch, delivered, strict=True)
+        )
+        lags: list[float] = []
+        held: list[tuple[str, int, float]] = []
+        for entry in unseen:
+            tenant_id, position, at = entry
+            if not self.is_current(tenant_id):
+                continue  # replayed later: not a live change's lag
+            if self.position(tenant_id) >= position:
+                lags.append(now - at)
+            else:
+                held.append(entry)
+        self._unseen = held[-MAX_UNSEEN:]
+        if lags or batch:
+            assert self.observer is not None
+            try:
+                self.observer.index_batch(lags, len(batch), write_s)
+            except Exception:  # metrics must not stop the index
+                log.exception("index observer failed")
 
     def _notify(self) -> None:
         self._changed.set()
