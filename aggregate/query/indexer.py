@@ -3,11 +3,12 @@
 
 **Live path.** The change feed (``aggregate.application.changes``) delivers every change
 the handler committed; ``deliver`` only appends it to a buffer. The flush loop writes the
-buffer in one transaction when ``batch_size`` changes are waiting or ``batch_interval_s``
-after the first one, off the command path (SQLite in a worker thread). Before it takes the
-buffer it takes the feed's frontier; once the batch is committed, that frontier becomes the
-visible watermark: for every tenant, every message of it at or below its watermark is in
-the file.
+buffer in one transaction, off the command path (SQLite in a worker thread): at once when
+the last batch is ``batch_interval_s`` old or more, else when it is (or when ``batch_size``
+changes are waiting), so under load one batch holds the changes of one interval. Before
+it takes the buffer it takes the feed's frontier; once the batch is committed, that
+frontier becomes the visible watermark: for every tenant, every message of it at or below
+its watermark is in the file.
 
 **Replays.** At start the stream is replayed from where the file left off (``replayed_through``;
 0 for a new or deleted file), every tenant at once; until it is done no tenant is current.
@@ -189,12 +190,17 @@ class Indexer:
 
     async def _flush_loop(self) -> None:
         interval = self.settings.batch_interval_s
+        last = -interval
         while True:
             with anyio.move_on_after(self.settings.retry_s):  # uncertain appends: recheck
                 await self._wake.wait()
             self._wake = anyio.Event()
-            if len(self._buffer) < self.settings.batch_size:
-                await anyio.sleep(interval)
+            # At most one batch per interval: after a quiet moment a change is written at
+            # once; under load the changes of one interval are written together.
+            remaining = last + interval - time.monotonic()
+            if remaining > 0 and len(self._buffer) < self.settings.batch_size:
+                await anyio.sleep(remaining)
+            last = time.monotonic()
             await self._flush()
             for tenant_id in self.feed.uncertain_tenants():
                 self._start_tenant_replay(tenant_id)

@@ -291,3 +291,15 @@ async def test_a_batch_write_counts_the_views_it_changed(tmp_path: Path) -> None
         assert index.replayed_through() == 2
     finally:
         index.close()
+
+
+async def test_a_change_after_a_quiet_moment_is_written_at_once(tmp_path: Path) -> None:
+    """The batch interval is the least time between batches, not a wait before each: a
+    change with no batch in the last interval is visible without waiting for it."""
+    store = InMemoryEventStore()
+    async with running(tmp_path / "index.sqlite3", store, batch_interval_s=60) as (h, ix):
+        with anyio.fail_after(10):
+            key = new_key()
+            opened = await h.handle(cmd(key, {"type": "OpenAccount", "owner": "ann"}))
+            views, _ = await everything(ix, min_position=opened.position)
+    assert views == [(str(key.aggregate_id), 1, opened.position, {"owner": "ann", "balance": 0})]
