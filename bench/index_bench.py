@@ -4,10 +4,22 @@
 
 - ``throughput``: command throughput (32 unary clients) of the real service with the index
   on and off, interleaved in every round (the machine is noisy): the ratio on/off.
-- ``lag``: index lag at a fixed offered rate (500 commands/s, open loop): for each
-  acknowledged command, the time until a ``QueryAggregates`` with ``min_position`` = its
-  position answers (ack -> visible, including one query round trip), p50/p99; beside it the
-  round trip of the same query with ``min_position`` 0 in the same run.
+- ``lag``: index lag at a fixed offered rate (500 commands/s, open loop, 4 connections,
+  64 accounts of one tenant), measured two ways in the same run:
+
+  * client side, on a sample of the commands (1 in 10, ``--lag-sample``): the time from the
+    acknowledgement until a ``QueryAggregates`` with ``min_position`` = its position
+    answers (ack -> visible, including one query round trip), p50/p99;
+  * service side: the change of the ``aggregate_index_visible_lag_seconds`` histogram
+    between two scrapes of ``/metrics`` around the run (every command's commit -> visible,
+    no query involved); p50/p99 estimated from the buckets, linear within a bucket.
+
+  Beside them, the round trip of a plain query (``min_position`` 0) after 1 command in 50
+  (``--lag-plain-every``) and the commands' own latency from their scheduled send time.
+  Sampling keeps the probe's load small: a query after every command (``--lag-sample 1
+  --lag-plain-every 5``, the earlier method) offers 1,100 requests/s to a service whose
+  unary capacity here is ~850/s, and then measures the overload rather than the index.
+  ``--profile`` runs py-spy (non-blocking) on the service during the run.
 - ``query``: latency of one page of 50 over an index file of 100,000 aggregates of one
   tenant (in process, SQLite only): the first page, a deep page by token (keyset), a
   selective filter on an indexed field (when the planner supports filters, else the same
@@ -81,7 +93,48 @@ def throughput(work: Path, rounds: int, window_s: float) -> dict[str, Any]:
 
 
 # ---- lag: ack -> visible at a fixed rate -------------------------------------------------
-async def _lag_client(host: str, port: int, rate: float, duration_s: float) -> dict[str, Any]:
+LAG_HISTOGRAM = "aggregate_index_visible_lag_seconds"
+
+
+def histogram_buckets(text: str, name: str) -> list[tuple[float, float]]:
+    """``(le, cumulative count)`` of histogram ``name`` in a Prometheus text page."""
+    prefix = name + '_bucket{le="'
+    out = []
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            le, _, rest = line[len(prefix) :].partition('"')
+            out.append((float(le), float(rest.rsplit(" ", 1)[1])))
+    return out
+
+
+def bucket_quantiles(
+    before: list[tuple[float, float]], after: list[tuple[float, float]]
+) -> dict[str, float]:
+    """p50/p99 (ms) of the observations between two scrapes of one histogram, estimated
+    from its buckets as Prometheus' ``histogram_quantile`` does (linear within a bucket)."""
+    counts = dict(before)
+    delta = [(le, n - counts.get(le, 0.0)) for le, n in after]
+    total = delta[-1][1] if delta else 0.0
+    if total <= 0:
+        return {"n": 0}
+
+    def quantile(q: float) -> float:
+        rank = q * total
+        lower, below = 0.0, 0.0
+        for le, n in delta:
+            if n >= rank:
+                if le == float("inf"):
+                    return lower * 1000  # beyond the last bucket: its lower bound
+                return (lower + (le - lower) * (rank - below) / max(n - below, 1e-9)) * 1000
+            lower, below = le, n
+        return lower * 1000
+
+    return {"n": int(total), "p50": round(quantile(0.5), 2), "p99": round(quantile(0.99), 2)}
+
+
+async def _lag_client(
+    host: str, port: int, rate: float, duration_s: float, *, sample: int, plain_every: int
+) -> dict[str, Any]:
     from grpclib.client import Channel
 
     from aggregate.gateway.v1 import aggregate_grpc, query_grpc
@@ -104,9 +157,10 @@ async def _lag_client(host: str, port: int, rate: float, duration_s: float) -> d
         )
     lags: list[float] = []
     plain: list[float] = []
+    acks: list[float] = []
     errors = 0
 
-    async def one(i: int) -> None:
+    async def one(i: int, scheduled: float) -> None:
         nonlocal errors
         stub = i % len(channels)
         try:
@@ -120,15 +174,17 @@ async def _lag_client(host: str, port: int, rate: float, duration_s: float) -> d
                 timeout=10,
             )
             acked = time.perf_counter()
-            await queries[stub].QueryAggregates(
-                qpb.QueryAggregatesRequest(
-                    aggregate_type=TYPE, page_size=1, min_position=reply.position
-                ),
-                metadata=meta,
-                timeout=10,
-            )
-            lags.append((time.perf_counter() - acked) * 1000)
-            if i % 5 == 0:
+            acks.append((acked - scheduled) * 1000)
+            if i % sample == 0:
+                await queries[stub].QueryAggregates(
+                    qpb.QueryAggregatesRequest(
+                        aggregate_type=TYPE, page_size=1, min_position=reply.position
+                    ),
+                    metadata=meta,
+                    timeout=10,
+                )
+                lags.append((time.perf_counter() - acked) * 1000)
+            if plain_every and i % plain_every == 1:
                 started = time.perf_counter()
                 await queries[stub].QueryAggregates(
                     qpb.QueryAggregatesRequest(aggregate_type=TYPE, page_size=1),
@@ -143,28 +199,169 @@ async def _lag_client(host: str, port: int, rate: float, duration_s: float) -> d
     start = time.perf_counter()
     total = int(rate * duration_s)
     for i in range(total):
-        delay = start + i / rate - time.perf_counter()
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i)))
+        tasks.append(asyncio.create_task(one(i, scheduled)))
     await asyncio.gather(*tasks)
     for channel in channels:
         channel.close()
     return {
         "offered_rate": rate,
+        "sampled_one_in": sample,
+        "plain_query_one_in": plain_every,
+        "command_ms_from_schedule": pct(acks),
         "ack_to_visible_ms": pct(lags),
         "query_rtt_ms": pct(plain),
         "errors": errors,
     }
 
 
-def lag(work: Path, rate: float, duration_s: float) -> dict[str, Any]:
-    svc = ServiceProcess(work / "lag", example_manifest_path("bank"), env={})
+def _lag_run(
+    work: Path,
+    rate: float,
+    duration_s: float,
+    *,
+    sample: int,
+    plain_every: int,
+    env: dict[str, str],
+    profile_out: Path | None,
+) -> dict[str, Any]:
+    from bench import profile
+    from bench.procs import http_get, metric_total
+
+    svc = ServiceProcess(work, example_manifest_path("bank"), env=env)
     svc.start()
     try:
-        return asyncio.run(_lag_client("127.0.0.1", svc.grpc_port, rate, duration_s))
+        _, before = http_get(svc.url("/metrics"))
+        spy = None
+        if profile_out is not None:
+            spy = profile.record(svc.pid, duration_s, profile_out, blocking=False)
+        out = asyncio.run(
+            _lag_client(
+                "127.0.0.1",
+                svc.grpc_port,
+                rate,
+                duration_s,
+                sample=sample,
+                plain_every=plain_every,
+            )
+        )
+        _, after = http_get(svc.url("/metrics"))
+        out["service_visible_lag_ms"] = {
+            **bucket_quantiles(
+                histogram_buckets(before, LAG_HISTOGRAM), histogram_buckets(after, LAG_HISTOGRAM)
+            ),
+            "from": f"{LAG_HISTOGRAM} buckets (estimated within a bucket)",
+        }
+        write = "aggregate_index_write_seconds"
+        out["index_write_ms"] = bucket_quantiles(
+            histogram_buckets(before, write), histogram_buckets(after, write)
+        )
+        size = "aggregate_index_batch_changes"
+        batches = metric_total(after, size + "_count") - metric_total(before, size + "_count")
+        changes = metric_total(after, size + "_sum") - metric_total(before, size + "_sum")
+        out["index_batches"] = {
+            "batches": int(batches),
+            "mean_changes": round(changes / batches, 1) if batches else 0,
+        }
+        if spy is not None and profile_out is not None:
+            _, err = spy.communicate(timeout=120)
+            if not profile_out.exists():
+                out["profile"] = {"error": err.decode(errors="replace")[-500:]}
+            else:
+                summary = profile.summarise(profile_out.read_text())
+                out["profile"] = {"file": str(profile_out), **summary}
+                print(profile.format_summary(summary, top=20), file=sys.stderr)
+        return out
     finally:
         svc.stop()
+
+
+def _tree_at(ref: str, into: Path) -> Path:
+    """The package as of git ``ref``, unpacked under ``into`` (for ``PYTHONPATH``)."""
+    import subprocess
+
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", ref, "aggregate"], cwd=ROOT, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def lag(
+    work: Path,
+    rate: float,
+    duration_s: float,
+    *,
+    sample: int = 10,
+    plain_every: int = 50,
+    rounds: int = 1,
+    ref: str | None = None,
+    profile_out: Path | None = None,
+) -> dict[str, Any]:
+    """``rounds`` runs of this tree's service; with ``ref``, each round also runs the
+    service as of that revision (its ``aggregate`` package first on ``PYTHONPATH``), the
+    order alternating, and the medians and per-round ratios of the p99s are reported."""
+    trees: dict[str, dict[str, str]] = {"this": {}}
+    if ref is not None:
+        trees[ref] = {"PYTHONPATH": str(_tree_at(ref, work / "ref-tree"))}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    for r in range(rounds):
+        order = list(trees) if r % 2 == 0 else list(reversed(trees))
+        for name in order:
+            runs[name].append(
+                _lag_run(
+                    work / f"lag-{name.replace('/', '_')}-{r}",
+                    rate,
+                    duration_s,
+                    sample=sample,
+                    plain_every=plain_every,
+                    env=trees[name],
+                    profile_out=profile_out if name == "this" and r == 0 else None,
+                )
+            )
+    if ref is None and rounds == 1:
+        return runs["this"][0]
+
+    def median(name: str, *path: str) -> float:
+        values = []
+        for run in runs[name]:
+            value: Any = run
+            for key in path:
+                value = value.get(key, {}) if isinstance(value, dict) else {}
+            if isinstance(value, int | float):
+                values.append(float(value))
+        return round(statistics.median(values), 2) if values else float("nan")
+
+    figures = {
+        "client_ack_to_visible_p99_ms": ("ack_to_visible_ms", "p99"),
+        "client_ack_to_visible_p50_ms": ("ack_to_visible_ms", "p50"),
+        "service_visible_lag_p99_ms": ("service_visible_lag_ms", "p99"),
+        "service_visible_lag_p50_ms": ("service_visible_lag_ms", "p50"),
+        "command_p99_ms": ("command_ms_from_schedule", "p99"),
+        "index_write_p99_ms": ("index_write_ms", "p99"),
+    }
+    summary = {
+        name: {label: median(name, *path) for label, path in figures.items()} for name in trees
+    }
+    out: dict[str, Any] = {"rounds": runs, "medians": summary}
+    if ref is not None:
+        ratios = {}
+        for label, path in figures.items():
+            per_round = []
+            for mine, theirs in zip(runs["this"], runs[ref], strict=True):
+                a, b = mine, theirs
+                for key in path:
+                    a, b = a.get(key, {}), b.get(key, {})
+                if isinstance(a, int | float) and isinstance(b, int | float) and b:
+                    per_round.append(a / b)
+            if per_round:
+                ratios[label] = round(statistics.median(per_round), 3)
+        out["ratio_this_over_ref"] = ratios
+    return out
 
 
 # ---- query latency over 100,000 aggregates ----------------------------------------------
@@ -325,16 +522,55 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: small counts")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", nargs="*", choices=("throughput", "lag", "query", "rebuild"))
+    parser.add_argument(
+        "--lag-sample",
+        type=int,
+        default=10,
+        metavar="N",
+        help="lag: check ack -> visible on 1 command in N (1: every command, the overload mode)",
+    )
+    parser.add_argument(
+        "--lag-plain-every",
+        type=int,
+        default=50,
+        metavar="M",
+        help="lag: a plain query after 1 command in M (0: none; 5 with --lag-sample 1: the "
+        "old doubled load)",
+    )
+    parser.add_argument("--lag-rate", type=float, default=500.0, help="lag: commands/s offered")
+    parser.add_argument(
+        "--lag-seconds", type=float, default=None, help="lag: length of the run (default 20)"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="lag: py-spy the service during the first run"
+    )
+    parser.add_argument(
+        "--lag-ref",
+        metavar="REF",
+        help="lag: also run the service as of git REF in every round, interleaved; ratios",
+    )
     args = parser.parse_args()
     q = args.quick
     chosen = args.only or ["throughput", "lag", "query", "rebuild"]
     results: dict[str, Any] = {"quick": q}
+    RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="index-bench-") as tmp:
         work = Path(tmp)
         if "throughput" in chosen:
             results["throughput"] = throughput(work, 1 if q else args.rounds, 1.5 if q else 8.0)
         if "lag" in chosen:
-            results["lag"] = lag(work, 500, 2.0 if q else 20.0)
+            seconds = args.lag_seconds or (2.0 if q else 20.0)
+            stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+            results["lag"] = lag(
+                work,
+                args.lag_rate,
+                seconds,
+                sample=max(1, args.lag_sample),
+                plain_every=max(0, args.lag_plain_every),
+                rounds=1 if q else args.rounds,
+                ref=args.lag_ref,
+                profile_out=RESULTS / f"index-{stamp}-profile-lag.txt" if args.profile else None,
+            )
         if "query" in chosen:
             results["query"] = query(work, 100_000, 50 if q else 1000)
         if "rebuild" in chosen:

@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 from aggregate.domain.ids import TOKEN_PATTERN
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Mapping
+    from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics_core import Metric
@@ -69,6 +69,31 @@ LATENCY_BUCKETS = (
 
 REHYDRATION_BUCKETS = (*LATENCY_BUCKETS, 10.0, 30.0)
 """Seconds; replaying a long stream without a snapshot can take longer than a command."""
+
+INDEX_LAG_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+"""Seconds from a change's commit to its visibility in the index: a batch interval plus a
+write, fine-grained around the 50 ms target."""
+
+INDEX_BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+"""Changes per index batch."""
 
 INVALID_LABEL = "_invalid"
 UNKNOWN_TYPE_LABEL = "_unknown"
@@ -232,6 +257,24 @@ class Metrics:
             "Age of the oldest change waiting to be written to the index (0: none).",
             registry=registry,
         )
+        self._index_visible = Histogram(
+            "aggregate_index_visible_lag_seconds",
+            "Time from a change's commit on this node to its batch being visible to queries.",
+            buckets=INDEX_LAG_BUCKETS,
+            registry=registry,
+        )
+        self._index_batch_size = Histogram(
+            "aggregate_index_batch_changes",
+            "Changes written to the query index per batch.",
+            buckets=INDEX_BATCH_BUCKETS,
+            registry=registry,
+        )
+        self._index_write = Histogram(
+            "aggregate_index_write_seconds",
+            "Time to write one batch to the query index (in its writer thread).",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self._index_replayed = _CallbackCounter(
             "aggregate_index_replayed_messages",
             "Messages read from the stream to rebuild or backfill the query index.",
@@ -386,6 +429,15 @@ class Metrics:
             _safe(lambda: float(status()["lag_seconds"]), "aggregate_index_lag_seconds")
         )
         self._index_replayed.set_source(lambda: float(status()["replayed_messages"]))
+
+    def index_batch(self, lags_s: Sequence[float], size: int, write_s: float) -> None:
+        """``IndexObserver``: one batch of the query index (island thread)."""
+        observe = self._index_visible.observe
+        for lag in lags_s:
+            observe(lag)
+        if size:
+            self._index_batch_size.observe(size)
+            self._index_write.observe(write_s)
 
     def set_ready(self, ready: bool) -> None:
         """Set ``aggregate_ready``; ignored once ``set_ready_source`` was called."""

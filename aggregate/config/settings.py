@@ -331,7 +331,7 @@ class Settings(LifecycleSettings):
     )
     index_batch_interval_ms: int = field(
         default=5,
-        metadata=ms("Wait after the first change before a batch is written (coalescing)."),
+        metadata=ms("Least time between two index batches (after a quiet moment: at once)."),
     )
     index_replay_page: int = field(
         default=1000,

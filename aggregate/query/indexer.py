@@ -3,11 +3,12 @@
 
 **Live path.** The change feed (``aggregate.application.changes``) delivers every change
 the handler committed; ``deliver`` only appends it to a buffer. The flush loop writes the
-buffer in one transaction when ``batch_size`` changes are waiting or ``batch_interval_s``
-after the first one, off the command path (SQLite in a worker thread). Before it takes the
-buffer it takes the feed's frontier; once the batch is committed, that frontier becomes the
-visible watermark: for every tenant, every message of it at or below its watermark is in
-the file.
+buffer in one transaction, off the command path (SQLite in a worker thread): at once when
+the last batch is ``batch_interval_s`` old or more, else when it is (or when ``batch_size``
+changes are waiting), so under load one batch holds the changes of one interval. Before
+it takes the buffer it takes the feed's frontier; once the batch is committed, that
+frontier becomes the visible watermark: for every tenant, every message of it at or below
+its watermark is in the file.
 
 **Replays.** At start the stream is replayed from where the file left off (``replayed_through``;
 0 for a new or deleted file), every tenant at once; until it is done no tenant is current.
@@ -15,6 +16,11 @@ With a placement map (some tenants live elsewhere) a tenant is current only once
 replayed since the last placement change: the first query after a change replays it from its
 watermark (cheap when nothing happened elsewhere), so a tenant that arrives is backfilled
 before it is answered. An append of uncertain outcome is resolved by a replay of its tenant.
+
+**Timing.** ``deliver`` notes when each change arrived (one clock read); after each batch
+the changes that became visible (their tenant's watermark reached them) are handed to the
+``observer`` as ages in seconds, with the batch's size and write time: the index's own
+ack -> visible lag, without a query in the way.
 
 **Queries.** ``query`` waits (within its deadline) for the tenant to be current and for
 ``min_position``, then runs the planned page in a worker thread. The answer's position is
@@ -26,7 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -38,6 +44,8 @@ from aggregate.query.plan import QueryLimits, plan_query
 from aggregate.query.replay import Replayer
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from anyio.abc import TaskStatus
 
     from aggregate.application.changes import ChangeFeed
@@ -49,6 +57,19 @@ if TYPE_CHECKING:
     from aggregate.query.plan import QueryRequest, Row
 
 log = logging.getLogger(__name__)
+
+MAX_UNSEEN = 100_000
+"""Changes written but not yet visible that the indexer keeps timing; beyond it (a tenant
+held for long by an uncertain append) the oldest are no longer timed."""
+
+
+class IndexObserver(Protocol):
+    """Where the indexer reports its batches (the service's metrics)."""
+
+    def index_batch(self, lags_s: Sequence[float], size: int, write_s: float) -> None:
+        """A batch of ``size`` changes was written in ``write_s``; ``lags_s``: for each
+        change that became visible with it, seconds from its delivery. Must not raise."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +123,9 @@ class Indexer:
         )
         self.reader = reader
         self._buffer: list[CommittedChange] = []
+        self._delivered: list[float] = []
+        self._unseen: list[tuple[str, int, float]] = []  # written, not visible yet
+        self.observer: IndexObserver | None = None
         self._first_buffered = 0.0
         self._wake = anyio.Event()
         self._changed = anyio.Event()
@@ -122,9 +146,11 @@ class Indexer:
     # --- the feed's consumer (island thread; never blocks) ---
 
     def deliver(self, change: CommittedChange) -> None:
+        now = time.monotonic()
         if not self._buffer:
-            self._first_buffered = time.monotonic()
+            self._first_buffered = now
         self._buffer.append(change)
+        self._delivered.append(now)
         self._wake.set()
 
     # --- lifecycle ---
@@ -164,12 +190,17 @@ class Indexer:
 
     async def _flush_loop(self) -> None:
         interval = self.settings.batch_interval_s
+        last = -interval
         while True:
             with anyio.move_on_after(self.settings.retry_s):  # uncertain appends: recheck
                 await self._wake.wait()
             self._wake = anyio.Event()
-            if len(self._buffer) < self.settings.batch_size:
-                await anyio.sleep(interval)
+            # At most one batch per interval: after a quiet moment a change is written at
+            # once; under load the changes of one interval are written together.
+            remaining = last + interval - time.monotonic()
+            if remaining > 0 and len(self._buffer) < self.settings.batch_size:
+                await anyio.sleep(remaining)
+            last = time.monotonic()
             await self._flush()
             for tenant_id in self.feed.uncertain_tenants():
                 self._start_tenant_replay(tenant_id)
@@ -178,6 +209,7 @@ class Indexer:
         """Write the buffer with the frontier taken just before it (see the module)."""
         frontier = self.feed.frontier()
         batch, self._buffer = self._buffer, []
+        delivered, self._delivered = self._delivered, []
         newest: dict[AggregateKey, CommittedChange] = {}
         for change in batch:
             kept = newest.get(change.key)
@@ -195,14 +227,46 @@ class Indexer:
         if self.hosts_every_tenant and self.started and not frontier.held:
             through = frontier.known
         self._persisted.update(watermarks)
+        write_s = 0.0
         if rows or watermarks or through is not None:
+            started = time.monotonic()
             self.rows_written += await anyio.to_thread.run_sync(
                 lambda: self.store.write(rows, watermarks, replayed_through=through),
                 limiter=self._writes,
             )
+            write_s = time.monotonic() - started
             self.batches += 1
         self.visible = frontier
         self._notify()
+        if self.observer is not None:
+            self._observe(batch, delivered, write_s)
+
+    def _observe(
+        self, batch: list[CommittedChange], delivered: list[float], write_s: float
+    ) -> None:
+        """Time the changes that are visible now (this batch's and earlier held ones)."""
+        now = time.monotonic()
+        unseen = self._unseen
+        unseen.extend(
+            (c.key.tenant_id, c.position, at) for c, at in zip(batch, delivered, strict=True)
+        )
+        lags: list[float] = []
+        held: list[tuple[str, int, float]] = []
+        for entry in unseen:
+            tenant_id, position, at = entry
+            if not self.is_current(tenant_id):
+                continue  # replayed later: not a live change's lag
+            if self.position(tenant_id) >= position:
+                lags.append(now - at)
+            else:
+                held.append(entry)
+        self._unseen = held[-MAX_UNSEEN:]
+        if lags or batch:
+            assert self.observer is not None
+            try:
+                self.observer.index_batch(lags, len(batch), write_s)
+            except Exception:  # metrics must not stop the index
+                log.exception("index observer failed")
 
     def _notify(self) -> None:
         self._changed.set()

@@ -259,6 +259,7 @@ class IslandCore:
                     self.gate,
                 )
                 self.metrics.set_index_source(self.indexer.status)
+                self.indexer.observer = self.metrics
             self.server = CommandServer(
                 self.handler,
                 GrpcOptions.from_settings(settings),

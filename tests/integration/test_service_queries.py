@@ -194,6 +194,39 @@ def test_health_and_metrics_show_the_index(service: ServiceProcess) -> None:
     assert {"aggregate_index_position", "aggregate_index_lag_positions"} <= names
 
 
+def histogram_count(text: str, name: str) -> float:
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return sum(s.value for s in family.samples if s.name == name + "_count")
+    raise AssertionError(f"{name} is not on /metrics")
+
+
+async def test_the_index_times_each_change_until_it_is_visible(service: ServiceProcess) -> None:
+    """aggregate_index_visible_lag_seconds counts every change of a current tenant once its
+    batch is visible: by the time a query with the last command's position answers, all
+    three are counted. (With a shard id a tenant is current once a query has replayed it.)"""
+    initech = {"x-tenant-id": "initech"}
+    with open_client("grpclib", service.grpc) as client:
+        await query_all(client, initech)
+        _, before = service.http_call("GET", "/metrics")
+        opened = await submit(client, {"type": "OpenAccount", "owner": "bob"}, initech)
+        for amount in (1, 2):
+            done = await submit(
+                client,
+                {"type": "Deposit", "amount": amount},
+                initech,
+                aggregate_id=opened.aggregate_id,
+            )
+        await query_all(client, initech, min_position=done.position)
+    _, after = service.http_call("GET", "/metrics")
+    lag = "aggregate_index_visible_lag_seconds"
+    assert histogram_count(after, lag) >= histogram_count(before, lag) + 3
+    batches = "aggregate_index_batch_changes"
+    assert histogram_count(after, batches) > histogram_count(before, batches)
+    writes = "aggregate_index_write_seconds"
+    assert histogram_count(after, writes) > histogram_count(before, writes)
+
+
 async def test_a_deleted_index_is_rebuilt_with_identical_answers(tmp_path: Path) -> None:
     env = {"AGGREGATE_LOG_LEVEL": "info", "AGGREGATE_INDEX_REPLAY_PAGE": "3"}
     with running_service(tmp_path, env=env) as first, open_client("grpclib", first.grpc) as client:

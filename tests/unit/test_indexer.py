@@ -14,7 +14,7 @@ from aggregate.application.changes import ChangeFeed
 from aggregate.application.handler import CommandHandler, HandlerSettings
 from aggregate.domain.errors import BackendUnavailableError, InvalidArgumentError
 from aggregate.programs.base import AggregateTypeSpec
-from aggregate.query.index_store import IndexStore, token_key
+from aggregate.query.index_store import IndexStore, ViewRow, token_key
 from aggregate.query.indexer import Indexer, IndexSettings
 from aggregate.query.plan import QueryRequest
 from aggregate.testing.memory_store import InMemoryEventStore
@@ -23,7 +23,7 @@ from specs import bank
 from tests.unit.test_handler import TYPE, cmd, new_key
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
 
 pytestmark = pytest.mark.trio
@@ -214,3 +214,92 @@ async def test_a_tenant_is_replayed_after_a_placement_change(tmp_path: Path) -> 
             views, position = await everything(ix)
     assert position >= elsewhere
     assert len(views) == 3
+
+
+class BatchRecorder:
+    """An ``IndexObserver`` that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self.sizes: list[int] = []
+        self.batch = anyio.Event()
+
+    def index_batch(self, lags_s: Sequence[float], size: int, write_s: float) -> None:
+        assert write_s >= 0
+        self.lags.extend(lags_s)
+        if size:
+            self.sizes.append(size)
+        self.batch.set()
+
+
+async def test_every_live_change_is_timed_once_it_is_visible(tmp_path: Path) -> None:
+    store = InMemoryEventStore()
+    async with running(tmp_path / "index.sqlite3", store) as (h, ix):
+        recorder = BatchRecorder()
+        ix.observer = recorder
+        with anyio.fail_after(10):
+            last = await workload(h, n=4)  # 4 opens and 1 + 2 + 3 deposits
+            await everything(ix, min_position=last)
+    assert len(recorder.lags) == 10
+    assert all(0 <= lag < 10 for lag in recorder.lags)
+    assert sum(recorder.sizes) == 10
+
+
+async def test_a_change_held_below_the_watermark_is_timed_when_it_becomes_visible(
+    tmp_path: Path,
+) -> None:
+    """An append still open (started before the change was offered) holds the tenant's
+    watermark: the change is written but not visible, so not timed until it is."""
+    store = InMemoryEventStore()
+    async with running(tmp_path / "index.sqlite3", store) as (h, ix):
+        recorder = BatchRecorder()
+        ix.observer = recorder
+        with anyio.fail_after(10):
+            ticket = ix.feed.append_started("acme")  # another command's append, in flight
+            key = new_key()
+            opened = await h.handle(cmd(key, {"type": "OpenAccount", "owner": "ann"}))
+            while not recorder.sizes:  # its batch is written
+                await recorder.batch.wait()
+                recorder.batch = anyio.Event()
+            assert ix.position("acme") < opened.position
+            assert recorder.lags == []
+            ix.feed.append_ended(ticket, uncertain=False)
+            done = await h.handle(cmd(key, {"type": "Deposit", "amount": 1}))
+            await everything(ix, min_position=done.position)
+    assert len(recorder.lags) == 2
+    assert recorder.lags[0] >= recorder.lags[1]  # the held one waited longer
+
+
+async def test_a_batch_write_counts_the_views_it_changed(tmp_path: Path) -> None:
+    """One statement per batch: rows only over older ones, watermarks only upwards, the
+    count is the views changed, and a state's JSON text is stored as it was encoded."""
+    index = IndexStore(tmp_path / "index.sqlite3")
+    try:
+        a, b, c = new_key(), new_key(), new_key("globex")
+        state = {"owner": "zoë \"q\" '1'", "big": 2**70, "nested": {"x": [1, 2.5, None]}}
+        first = [ViewRow(a, 1, 1, "t1", state), ViewRow(b, 1, 2, "t1", {"n": 1})]
+        assert index.write(first, {"acme": 2}, replayed_through=2) == 2
+        again = [ViewRow(a, 1, 1, "t9", {}), ViewRow(b, 2, 3, "t2", {"n": 2})]
+        assert index.write(again, {"acme": 1, "globex": 3}) == 1
+        assert index.write([ViewRow(c, 1, 4, "t3", {})], {}) == 1
+        assert index.write([], {}) == 0
+        views = index.views([a, b, c])
+        assert views[a].state == state
+        assert (views[a].version, views[a].position, views[a].updated_at) == (1, 1, "t1")
+        assert (views[b].version, views[b].position, views[b].state) == (2, 3, {"n": 2})
+        assert index.watermarks() == {"acme": 2, "globex": 3}
+        assert index.replayed_through() == 2
+    finally:
+        index.close()
+
+
+async def test_a_change_after_a_quiet_moment_is_written_at_once(tmp_path: Path) -> None:
+    """The batch interval is the least time between batches, not a wait before each: a
+    change with no batch in the last interval is visible without waiting for it."""
+    store = InMemoryEventStore()
+    async with running(tmp_path / "index.sqlite3", store, batch_interval_s=60) as (h, ix):
+        with anyio.fail_after(10):
+            key = new_key()
+            opened = await h.handle(cmd(key, {"type": "OpenAccount", "owner": "ann"}))
+            views, _ = await everything(ix, min_position=opened.position)
+    assert views == [(str(key.aggregate_id), 1, opened.position, {"owner": "ann", "balance": 0})]
