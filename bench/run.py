@@ -13,8 +13,8 @@ the same binary. Per round: cold reads after the restart, (a), service unary 32 
 Then, once: the memory series (cache filling, then full), and with ``--profile`` a py-spy
 profile of the service under the unary and streaming workloads.
 
-The baselines run on the event loop the service's command path runs on (uvloop by default,
-``--service-env AGGREGATE_EVENT_LOOP=asyncio`` for the standard one): they are the ceilings
+The baselines run on the event loop the service's command path runs on (the standard one by
+default, ``--service-env AGGREGATE_EVENT_LOOP=uvloop`` for uvloop): they are the ceilings
 of the same stack, so the ratios measure only the service's own overhead.
 
 Writes ``bench/results/<timestamp>.json`` (raw per-round results + the summary), prints the

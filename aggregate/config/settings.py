@@ -380,7 +380,7 @@ class Settings(LifecycleSettings):
         default_factory=v.default_event_loop,
         metadata=meta(
             v.parse_event_loop,
-            "Event loop of the command path: uvloop (the default where installed) or asyncio.",
+            "Event loop of the command path: asyncio (the default) or uvloop.",
             kind="enum",
         ),
     )

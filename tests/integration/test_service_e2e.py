@@ -12,11 +12,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aggregate.domain.ids import uuid7
 from aggregate.gateway.v1 import aggregate_pb2 as pb
-from tests.integration.grpc_harness import CLIENT_KINDS, command, open_client
+from tests.integration.grpc_harness import CLIENT_KINDS, TYPE, command, open_client
 from tests.integration.service_harness import ServiceProcess, running_service
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 TOKEN = "s3cret-admin-token"
@@ -202,9 +203,27 @@ def test_startup_objects_are_frozen_out_of_the_cyclic_gc(service: ServiceProcess
     assert frozen > 50_000
 
 
-def test_the_command_path_runs_on_uvloop_by_default(service: ServiceProcess) -> None:
+def test_the_command_path_runs_on_the_standard_loop_by_default(service: ServiceProcess) -> None:
     line = service.wait_for_log("event loop")
-    assert line["message"] == "aggregate-island runs on the uvloop event loop"
+    assert line["message"] == "aggregate-island runs on the asyncio event loop"
+
+
+async def test_the_command_path_serves_on_uvloop_when_asked(tmp_path: Path) -> None:
+    with running_service(tmp_path / "uv", env={"AGGREGATE_EVENT_LOOP": "uvloop"}) as service:
+        line = service.wait_for_log("event loop")
+        assert line["message"] == "aggregate-island runs on the uvloop event loop"
+        with open_client("grpcio", service.grpc) as client:
+            opened = await client.submit(
+                command({"type": "OpenAccount", "owner": "uv"}), {"x-tenant-id": "uv"}
+            )
+            assert opened.status == "OK"
+            got = await client.get(
+                pb.GetAggregateRequest(
+                    aggregate_type=TYPE, aggregate_id=str(opened.response.aggregate_id)
+                ),
+                {"x-tenant-id": "uv"},
+            )
+        assert (got.status, got.response.version) == ("OK", 1)
 
 
 async def test_metrics_count_the_traffic(service: ServiceProcess) -> None:

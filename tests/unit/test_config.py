@@ -822,17 +822,17 @@ def test_a_weak_admin_token_is_refused_only_off_loopback(tmp_path: Path) -> None
     assert "password1234567890" not in message
 
 
-def test_the_event_loop_is_uvloop_by_default_and_asyncio_on_request(
+def test_the_event_loop_is_asyncio_by_default_and_uvloop_on_request(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert load_settings({}).event_loop is EventLoop.UVLOOP
-    assert load_settings({"AGGREGATE_EVENT_LOOP": "asyncio"}).event_loop is EventLoop.ASYNCIO
+    assert load_settings({}).event_loop is EventLoop.ASYNCIO
+    assert load_settings({"AGGREGATE_EVENT_LOOP": "uvloop"}).event_loop is EventLoop.UVLOOP
     assert load_settings({"AGGREGATE_EVENT_LOOP": "UVLOOP"}).event_loop is EventLoop.UVLOOP
     message = config_error({"AGGREGATE_EVENT_LOOP": "tokio"})
     assert "AGGREGATE_EVENT_LOOP" in message
     assert "uvloop, asyncio" in message
-    # Where uvloop is not installed (Windows), the default is asyncio and asking for
-    # uvloop is an error at start-up rather than a failure on the first command.
+    # Where uvloop is not installed (Windows), asking for it is an error at start-up
+    # rather than a failure on the first command.
     monkeypatch.setattr(values, "uvloop_available", lambda: False)
     assert load_settings({}).event_loop is EventLoop.ASYNCIO
     assert "not installed" in config_error({"AGGREGATE_EVENT_LOOP": "uvloop"})
