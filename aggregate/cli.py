@@ -237,6 +237,16 @@ def _manifest_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _log_level_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=(*LOG_LEVELS, "warn"),
+        metavar="LEVEL",
+        help=f"{', '.join(LOG_LEVELS)} (AGGREGATE_LOG_LEVEL)",
+    )
+
+
 def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--addr",
@@ -279,13 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     _manifest_option(p)
     p.add_argument("--grpc-addr", help="gRPC bind HOST:PORT (AGGREGATE_GRPC_ADDR)")
     p.add_argument("--http-addr", help="admin HTTP bind HOST:PORT (AGGREGATE_HTTP_ADDR)")
-    p.add_argument(
-        "--log-level",
-        type=str.lower,
-        choices=(*LOG_LEVELS, "warn"),
-        metavar="LEVEL",
-        help=f"{', '.join(LOG_LEVELS)} (AGGREGATE_LOG_LEVEL)",
-    )
+    _log_level_option(p)
     p.set_defaults(run=cmd_serve)
 
     p = verbs.add_parser(

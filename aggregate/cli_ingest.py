@@ -10,11 +10,11 @@ from aggregate.cli import (
     EXIT_REFUSED,
     UsageError,
     _config_options,
+    _log_level_option,
     _manifest_option,
     _print,
     _settings,
 )
-from aggregate.config.values import LOG_LEVELS
 from aggregate.domain.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -56,11 +56,5 @@ def add_ingest_verb(verbs: Any) -> None:
     _manifest_option(p)
     p.add_argument("--once", action="store_true", help="one run, then exit")
     p.add_argument("--source", help="run only this source (a node name or JetStream source)")
-    p.add_argument(
-        "--log-level",
-        type=str.lower,
-        choices=(*LOG_LEVELS, "warn"),
-        metavar="LEVEL",
-        help=f"{', '.join(LOG_LEVELS)} (AGGREGATE_LOG_LEVEL)",
-    )
+    _log_level_option(p)
     p.set_defaults(run=cmd_ingest)
