@@ -35,6 +35,8 @@ def test_a_bad_filter_is_invalid_argument_naming_the_column() -> None:
 
 def test_a_watch_filter_keeps_the_configured_limits() -> None:
     text = "state.balance > 50"
-    assert compile_filter(text, QueryLimits(max_filter_chars=len(text))) is not None
+    at_the_limit = compile_filter(text, QueryLimits(max_filter_chars=len(text)))
+    assert at_the_limit is not None
+    assert (at_the_limit(view(51)), at_the_limit(view(50))) == (True, False)
     with pytest.raises(InvalidArgumentError):
         compile_filter(text, QueryLimits(max_filter_chars=len(text) - 1))

@@ -125,7 +125,7 @@ async def test_a_queue_is_bounded_in_bytes_too() -> None:
         for position in range(1, 4):
             hub.stored(hub.begin(), position, record(key(), note="x" * 800))
         await settle()
-        assert watcher.ended is not None
+        assert isinstance(watcher.ended, WatcherTooSlowError)
         assert watcher.queued_bytes == 0
 
 
