@@ -145,8 +145,10 @@ async def _consume(source: JetStreamSource, run: SourceRun, sub: object) -> None
     try:
         info = await sub.consumer_info()  # type: ignore[attr-defined]
         run.report.lag = int(info.num_pending)
-    except (TimeoutError, nats.errors.Error):
-        pass
+    except (TimeoutError, nats.errors.Error) as exc:
+        log.warning(
+            "usage source %s: its consumer's backlog is unknown this run: %r", source.name, exc
+        )
     run.progress = replace(run.progress, last_error=None, last_run_at=utc_now())
     await run.save()
 
@@ -156,5 +158,11 @@ async def _hand_back(messages: list[Msg]) -> None:
         for msg in messages:
             try:
                 await msg.nak()
-            except nats.errors.Error:
+            except nats.errors.Error as exc:
+                log.warning(
+                    "%d unprocessed usage messages not handed back (%r): JetStream redelivers "
+                    "them after their ack wait",
+                    len(messages),
+                    exc,
+                )
                 return

@@ -38,7 +38,8 @@ def key_of_subject(subject: str) -> AggregateKey:
             raise ValueError(subject)
         return AggregateKey(parts[1], parts[3], uuid.UUID(parts[4]))
     except ValueError:
-        raise CorruptDataError(f"a stored message has the malformed subject {subject!r}") from None
+        clipped = subject[:200]
+        raise CorruptDataError(f"a stored message has the malformed subject {clipped!r}") from None
 
 
 class StreamChangeReader:
