@@ -139,7 +139,16 @@ class CallQueue:
         """Put the calls of a batch that lost its worker back at the queue's head, in their
         order, each to run alone: the calls it had taken (dropped, cancelled ones stay
         dropped) and, when given, the ``leader`` that ran it (it then waits in
-        ``worker_for`` again). Anyone waiting gets the next free worker in that order."""
+        ``worker_for`` again). Anyone waiting gets the next free worker in that order. On a
+        closed queue the followers wake as closed instead (their callers fail, as every
+        waiting call of a closed pool does; the leader finds the queue closed in
+        ``worker_for``)."""
+        if self._closed:
+            for follower in followers:
+                if follower.state == "taken":
+                    follower.state = "closed"
+                    follower.wake.set()
+            return
         for follower in reversed(followers):
             if follower.state == "taken":
                 follower.state = "queued"

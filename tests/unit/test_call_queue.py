@@ -111,3 +111,28 @@ def test_every_call_gets_its_own_answer_in_batches_within_the_limit(
     if workers == 1:  # one worker: calls are served in the order they came
         served = [b for b in bodies if b in answered]
         assert sorted(served, key=answered.index) == served
+
+
+async def test_calls_put_back_after_the_queue_closed_wake_as_closed() -> None:
+    """The pool closes while a batch runs; the batch loses its worker and puts its
+    followers back: they end (their caller fails with ``ProgramError``), not wait on."""
+    queue = CallQueue()
+    queue.release(Worker())  # type: ignore[arg-type]
+    leader, follower = QueuedCall(b"1", {}, 1.0), QueuedCall(b"2", {}, 1.0)
+    assert await queue.worker_for(leader) is not None
+    handed: list[object] = []
+
+    async def wait_for_a_worker() -> None:
+        handed.append(await queue.worker_for(follower))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_for_a_worker)
+            while len(queue) == 0:
+                await anyio.lowlevel.checkpoint()
+            batch = queue.take(leader, max_calls=4, max_bytes=1 << 20)
+            assert batch == [leader, follower]
+            queue.close()
+            queue.requeue(batch[1:])
+    assert handed == [None]
+    assert follower.state == "closed"
