@@ -139,7 +139,15 @@ async def _consume(source: JetStreamSource, run: SourceRun, sub: object) -> None
                 run.progress = replace(run.progress, last_run_at=utc_now())
                 await run.save()
                 return
-            await msg.ack_sync()
+            try:
+                await msg.ack_sync()
+            except (TimeoutError, nats.errors.Error) as exc:
+                await _hand_back(messages[position + 1 :])
+                raise BackendUnavailableError(
+                    f"JetStream source {source.name}: acknowledging sequence {seq} failed "
+                    f"({type(exc).__name__}); its records are charged, a redelivery charges "
+                    "nothing twice"
+                ) from None
             run.progress = replace(run.progress, stream_seq=seq)
         await run.save()
     try:

@@ -7,14 +7,19 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import nats.errors
 import pytest
 
 from aggregate.application.handler import CommandHandler
+from aggregate.domain.errors import BackendUnavailableError
 from aggregate.domain.ids import AggregateKey
-from aggregate.ingest.charge import IngestOptions
+from aggregate.ingest.charge import Charger, IngestOptions, SourceRun
+from aggregate.ingest.jetstream_source import JetStreamSource
+from aggregate.ingest.jetstream_source import _consume as consume_jetstream
 from aggregate.ingest.records import account_aggregate_id, parse_batch
 from aggregate.ingest.runner import Ingestor
 from aggregate.ingest.sources import DirectoryRoot, parse_sources
@@ -353,3 +358,52 @@ async def test_an_unchanged_source_is_skipped_without_reading_a_file(
     monkeypatch.setattr(directory, "read_bounded", no_reads)
     summary = (await rig.ingestor.run_once()).as_dict()
     assert summary["sources"][0]["status"] == "skipped"
+
+
+class _Message:
+    """A JetStream message of a usage batch whose acknowledgement may time out."""
+
+    def __init__(self, data: bytes, seq: int, *, ack_fails: bool) -> None:
+        self.data = data
+        self.metadata = SimpleNamespace(sequence=SimpleNamespace(stream=seq))
+        self.ack_fails = ack_fails
+        self.handed_back = False
+
+    async def ack_sync(self) -> None:
+        if self.ack_fails:
+            raise nats.errors.TimeoutError
+
+    async def nak(self) -> None:
+        self.handed_back = True
+
+
+class _OneFetch:
+    def __init__(self, messages: list[_Message]) -> None:
+        self.messages = messages
+
+    async def fetch(self, batch: int, **_: float) -> list[_Message]:  # nats-py's signature
+        if not self.messages:
+            raise nats.errors.TimeoutError
+        messages, self.messages = self.messages, []
+        return messages
+
+
+async def test_an_acknowledgement_that_fails_stops_the_source_as_unavailable() -> None:
+    """The records are charged (a redelivery charges nothing twice); the failure is the
+    source's own, as a named error, and the messages after it are handed back."""
+    handler = billing_handler(FOREVER_STORE(), history_limit=1)
+    run = SourceRun(
+        TENANT,
+        "node-c",
+        "jetstream",
+        Charger(handler, InMemoryConsumedIndex(), IngestOptions(default_tenant=TENANT)),
+        InMemoryProgressStore(),
+    )
+    first = _Message(json.dumps({"records": [rec("c1", 5, "cat")]}).encode(), 1, ack_fails=True)
+    second = _Message(json.dumps({"records": [rec("c2", 6, "cat")]}).encode(), 2, ack_fails=False)
+    source = JetStreamSource(TENANT, "node-c", "USAGE", "usage.node-c")
+    with pytest.raises(BackendUnavailableError) as failed:
+        await consume_jetstream(source, run, _OneFetch([first, second]))
+    assert "node-c" in failed.value.message
+    assert (first.handed_back, second.handed_back) == (False, True)
+    assert run.progress.stream_seq == 0
