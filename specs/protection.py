@@ -10,10 +10,10 @@ and changes nothing (``QuotaExceededError``). 0 means "no limit" for each of the
 The early check (``early_check``), made when a call's headers arrive, before its command is
 read: it refuses what ``admit`` would refuse now, counting the promises of the calls that
 passed it and have not yet come to ``admit`` (``release``) as tokens and slots already
-taken. A promise counts for ``PROMISE_TTL`` seconds at most, from the first of a run of
-them (a call that vanished never releases its own). A tenant no command has come to
-``admit`` for yet passes and holds no promise. Promises never change what ``admit``
-decides: the bucket alone does.
+taken. Each promise counts for ``PROMISE_TTL`` seconds at most, from when it was made (a
+call that vanished never releases its own); a release ends the oldest. A tenant no
+command has come to ``admit`` for yet passes and holds no promise. Promises never change
+what ``admit`` decides: the bucket alone does.
 
 The node's in-flight limit is simpler still: with ``limit`` commands in flight a new one is
 refused at once (``OverloadedError``), never queued (``shed``).
@@ -45,8 +45,8 @@ PROMISE_TTL = Fraction(1)
 class TenantUsage:
     tokens: Fraction
     in_flight: int = 0
-    promised: int = 0
-    promised_since: Fraction = Fraction(0)
+    promises: list[Fraction] = field(default_factory=list)
+    """When each promise still held was made, oldest first."""
 
 
 @dataclass
@@ -107,23 +107,21 @@ class QuotaModel:
         if tenant not in self.seen:
             return True
         limits, usage = self.limits_of(tenant), self._usage(tenant)
-        if usage.promised and self.now - usage.promised_since > PROMISE_TTL:
-            usage.promised = 0
-        if limits.max_in_flight and usage.in_flight + usage.promised >= limits.max_in_flight:
+        usage.promises = [at for at in usage.promises if self.now - at <= PROMISE_TTL]
+        promised = len(usage.promises)
+        if limits.max_in_flight and usage.in_flight + promised >= limits.max_in_flight:
             return False
-        if limits.rate and usage.tokens - usage.promised < 1:
+        if limits.rate and usage.tokens - promised < 1:
             return False
-        if not usage.promised:
-            usage.promised_since = self.now
-        usage.promised += 1
+        usage.promises.append(self.now)
         return True
 
     def release(self, tenant: str) -> None:
         """A call that passed ``early_check`` comes to ``admit`` (or ends): its promise no
         longer counts; without one, nothing changes."""
         usage = self.usage.get(tenant)
-        if usage is not None and usage.promised:
-            usage.promised -= 1
+        if usage is not None and usage.promises:
+            del usage.promises[0]
 
 
 def shed(in_flight: int, limit: int) -> bool:

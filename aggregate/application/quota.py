@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,7 @@ class QuotaObserver:
 class _Usage:
     """One tenant's bucket and in-flight count; also the context manager ``admit`` returns."""
 
-    __slots__ = ("in_flight", "promised", "promised_at", "quota", "rejected", "tokens", "updated")
+    __slots__ = ("in_flight", "promises", "quota", "rejected", "tokens", "updated")
 
     def __init__(self, quota: TenantQuota, now: float) -> None:
         self.quota = quota
@@ -55,9 +56,9 @@ class _Usage:
         self.updated = now
         self.in_flight = 0
         self.rejected = 0
-        self.promised = 0
-        """Calls that passed ``check(promise=True)`` and have not released it yet."""
-        self.promised_at = now
+        self.promises: deque[float] = deque()
+        """When each call that passed ``check(promise=True)`` and has not released it yet
+        made its promise, oldest first."""
 
     def refill(self, now: float) -> None:
         rate = self.quota.commands_per_second
@@ -181,7 +182,8 @@ class Protection:
         it, just before its ``admit``: the calls that passed and are still being read take
         their token and in-flight slot in this check already, so a batch of requests that
         arrive together does not all pass on one token (to be refused, expensively, by
-        ``admit``). A promise counts for ``PROMISE_TTL_SECONDS`` at most.
+        ``admit``). Each promise counts for ``PROMISE_TTL_SECONDS`` at most from when it was
+        made (a call that vanishes without releasing it stops counting then).
 
         Raises:
             CircuitOpenError, QuotaExceededError: as ``admit``.
@@ -192,30 +194,28 @@ class Protection:
         if usage is None:
             return
         quota = usage.quota
-        promised = usage.promised
-        if promised:
-            now = self._clock()
-            if now - usage.promised_at > PROMISE_TTL_SECONDS:
-                usage.promised = promised = 0
+        promises = usage.promises
+        now = self._clock()
+        while promises and now - promises[0] > PROMISE_TTL_SECONDS:
+            promises.popleft()
+        promised = len(promises)
         if quota.max_in_flight and usage.in_flight + promised >= quota.max_in_flight:
             self._refuse_in_flight(usage, tenant_id)
         rate = quota.commands_per_second
         if rate:
-            usage.refill(self._clock())
+            usage.refill(now)
             if usage.tokens - promised < 1:
                 self._refuse_rate(usage, tenant_id, usage.tokens - promised)
         if promise:
-            if not promised:
-                usage.promised_at = self._clock()
-            usage.promised = promised + 1
+            promises.append(now)
 
     def release(self, tenant_id: str) -> None:
         """A call that passed ``check(promise=True)`` is about to ``admit`` (or ends
         without it): its promise no longer counts. A call without one releases nothing
         (the count stays at 0 or above)."""
         usage = self._usage.get(tenant_id)
-        if usage is not None and usage.promised:
-            usage.promised -= 1
+        if usage is not None and usage.promises:
+            usage.promises.popleft()
 
     def status(self, tenant_id: str) -> QuotaStatus:
         usage = self._usage.get(tenant_id)

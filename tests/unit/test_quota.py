@@ -239,3 +239,22 @@ def test_releasing_without_a_promise_changes_nothing() -> None:
     p.release("nobody")
     with pytest.raises(QuotaExceededError):
         p.check("acme")
+
+
+def test_each_promise_lapses_on_its_own_ttl_not_the_first_ones() -> None:
+    """Under steady arrivals promises overlap; one made late still counts after an early
+    one has lapsed."""
+    clock = Clock()
+    p = Protection(TenantQuota(max_in_flight=2), clock=clock)
+    take(p, "acme", 1)  # the tenant is tracked
+    p.check("acme", promise=True)  # call A
+    clock.now += 0.5
+    p.check("acme", promise=True)  # call B
+    clock.now += 0.1
+    p.release("acme")  # A comes to admit
+    with p.admit("acme"):
+        clock.now += PROMISE_TTL_SECONDS - 0.55  # past A's promise, not past B's
+        with pytest.raises(QuotaExceededError):
+            p.check("acme")  # A in flight and B promised: both slots taken
+        clock.now += 0.5  # B's promise has lapsed too (its call vanished)
+        p.check("acme")
