@@ -251,7 +251,7 @@ async def test_observer_sees_every_command_outcome() -> None:
     assert finished == [
         ("finished", "acme", TYPE, "ok"),
         ("finished", "acme", TYPE, "failed_precondition"),
-        ("finished", "acme", "<unknown>", "invalid_argument"),
+        ("finished", "acme", "_unknown", "invalid_argument"),
     ]
     assert observer.calls.count(("started", "acme", TYPE)) == 2
     assert ("tenant_error", "<invalid>", "invalid") in observer.calls

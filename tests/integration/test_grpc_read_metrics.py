@@ -48,5 +48,5 @@ async def test_every_get_aggregate_is_reported_with_its_outcome() -> None:
         ("read", "GetAggregate", "acme", TYPE, "ok"),
         ("read", "GetAggregate", "acme", TYPE, "not_found"),
         ("read", "GetAggregate", "acme", TYPE, "invalid_argument"),
-        ("read", "GetAggregate", "acme", "<unknown>", "invalid_argument"),
+        ("read", "GetAggregate", "acme", "_unknown", "invalid_argument"),
     ]

@@ -72,9 +72,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUBMIT_COMMAND_PATH = "/aggregate.gateway.v1.CommandService/SubmitCommand"
-UNREAD_TYPE_LABEL = UNKNOWN_TYPE_LABEL
-"""The type label of a command refused unread: the metrics' label of a type not served
-(``_unknown``), a constant, so its metric children are cached."""
 _WANTED = frozenset(
     {
         TENANT_HEADER,
@@ -150,15 +147,15 @@ class EarlyRefusals:
         outcome = code.lower()
         context = RequestContext.from_headers(values)
         service = self.service
-        service.observer.command_started(tenant_id, UNREAD_TYPE_LABEL)
+        service.observer.command_started(tenant_id, UNKNOWN_TYPE_LABEL)
         service.observer.command_finished(
-            tenant_id, UNREAD_TYPE_LABEL, outcome, time.perf_counter() - started
+            tenant_id, UNKNOWN_TYPE_LABEL, outcome, time.perf_counter() - started
         )
         if service.access_log.enabled:
             service.access_log.write(
                 "SubmitCommand",
                 tenant_id=tenant_id,
-                aggregate_type=UNREAD_TYPE_LABEL,
+                aggregate_type=UNKNOWN_TYPE_LABEL,
                 aggregate_id=None,
                 command_id=None,
                 outcome=outcome,

@@ -26,6 +26,7 @@ from aggregate.adapters.access_log import AccessLog
 from aggregate.adapters.grpc import convert
 from aggregate.adapters.grpc.convert import Failure
 from aggregate.adapters.grpc.streaming import CommandStream
+from aggregate.adapters.metrics import UNKNOWN_TYPE_LABEL
 from aggregate.adapters.tracing import request_context
 from aggregate.application.observe import NoCommandObserver
 from aggregate.config.values import AccessLogMode
@@ -66,7 +67,6 @@ log = logging.getLogger(__name__)
 COMMAND_SERVICE = "aggregate.gateway.v1.CommandService"
 """The full name of the service, as health checks and reflection know it."""
 
-_UNKNOWN_TYPE_LABEL = "<unknown>"
 _INVALID_TENANT_LABEL = "<invalid>"
 _MISSING_TENANT_LABEL = "<missing>"
 
@@ -431,7 +431,7 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         try:
             self.handler.types.get(aggregate_type)
         except AggregateError:
-            return _UNKNOWN_TYPE_LABEL
+            return UNKNOWN_TYPE_LABEL
         return aggregate_type
 
     def check_capacity(self) -> None:
