@@ -50,7 +50,7 @@ class QueryLimits:
     max_terms: int = 64  # comparisons + presence tests
     default_page_size: int = 50
     max_page_size: int = 1000
-    max_sqlite_steps: int = 5_000_000  # SQLite VM instructions (run_bounded): ~10 a row scanned
+    max_sqlite_steps: int = 10_000_000  # SQLite VM instructions (run_bounded): ~10 a row scanned
 
 
 @dataclass(frozen=True, slots=True)

@@ -265,6 +265,7 @@ async def test_a_tenant_that_moves_away_ends_its_watches_naming_the_owner(
     assert result.status == "UNAVAILABLE", result
     assert "shard-b" in (result.message or "")
     assert result.resume == deposited.position
+    assert result.trailers.get("x-owner-shard") == "shard-b", result.trailers
     assert refused.status == "UNAVAILABLE"
     assert "shard-b" in (refused.message or "")
     assert still.positions == [stays.position]

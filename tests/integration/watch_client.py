@@ -29,6 +29,7 @@ class WatchResult:
     status: str | None = None
     message: str | None = None
     resume: int | None = None
+    trailers: dict[str, str] = field(default_factory=dict)
 
     @property
     def positions(self) -> list[int]:
@@ -84,6 +85,7 @@ async def read(stream: Any, result: WatchResult, count: int | None = None) -> Wa
         result.status = exc.status.name
         result.message = exc.message
         trailing = dict(stream.trailing_metadata or {})
+        result.trailers = {k: str(v) for k, v in trailing.items()}
         if RESUME in trailing:
             result.resume = int(trailing[RESUME])
     return result

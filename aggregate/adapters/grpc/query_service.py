@@ -42,12 +42,12 @@ if TYPE_CHECKING:
 QUERY_SERVICE = "aggregate.gateway.v1.QueryService"
 """The full name of the service, as health checks and reflection know it."""
 
-WATCH_NOT_SERVED = "WatchAggregates is not served by this version of the service"
+WATCH_NOT_SERVED = "WatchAggregates is not served on this node (no change feed is wired)"
 INDEX_OFF = "queries are switched off on this node (AGGREGATE_INDEX_ENABLED=false)"
 
 
 class QueryService(query_grpc.QueryServiceBase):
-    """``QueryAggregates`` over the node's index; ``WatchAggregates`` (not served yet)."""
+    """``QueryAggregates`` over the node's index; ``WatchAggregates`` over its change feed."""
 
     def __init__(self, commands: CommandService, queries: Indexer | None = None) -> None:
         self.commands = commands

@@ -80,8 +80,8 @@ class WatchServer:
         """The watched subset a request names.
 
         Raises:
-            InvalidArgumentError: a malformed or unconfigured type, an id that is not a UUID
-                (or without a type), a bad filter.
+            InvalidArgumentError: a malformed or unconfigured type, an id that is not a UUID,
+                a bad filter. (An id without a type watches that id in every type.)
         """
         aggregate_type = ""
         if request.aggregate_type:
@@ -135,7 +135,7 @@ class WatchServer:
                 await stream.send_trailing_metadata(
                     status=Status[failure.code],
                     status_message=failure.message,
-                    metadata={RESUME_HEADER: str(follow.position)},
+                    metadata={**failure.trailers(), RESUME_HEADER: str(follow.position)},
                 )
             finally:
                 await changes.aclose()
