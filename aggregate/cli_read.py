@@ -80,13 +80,13 @@ def add_query_verb(verbs: Any) -> None:
     p.add_argument("filter", nargs="?", default="", help="the filter ('' or omitted: all)")
     p.add_argument("--order-by", default="", help="order, e.g. 'aggregate_id' (the default)")
     p.add_argument(
-        "--page-size", type=int, default=0, help="views per page (default: the service's, 50)"
+        "--page-size", type=_position, default=0, help="views per page (default: the service's, 50)"
     )
     p.add_argument("--page-token", default="", help="continue from this page token")
     p.add_argument("--all", action="store_true", help="follow the page tokens to the end")
     p.add_argument(
         "--min-position",
-        type=int,
+        type=_position,
         default=0,
         help="wait until the index holds this position (a command's position: read your write)",
     )

@@ -254,3 +254,13 @@ def test_a_usage_error_of_a_verb_in_its_own_module_exits_2_from_either_entry(
     )
     assert (done.returncode, done.stderr.count("\n")) == (2, 1), done.stderr
     assert says in done.stderr
+
+
+@pytest.mark.parametrize("option", ["--min-position", "--page-size"])
+def test_a_negative_query_number_is_refused_before_any_call(
+    capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["query", "-T", "bank-account", option, "-1", "--addr", "127.0.0.1:1"])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: expected a whole number >= 0" in capsys.readouterr().err
