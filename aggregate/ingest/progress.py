@@ -66,7 +66,7 @@ class SourceError:
 @dataclass(frozen=True, slots=True)
 class SourceProgress:
     """One source's progress. ``cursor`` is the directory listing's digest (directory
-    sources) or the last acknowledged stream sequence (JetStream sources)."""
+    sources); ``stream_seq`` the last acknowledged stream sequence (JetStream sources)."""
 
     cursor: str = ""
     stream_seq: int = 0

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aggregate.domain.errors import quote
+
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SUBJECT = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 MAX_SOURCES = 1000
@@ -69,12 +71,12 @@ def _one(raw: object, where: str) -> SourceConfig:
         if not isinstance(root, str) or not root:
             raise ValueError(f"{where}: root must be a directory path")
         if unknown:
-            raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+            raise ValueError(f"{where}: unknown key {quote(sorted(unknown)[0])}")
         return DirectoryRoot(Path(root), tenant)
     if kind == "jetstream":
         unknown = set(raw) - {"kind", "name", "stream", "subject", "tenant"}
         if unknown:
-            raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+            raise ValueError(f"{where}: unknown key {quote(sorted(unknown)[0])}")
         name = _token(raw, "name", where)
         stream = _token(raw, "stream", where)
         subject = raw.get("subject")

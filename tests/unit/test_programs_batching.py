@@ -101,7 +101,9 @@ async def test_one_batch_call_limit_sends_every_call_alone() -> None:
     async with WorkerPool(limits) as pool:
         results = await queued_then_released(pool, commands)
         assert pool.batches == 0
-    assert len(results) == 4
+    assert results == {
+        n: Accepted([{"type": "Counted", "by": n}], {"count": 2 * n}) for n in range(4)
+    }
 
 
 async def test_a_call_that_kills_the_worker_fails_alone_and_the_others_are_answered() -> None:
