@@ -77,7 +77,7 @@ def _wait_for_port(host: str, port: int, deadline: float, proc: subprocess.Popen
         time.sleep(0.02)
 
 
-def _alive(pid: int) -> bool:
+def process_running(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
@@ -188,7 +188,7 @@ class NatsServerProcess:
         deadline = time.monotonic() + timeout
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-            while _alive(pid):
+            while process_running(pid):
                 if time.monotonic() > deadline:
                     os.kill(pid, signal.SIGKILL)
                     deadline = time.monotonic() + timeout

@@ -159,9 +159,9 @@ class IslandCore:
         self._stop: anyio.Event | None = None
         self._closing = False
         self.changes = ChangeFeed()
+        """The index's change feed (``aggregate.application.changes``): the handler reports
+        its appends to it and to the watch hub (one ``TeeSink``); the indexer consumes it."""
         self.indexer: Indexer | None = None
-        """The read side's change feed (``aggregate.application.changes``): the handler
-        reports its appends to it; readers (index, watch) add themselves to its consumers."""
 
     # ---- lifecycle --------------------------------------------------------------
     async def run(self, report: Callable[[CoreInfo], None]) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from aggregate.adapters.nats_server import free_port
+from aggregate.adapters.nats_server import free_port, process_running
 from aggregate.gateway.v1 import aggregate_pb2 as pb
 from tests.integration.grpc_harness import TYPE, command, open_client
 from tests.integration.service_harness import ServiceProcess, launch_service, start_service
@@ -135,14 +135,6 @@ def test_a_busy_port_is_one_line_and_exit_code_2(tmp_path: Path, which: str) -> 
     assert "Traceback" not in service.text()
 
 
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_node_left_by_a_killed_service_is_stopped_before_the_next_start(
@@ -160,13 +152,13 @@ async def test_a_node_left_by_a_killed_service_is_stopped_before_the_next_start(
         first.stop(signal.SIGKILL)  # a killed process cannot stop its child
     assert opened.status == "OK"
     account = str(opened.response.aggregate_id)
-    assert _running(orphan)
+    assert process_running(orphan)
 
     second = start_service(storage)
     try:
         line = second.wait_for_log("left running on this storage path")
         assert f"pid {orphan}" in str(line["message"])
-        assert not _running(orphan)
+        assert not process_running(orphan)
         with open_client("grpclib", second.grpc) as client:
             read = await client.get(
                 pb.GetAggregateRequest(aggregate_type=TYPE, aggregate_id=account),
@@ -175,5 +167,5 @@ async def test_a_node_left_by_a_killed_service_is_stopped_before_the_next_start(
         assert (read.status, read.response.version) == ("OK", 1)
     finally:
         second.stop()
-        if _running(orphan):  # the fix failed: do not leave the node behind
+        if process_running(orphan):  # the fix failed: do not leave the node behind
             os.kill(orphan, signal.SIGKILL)
