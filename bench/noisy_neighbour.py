@@ -7,17 +7,19 @@ Starts the real service (``aggregate serve``, embedded nats-server, the bank exa
 with a per-tenant quota of ``--quota`` commands per second (burst: one second's worth) and
 drives it with the load generator (``bench/loadgen.py``), each client a separate process.
 Per round, in the same run: the steady tenant alone, an open loop at ``--steady-rate``
-commands/s (default 100); then the same steady loop while another tenant offers
-``--flood-factor`` (default 10) times its quota on an open loop of its own. Latency counts
+commands/s (default 100); then the same steady loop while another tenant offers exactly its
+quota (the control: load the quota permits, nothing refused); then the same steady loop
+while that tenant offers ``--flood-factor`` (default 10) times its quota. Latency counts
 from each command's scheduled send time (no coordinated omission).
 
 The table compares the steady tenant's p50/p99 alone and beside the flooder (the target:
-p99 beside within 1.5x of p99 alone), and shows what the flooder got (admitted rate,
-RESOURCE_EXHAUSTED count). The steady tenant must get no error at all. Writes
-``bench/results/noisy-neighbour-<timestamp>.json``. ``--quick`` is a smoke run (one short
-round at a tenth of the rates) that proves the harness works; figures worth quoting need a
-quiet machine and the default budget. A steady window with no completed command (the
-machine could not carry the load) shows as ``None`` and ``nan``.
+p99 beside within 1.5x of p99 alone), gives the ratio to the p99 beside the flooder at its
+quota (what the flood's refused excess costs the steady tenant), and shows what the
+flooder got (admitted rate, RESOURCE_EXHAUSTED count). The steady tenant must get no
+error at all. Writes ``bench/results/noisy-neighbour-<timestamp>.json``. ``--quick`` is a
+smoke run (one short round at a tenth of the rates) that proves the harness works; figures
+worth quoting need a quiet machine and the default budget. A steady window with no
+completed command (the machine could not carry the load) shows as ``None`` and ``nan``.
 """
 
 from __future__ import annotations
@@ -104,51 +106,69 @@ def open_loop(
     return run_client("bench.loadgen", spec, timeout=warmup_s + s + 120)
 
 
-def one_round(
-    svc: ServiceProcess, args: argparse.Namespace, steady: list[str], flood: list[str]
-) -> dict[str, Any]:
+def beside_flooder(
+    svc: ServiceProcess, args: argparse.Namespace, steady: list[str], flood: list[str], rate: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The steady loop while the flooder offers ``rate`` commands/s: (steady, flooder)."""
     warmup, duration = args.warmup, args.duration
-    alone = open_loop(svc, STEADY, steady, args.steady_rate, warmup, duration)
-    say(f"  steady alone: {alone['latency_ms']} errors {alone['errors']}")
     flooder: dict[str, Any] = {}
 
     def flooding() -> None:
         # The flooder starts first and runs longer: the steady window is inside it.
-        flooder.update(
-            open_loop(
-                svc, FLOODER, flood, args.quota * args.flood_factor, warmup / 2, duration + warmup
-            )
-        )
+        flooder.update(open_loop(svc, FLOODER, flood, rate, warmup / 2, duration + warmup))
 
     thread = threading.Thread(target=flooding)
     thread.start()
     beside = open_loop(svc, STEADY, steady, args.steady_rate, warmup, duration)
     thread.join()
+    return beside, flooder
+
+
+def one_round(
+    svc: ServiceProcess, args: argparse.Namespace, steady: list[str], flood: list[str]
+) -> dict[str, Any]:
+    alone = open_loop(svc, STEADY, steady, args.steady_rate, args.warmup, args.duration)
+    say(f"  steady alone: {alone['latency_ms']} errors {alone['errors']}")
+    at_quota, _ = beside_flooder(svc, args, steady, flood, float(args.quota))
+    say(f"  steady beside the flooder at its quota: {at_quota['latency_ms']}")
+    beside, flooder = beside_flooder(svc, args, steady, flood, args.quota * args.flood_factor)
     say(f"  steady beside: {beside['latency_ms']} errors {beside['errors']}")
     say(f"  flooder: {flooder['rate']}/s admitted, errors {flooder['errors']}")
-    return {"steady_alone": alone, "steady_beside_flooder": beside, "flooder": flooder}
+    return {
+        "steady_alone": alone,
+        "steady_beside_flooder_at_quota": at_quota,
+        "steady_beside_flooder": beside,
+        "flooder": flooder,
+    }
 
 
 def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"steady tenant at {args.steady_rate}/s; flooder offering {args.flood_factor}x its "
         f"quota of {args.quota}/s",
-        "| round | p50 alone (ms) | p99 alone (ms) | p50 beside (ms) | p99 beside (ms) "
-        "| p99 ratio | steady errors | flooder admitted/s | flooder refused |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| round | p50 alone (ms) | p99 alone (ms) | p99 beside the flooder at its quota (ms) "
+        "| p50 beside (ms) | p99 beside (ms) | p99 ratio | ratio to at-quota "
+        "| steady errors | flooder admitted/s | flooder refused |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, rnd in enumerate(rounds, 1):
         alone, beside = (
             rnd["steady_alone"]["latency_ms"],
             rnd["steady_beside_flooder"]["latency_ms"],
         )
-        errors = {**rnd["steady_alone"]["errors"], **rnd["steady_beside_flooder"]["errors"]}
+        at_quota = rnd["steady_beside_flooder_at_quota"]["latency_ms"]
+        errors = {
+            **rnd["steady_alone"]["errors"],
+            **rnd["steady_beside_flooder_at_quota"]["errors"],
+            **rnd["steady_beside_flooder"]["errors"],
+        }
         ratio = beside.get("p99", math.nan) / alone.get("p99", math.nan)
+        to_quota = beside.get("p99", math.nan) / at_quota.get("p99", math.nan)
         flooder = rnd["flooder"]
         lines.append(
-            f"| {i} | {alone.get('p50')} | {alone.get('p99')} | {beside.get('p50')} "
-            f"| {beside.get('p99')} "
-            f"| {ratio:.2f} | {sum(errors.values())} | {flooder['rate']} "
+            f"| {i} | {alone.get('p50')} | {alone.get('p99')} | {at_quota.get('p99')} "
+            f"| {beside.get('p50')} | {beside.get('p99')} "
+            f"| {ratio:.2f} | {to_quota:.2f} | {sum(errors.values())} | {flooder['rate']} "
             f"| {flooder['errors'].get('RESOURCE_EXHAUSTED', 0)} |"
         )
     return "\n".join(lines)
@@ -197,7 +217,7 @@ def main() -> int:
     steady_errors = sum(
         sum(r[k]["errors"].values())
         for r in rounds
-        for k in ("steady_alone", "steady_beside_flooder")
+        for k in ("steady_alone", "steady_beside_flooder_at_quota", "steady_beside_flooder")
     )
     refused = sum(r["flooder"]["errors"].get("RESOURCE_EXHAUSTED", 0) for r in rounds)
     if steady_errors or not refused:
