@@ -14,7 +14,9 @@ Workloads (``spec["kind"]``):
   flight, cycling over its share of ``accounts``;
 - ``open_loop``: ``Deposit`` sent on a fixed schedule (``rate`` per second) whatever the
   answers do; a command's latency counts from its *scheduled* send time, so a stalled server
-  cannot hide its queueing (no coordinated omission);
+  cannot hide its queueing (no coordinated omission); with ``max_pending``, a send due while
+  that many calls are outstanding is skipped and counted (``skipped``), as a client with a
+  bounded pool of calls would;
 - ``batch``: set-up work (open accounts, fill histories) pipelined over streams;
 - ``get``: ``GetAggregate`` of each listed aggregate once, after warming the connection
   (cold rehydration right after a service restart).
@@ -248,6 +250,8 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
     stubs = [CommandServiceStub(c) for c in channels]
     pending: set[asyncio.Task[None]] = set()
     worst_lag = 0.0
+    max_pending = int(spec.get("max_pending", 0))  # 0: unbounded
+    skipped = 0
 
     async def call(i: int, scheduled: float) -> None:
         try:
@@ -260,7 +264,7 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
         window.record(scheduled, (time.perf_counter() - scheduled) * 1000)
 
     async def schedule() -> None:
-        nonlocal worst_lag
+        nonlocal worst_lag, skipped
         total = int(rate * (window.warmup_s + window.duration_s + 1)) + 1
         start = time.perf_counter()
         for i in range(total):  # bounded in count; `stop` ends it in time
@@ -272,6 +276,9 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
                 break
             if window.measuring(scheduled):
                 worst_lag = max(worst_lag, time.perf_counter() - scheduled)
+            if max_pending and len(pending) >= max_pending:
+                skipped += window.measuring(scheduled)  # a client at its own limit
+                continue
             task = asyncio.get_running_loop().create_task(call(i, scheduled))
             pending.add(task)
             task.add_done_callback(pending.discard)
@@ -283,7 +290,9 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
     finally:
         for channel in channels:
             channel.close()
-    return window.result(offered_rate=rate, worst_send_lag_ms=round(worst_lag * 1000, 3))
+    return window.result(
+        offered_rate=rate, worst_send_lag_ms=round(worst_lag * 1000, 3), skipped=skipped
+    )
 
 
 async def batch(spec: dict[str, Any]) -> dict[str, Any]:

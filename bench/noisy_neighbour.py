@@ -1,7 +1,8 @@
 """Noisy neighbour: does a tenant flooding past its quota move a steady tenant's latency?
 
     .venv/bin/python bench/noisy_neighbour.py [--quick] [--rounds N] [--quota N]
-                                              [--steady-rate N] [--flood-factor N] [--keep]
+                                              [--steady-rate N] [--flood-factor N]
+                                              [--flooder-max-pending N] [--pace N] [--keep]
 
 Starts the real service (``aggregate serve``, embedded nats-server, the bank example inline)
 with a per-tenant quota of ``--quota`` commands per second (burst: one second's worth) and
@@ -15,11 +16,19 @@ from each command's scheduled send time (no coordinated omission).
 The table compares the steady tenant's p50/p99 alone and beside the flooder (the target:
 p99 beside within 1.5x of p99 alone), gives the ratio to the p99 beside the flooder at its
 quota (what the flood's refused excess costs the steady tenant), and shows what the
-flooder got (admitted rate, RESOURCE_EXHAUSTED count). The steady tenant must get no
-error at all. Writes ``bench/results/noisy-neighbour-<timestamp>.json``. ``--quick`` is a
-smoke run (one short round at a tenth of the rates) that proves the harness works; figures
-worth quoting need a quiet machine and the default budget. A steady window with no
-completed command (the machine could not carry the load) shows as ``None`` and ``nan``.
+flooder got (admitted rate, RESOURCE_EXHAUSTED count, sends it skipped). The flooder is a
+client with a bounded pool of calls (``--flooder-max-pending``, default 800: its 8
+connections' stream limits): a send due while that many are outstanding is skipped, as a
+real client's would be; without the bound its own process would pile up tasks and take a
+core of this machine once the server reads it more slowly (``--flooder-max-pending 0``).
+Its admitted rate counts only answers that arrive inside the window, so it reads low by
+about its latency over the window's length when the server paces it. ``--pace N`` sets
+the service's ``AGGREGATE_QUOTA_PACE_REFUSALS_PER_SECOND`` (``--pace 0``: no pacing).
+The steady tenant must get no error at all. Writes
+``bench/results/noisy-neighbour-<timestamp>.json``. ``--quick`` is a smoke run (one short
+round at a tenth of the rates) that proves the harness works; figures worth quoting need
+a quiet machine and the default budget. A steady window with no completed command (the
+machine could not carry the load) shows as ``None`` and ``nan``.
 """
 
 from __future__ import annotations
@@ -90,7 +99,13 @@ def open_accounts(svc: ServiceProcess, tenant: str, count: int) -> list[str]:
 
 
 def open_loop(
-    svc: ServiceProcess, tenant: str, accounts: list[str], rate: float, warmup_s: float, s: float
+    svc: ServiceProcess,
+    tenant: str,
+    accounts: list[str],
+    rate: float,
+    warmup_s: float,
+    s: float,
+    max_pending: int = 0,
 ) -> dict[str, Any]:
     spec = {
         "host": "127.0.0.1",
@@ -102,6 +117,7 @@ def open_loop(
         "warmup_s": warmup_s,
         "duration_s": s,
         "timeout_s": warmup_s + s + 60,
+        "max_pending": max_pending,
     }
     return run_client("bench.loadgen", spec, timeout=warmup_s + s + 120)
 
@@ -115,7 +131,11 @@ def beside_flooder(
 
     def flooding() -> None:
         # The flooder starts first and runs longer: the steady window is inside it.
-        flooder.update(open_loop(svc, FLOODER, flood, rate, warmup / 2, duration + warmup))
+        flooder.update(
+            open_loop(
+                svc, FLOODER, flood, rate, warmup / 2, duration + warmup, args.flooder_max_pending
+            )
+        )
 
     thread = threading.Thread(target=flooding)
     thread.start()
@@ -148,8 +168,8 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"quota of {args.quota}/s",
         "| round | p50 alone (ms) | p99 alone (ms) | p99 beside the flooder at its quota (ms) "
         "| p50 beside (ms) | p99 beside (ms) | p99 ratio | ratio to at-quota "
-        "| steady errors | flooder admitted/s | flooder refused |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| steady errors | flooder admitted/s | flooder refused | flooder skipped |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, rnd in enumerate(rounds, 1):
         alone, beside = (
@@ -169,7 +189,7 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {i} | {alone.get('p50')} | {alone.get('p99')} | {at_quota.get('p99')} "
             f"| {beside.get('p50')} | {beside.get('p99')} "
             f"| {ratio:.2f} | {to_quota:.2f} | {sum(errors.values())} | {flooder['rate']} "
-            f"| {flooder['errors'].get('RESOURCE_EXHAUSTED', 0)} |"
+            f"| {flooder['errors'].get('RESOURCE_EXHAUSTED', 0)} | {flooder.get('skipped', 0)} |"
         )
     return "\n".join(lines)
 
@@ -183,6 +203,15 @@ def main() -> int:
     parser.add_argument("--quota", type=int, default=200, help="commands/s per tenant")
     parser.add_argument("--steady-rate", type=float, default=100.0)
     parser.add_argument("--flood-factor", type=float, default=10.0)
+    parser.add_argument(
+        "--flooder-max-pending",
+        type=int,
+        default=800,
+        help="calls the flooder has outstanding at most; a send past it is skipped (0: no bound)",
+    )
+    parser.add_argument(
+        "--pace", type=int, default=None, help="the service's refusal pace (default: its own)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     if args.quick:  # the same shape at a tenth of the rates: it proves the harness only
@@ -192,7 +221,14 @@ def main() -> int:
     svc = ServiceProcess(
         workdir / "storage",
         manifest(workdir),
-        env={"AGGREGATE_QUOTA_COMMANDS_PER_SECOND": str(args.quota)},
+        env={
+            "AGGREGATE_QUOTA_COMMANDS_PER_SECOND": str(args.quota),
+            **(
+                {}
+                if args.pace is None
+                else {"AGGREGATE_QUOTA_PACE_REFUSALS_PER_SECOND": str(args.pace)}
+            ),
+        },
     )
     rounds: list[dict[str, Any]] = []
     svc.start()

@@ -127,3 +127,78 @@ class QuotaModel:
 def shed(in_flight: int, limit: int) -> bool:
     """Whether the node refuses a new command at once: it is at its in-flight limit."""
     return in_flight >= limit
+
+
+# --- read pacing of a flooding tenant's connections (aggregate.adapters.grpc.pacing) ---
+
+MIXED_WINDOW = Fraction(1)
+FREE = Fraction(1)
+"""Seconds of a tenant's read schedule that may be spent ahead of the clock for free."""
+
+
+@dataclass
+class ConnectionModel:
+    tenant: str | None = None
+    """The tenant of the last call that named one."""
+    mixed_at: Fraction | None = None
+    """When a call named a second tenant last."""
+    paid_at: Fraction | None = None
+    """Until then the connection is not read (it is in debt)."""
+    cost: Fraction = Fraction(0)
+    """What an admitted call costs its tenant while the connection is paced."""
+    cost_tenant: str = ""
+
+
+@dataclass
+class PacingModel:
+    """Read pacing, plainly: a tenant's quota refusals on connections that carry only its
+    calls spend its read schedule, ``1 / (pace + rate)`` seconds each (``rate``: its
+    commands/s quota that refused; 0 for the in-flight quota); while a connection is paced
+    (it went into debt less than ``MIXED_WINDOW`` after its debt is paid) an admitted call
+    of a rate-refused tenant costs the same. The schedule may run ``FREE`` seconds ahead of
+    the clock; a call that takes it further puts its connection in debt until the clock
+    is ``FREE`` behind it. A connection that named a second tenant within ``MIXED_WINDOW``
+    is never paced and spends nothing. ``pace`` 0: nothing is ever paced."""
+
+    pace: int
+    due: dict[str, Fraction] = field(default_factory=dict)
+    connections: dict[int, ConnectionModel] = field(default_factory=dict)
+    paced: int = 0
+
+    def paced_now(self, conn: ConnectionModel, now: Fraction) -> bool:
+        return conn.paid_at is not None and now < conn.paid_at + MIXED_WINDOW
+
+    def in_debt(self, connection: int, now: Fraction) -> bool:
+        conn = self.connections.get(connection, ConnectionModel())
+        return conn.paid_at is not None and now < conn.paid_at
+
+    def call(
+        self,
+        connection: int,
+        now: Fraction,
+        tenant: str | None,
+        refused: str | None = None,
+        rate: int = 0,
+    ) -> None:
+        """A call on ``connection`` at ``now`` naming ``tenant``, refused by ``refused``'s
+        quota (None: not a quota refusal) whose commands/s are ``rate``."""
+        conn = self.connections.setdefault(connection, ConnectionModel())
+        if tenant is not None and tenant != conn.tenant:
+            if conn.tenant is not None:
+                conn.mixed_at, conn.paid_at = now, None
+            conn.tenant = tenant
+        if not self.pace or (conn.mixed_at is not None and now < conn.mixed_at + MIXED_WINDOW):
+            return
+        if refused is not None:
+            spender, cost = refused, Fraction(1, self.pace + rate)
+            conn.cost_tenant, conn.cost = refused, cost if rate else Fraction(0)
+        elif self.paced_now(conn, now) and conn.cost:
+            spender, cost = conn.cost_tenant, conn.cost
+        else:
+            return
+        due = max(self.due.get(spender, now), now) + cost
+        self.due[spender] = due
+        if due - now > FREE:
+            self.paced += 1
+            paid = due - FREE
+            conn.paid_at = paid if conn.paid_at is None else max(conn.paid_at, paid)

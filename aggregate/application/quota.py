@@ -256,11 +256,20 @@ class Protection:
             f"tenant {tenant_id!r} is over its quota of {rate} commands per second "
             f"(burst {quota.bucket_size}); retry after {wait_ms} ms",
             wait_ms,
+            rate,
         )
 
     def _refuse(
-        self, usage: _Usage, tenant_id: str, reason: str, message: str, retry_after_ms: int
+        self,
+        usage: _Usage,
+        tenant_id: str,
+        reason: str,
+        message: str,
+        retry_after_ms: int,
+        rate: float = 0.0,
     ) -> None:
         usage.rejected += 1
         self.observer.quota_rejected(tenant_id, reason)
-        raise QuotaExceededError(message, tenant_id=tenant_id, retry_after_ms=retry_after_ms)
+        raise QuotaExceededError(
+            message, tenant_id=tenant_id, retry_after_ms=retry_after_ms, rate=rate
+        )

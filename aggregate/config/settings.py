@@ -172,6 +172,16 @@ class Settings(LifecycleSettings):
             kind="int",
         ),
     )
+    quota_pace_refusals_per_second: int = field(
+        default=100,
+        metadata=meta(
+            v.int_parser(0, MAX_RATE),
+            "Quota refusals per second per tenant read at full speed from connections that "
+            "carry only that tenant's calls; past it such a connection is read more slowly "
+            "(0: never).",
+            kind="int",
+        ),
+    )
     quota_overrides: QuotaOverrides = field(
         default_factory=lambda: NO_OVERRIDES,
         metadata=meta(

@@ -243,10 +243,14 @@ class QuotaExceededError(ResourceExhaustedError, RetryLater):
     """Raised when a tenant is over its quota (commands per second or commands in
     flight); the command was not run (RESOURCE_EXHAUSTED)."""
 
-    def __init__(self, message: str, *, tenant_id: str, retry_after_ms: int) -> None:
+    def __init__(
+        self, message: str, *, tenant_id: str, retry_after_ms: int, rate: float = 0.0
+    ) -> None:
         super().__init__(message)
         self.tenant_id = tenant_id
         self.retry_after_ms = retry_after_ms
+        self.rate = rate
+        """The commands/s quota that refused the command (0: its in-flight quota did)."""
 
 
 class OverloadedError(ResourceExhaustedError, RetryLater):

@@ -7,7 +7,8 @@ and send GOAWAY (``goaway``) for ``CommandServer.drain``; it gives h2 the
 framing, bad headers: ``aggregate.adapters.grpc.transport``); its ``data_received`` sends
 h2's GOAWAY before an HTTP/2 connection error closes the connection; it stops reading a
 client while what it sends that client is not being read (asyncio's write buffer is over
-its high-water mark).
+its high-water mark), and while the connection owes its tenant's refusal budget
+(``aggregate.adapters.grpc.pacing``).
 
 grpclib internals used here: the ``Server._protocol_factory`` override (to see
 connections), ``Connection._connection`` (the h2 state machine) and
@@ -22,6 +23,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from typing import TYPE_CHECKING, cast
 
 import h2.exceptions
@@ -31,6 +33,12 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import PingAckReceived
 
+from aggregate.adapters.grpc.pacing import (
+    SLICE_BYTES,
+    ConnectionPacing,
+    RefusalPacer,
+    tenant_header,
+)
 from aggregate.adapters.grpc.transport import (
     ResponseHeaderEncoder,
     TransportLimits,
@@ -47,7 +55,7 @@ if TYPE_CHECKING:
     from grpclib.protocol import AbstractHandler
     from h2.config import H2Configuration
 
-    from aggregate.adapters.grpc.transport import EarlyCheck
+    from aggregate.adapters.grpc.transport import EarlyCheck, Headers, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +75,17 @@ class TrackedProtocol(H2Protocol):
         registry: set[TrackedProtocol],
         limits: TransportLimits,
         early: EarlyCheck | None = None,
+        pacer: RefusalPacer | None = None,
     ) -> None:
         super().__init__(handler, config, h2_config)
         self._registry = registry
         self._limits = limits
         self._early = early
+        self._pacing = ConnectionPacing(pacer) if pacer is not None and pacer.enabled else None
+        self._held = bytearray()
+        """Input received but not yet fed to h2: the connection owes its refusal budget."""
+        self._resume: asyncio.TimerHandle | None = None
+        self._writing_paused = False
         self._pings: dict[bytes, asyncio.Future[None]] = {}
         self.socket: socket.socket | None = None
         self._transport: asyncio.Transport | None = None
@@ -102,10 +116,65 @@ class TrackedProtocol(H2Protocol):
 
             processors[PingAckReceived] = on_ping_ack
             self._hears_pings = True
-        accept_calls(self, self._limits, self._early)
+        observe = self._observe if self._pacing is not None else None
+        accept_calls(self, self._limits, self._early, observe)
         self._registry.add(self)
 
+    def _observe(self, headers: Headers, refusal: Refusal | None) -> None:
+        pacing = self._pacing
+        if pacing is not None:
+            if refusal is None:
+                pacing.observe(tenant_header(headers), None, 0.0, time.monotonic())
+            else:
+                pacing.observe(
+                    tenant_header(headers),
+                    refusal.quota_tenant,
+                    refusal.quota_rate,
+                    time.monotonic(),
+                )
+
     def data_received(self, data: bytes) -> None:
+        pacing = self._pacing
+        if pacing is None or (not self._held and not pacing.slicing(time.monotonic())):
+            self._feed(data)
+            return
+        self._held += data
+        self._feed_held()
+
+    def _feed_held(self) -> None:
+        """Feed the held input to h2, a slice at a time, until the connection owes its
+        refusal budget (then stop reading and come back when it is paid) or none is left."""
+        pacing, held = self._pacing, self._held
+        assert pacing is not None
+        while held:
+            if self._writing_paused:  # resume_writing comes back here
+                return
+            if self.connection.is_closing():
+                held.clear()
+                return
+            now = time.monotonic()
+            if pacing.must_wait(now):
+                if self._transport is not None:
+                    self._transport.pause_reading()
+                if self._resume is None:
+                    loop = asyncio.get_running_loop()
+                    self._resume = loop.call_later(pacing.resume_at - now, self._paid)
+                return
+            size = SLICE_BYTES if pacing.slicing(now) else len(held)
+            chunk = bytes(held[:size])
+            del held[:size]
+            if not self._feed(chunk):
+                held.clear()
+                return
+        if self._transport is not None and not self._writing_paused:
+            self._transport.resume_reading()
+
+    def _paid(self) -> None:
+        self._resume = None
+        self._feed_held()
+
+    def _feed(self, data: bytes) -> bool:
+        """Feed ``data`` to h2 and process its events; False if it closed the connection."""
         # grpclib's, except that a connection error sends h2's GOAWAY before closing and
         # logs one line (grpclib closed without it and logged a traceback at debug level)
         try:
@@ -118,7 +187,7 @@ class TrackedProtocol(H2Protocol):
             )
             self.connection.flush()
             self.processor.close("Protocol error")
-            return
+            return False
         self.connection.flush()
         # Frames grpclib has no processor for (an unknown frame type, ALTSVC) are ignored, as
         # HTTP/2 requires (RFC 9113 §5.5); grpclib raised NotImplementedError, which killed
@@ -129,18 +198,24 @@ class TrackedProtocol(H2Protocol):
                 continue
             self.processor.process(event)
         self.connection.flush()
+        return True
 
     def pause_writing(self) -> None:
         # Stop reading a client that does not read what it is sent: h2 answers PING and
         # SETTINGS frames by itself, so a client sending them without reading grew the write
         # buffer without bound (40 MB of PINGs: 37 MB buffered). Reading resumes with writing.
         super().pause_writing()
+        self._writing_paused = True
         if self._transport is not None:
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self._transport is not None:
+        self._writing_paused = False
+        if self._held:
+            if self._resume is None:  # else when the debt is paid
+                self._feed_held()
+        elif self._transport is not None:
             self._transport.resume_reading()
 
     def _h2(self) -> H2Connection | None:
@@ -169,6 +244,10 @@ class TrackedProtocol(H2Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._registry.discard(self)
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        self._held.clear()
         for waiter in self._pings.values():
             if not waiter.done():
                 waiter.set_result(None)
@@ -190,8 +269,8 @@ class TrackedProtocol(H2Protocol):
 
 class DrainableServer(Server):
     """grpclib's ``Server``, remembering its open connections for the drain's GOAWAY; its
-    connections decode headers as the transport wants (``server_h2_config``) and enforce
-    ``limits``."""
+    connections decode headers as the transport wants (``server_h2_config``), enforce
+    ``limits`` and spend ``pacer``'s refusal budgets."""
 
     def __init__(
         self,
@@ -199,11 +278,13 @@ class DrainableServer(Server):
         connections: set[TrackedProtocol],
         limits: TransportLimits,
         early: EarlyCheck | None = None,
+        pacer: RefusalPacer | None = None,
     ):
         super().__init__(handlers)
         self.connections = connections
         self._limits = limits
         self._early = early
+        self._pacer = pacer
         self._transport_h2_config = server_h2_config()
 
     def _protocol_factory(self) -> H2Protocol:
@@ -215,4 +296,5 @@ class DrainableServer(Server):
             self.connections,
             self._limits,
             self._early,
+            self._pacer,
         )

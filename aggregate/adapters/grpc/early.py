@@ -169,4 +169,6 @@ class EarlyRefusals:
             initial=tuple(context.response_headers().items()),
             trailers=((RETRY_AFTER_HEADER, str(retry)),) if retry is not None else (),
             quiet=True,
+            quota_tenant=tenant_id if isinstance(exc, QuotaExceededError) else None,
+            quota_rate=exc.rate if isinstance(exc, QuotaExceededError) else 0.0,
         )

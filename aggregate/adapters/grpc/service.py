@@ -81,8 +81,9 @@ class GrpcOptions:
     (HTTP/2 PING) the last responses before it gets GOAWAY. ``access_log`` and
     ``access_log_sample_every``: see ``aggregate.adapters.access_log``. ``max_message_bytes``,
     ``max_header_list_bytes`` and ``max_concurrent_streams`` are the transport's limits
-    (``aggregate.adapters.grpc.transport``). ``request_limits`` bound the payload's JSON and
-    the metadata map of every command.
+    (``aggregate.adapters.grpc.transport``); ``pace_refusals_per_second`` is each tenant's
+    refusal budget on its dedicated connections (``aggregate.adapters.grpc.pacing``, 0:
+    off). ``request_limits`` bound the payload's JSON and the metadata map of every command.
     """
 
     host: str = "127.0.0.1"
@@ -100,6 +101,7 @@ class GrpcOptions:
     max_concurrent_streams: int = 100
     request_limits: convert.RequestLimits = field(default_factory=convert.RequestLimits)
     overload_retry_after_ms: int = 100
+    pace_refusals_per_second: int = 100
 
     def __post_init__(self) -> None:
         if not self.multi_tenant and self.default_tenant_id is None:
@@ -117,6 +119,8 @@ class GrpcOptions:
                 "stream_window, max_in_flight and the max_*_bytes and max_concurrent_streams "
                 "limits must be >= 1"
             )
+        if self.pace_refusals_per_second < 0:
+            raise ValueError("pace_refusals_per_second must be >= 0 (0: no pacing)")
 
     @classmethod
     def from_settings(cls, settings: Settings, *, stream_window: int = 64) -> GrpcOptions:
@@ -136,6 +140,7 @@ class GrpcOptions:
             max_header_list_bytes=settings.grpc_max_header_list_bytes,
             max_concurrent_streams=settings.grpc_max_concurrent_streams,
             overload_retry_after_ms=settings.overload_retry_after_ms,
+            pace_refusals_per_second=settings.quota_pace_refusals_per_second,
             request_limits=convert.RequestLimits(
                 max_json_depth=settings.max_json_depth,
                 max_json_int_digits=settings.max_json_int_digits,

@@ -81,6 +81,7 @@ _QUOTE_LIMIT = 40
 Headers = list[tuple[str, str]]
 if TYPE_CHECKING:
     EarlyCheck = Callable[[Headers], "Refusal | None"]
+    CallObserver = Callable[[Headers, "Refusal | None"], None]
 
 
 def quoted(text: str) -> str:
@@ -144,6 +145,10 @@ class Refusal:
     """Trailing metadata sent with the status: validated values."""
     quiet: bool = False
     """No log line (a refusal that may come thousands of times a second: the caller counts)."""
+    quota_tenant: str | None = None
+    """The tenant whose quota refused the call (``aggregate.adapters.grpc.pacing``)."""
+    quota_rate: float = 0.0
+    """That tenant's commands/s quota if it refused the call (0: its in-flight quota)."""
 
 
 def check_request(
@@ -350,12 +355,16 @@ class TransportLimits:
 
 
 def accept_calls(
-    protocol: H2Protocol, limits: TransportLimits, early: EarlyCheck | None = None
+    protocol: H2Protocol,
+    limits: TransportLimits,
+    early: EarlyCheck | None = None,
+    observe: CallObserver | None = None,
 ) -> None:
     """Take over the calls of a freshly made grpclib server connection: apply ``limits``
     (sent to the client as SETTINGS), answer the requests ``check_request`` refuses and
     those ``early`` refuses (a valid request, from its headers), and give the others a
-    ``CallStream``. ``early`` must not raise."""
+    ``CallStream``. ``observe`` hears every request's headers with its refusal (None: it
+    went on). Neither ``early`` nor ``observe`` may raise."""
     connection = protocol.connection
     h2_connection = getattr(connection, "_connection", None)
     transport = getattr(connection, "_transport", None)
@@ -382,6 +391,8 @@ def accept_calls(
         refusal = check_request(headers, fields, limits.max_header_list_bytes)
         if refusal is None and early is not None:
             refusal = early(headers)
+        if observe is not None:
+            observe(headers, refusal)
         if refusal is not None:
             _refuse(h2_connection, stream_id, headers, refusal, transport)
             return

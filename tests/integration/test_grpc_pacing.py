@@ -1,0 +1,140 @@
+"""A flooding tenant's dedicated connection is read more slowly (``aggregate.adapters.grpc.
+pacing``), over real sockets and grpclib clients: its quota refusals come no faster than
+its read schedule allows, another tenant's connection is unharmed, and a connection that
+carries two tenants (a gateway's) is never slowed for one of them.
+
+The bound is on counts, not on speed: in any measured span of ``T`` seconds the server
+can answer at most ``(pace + rate) * (T + 1)`` calls of the flooder (one second of its
+schedule is free), plus the calls of a slice already being read; a slower machine only
+answers fewer. Without the pacing a flood of refusals is answered as fast as the machine
+goes, many times over the bound.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import anyio
+import pytest
+
+from aggregate.adapters.grpc import GrpcOptions
+from aggregate.application.quota import Protection
+from aggregate.domain.quota import QuotaOverride, TenantQuota
+from tests.integration.grpc_harness import OPEN, GrpclibClient, command, open_server
+from tests.integration.test_grpc_early import call, handler_with
+
+pytestmark = pytest.mark.anyio
+
+PACE = 50
+FLOODERS = 8
+SPAN_S = 2.0
+SLACK = 8 * FLOODERS
+"""Calls of one slice being read when the debt begins, and calls in flight at the ends."""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def protection() -> Protection:
+    """``flood`` may run one command a second (the clock stands still: no refill)."""
+    return Protection(
+        TenantQuota(),
+        file_overrides={"flood": QuotaOverride(commands_per_second=1, burst=1)},
+        clock=lambda: 0.0,
+    )
+
+
+async def flood_for(
+    client: GrpclibClient, seconds: float, calm: GrpclibClient | None = None
+) -> tuple[int, float, list[str]]:
+    """``FLOODERS`` loops of the flooder's commands on ``client`` for ``seconds`` (after
+    one admitted command), with a calm tenant's commands beside them on ``calm``'s
+    connection; returns the flooder's refusals, the span they took, the calm statuses."""
+    first = await call(client.stub, {"x-tenant-id": "flood"}, command(OPEN))
+    assert first.status == "OK"
+    refused = 0
+    calm_statuses: list[str] = []
+    started = time.monotonic()
+    deadline = started + seconds
+
+    async def flooder() -> None:
+        nonlocal refused
+        while time.monotonic() < deadline:
+            reply = await call(client.stub, {"x-tenant-id": "flood"}, command(OPEN))
+            assert reply.status == "RESOURCE_EXHAUSTED", reply
+            refused += 1
+
+    async def steady() -> None:
+        assert calm is not None
+        while time.monotonic() < deadline:
+            request = command(OPEN, aggregate_id=str(uuid.uuid4()))
+            calm_statuses.append((await calm.submit(request, {"x-tenant-id": "calm"})).status)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(FLOODERS):
+            tg.start_soon(flooder)
+        if calm is not None:
+            tg.start_soon(steady)
+    return refused, time.monotonic() - started, calm_statuses
+
+
+def bound(span: float, pace: int = PACE, rate: int = 1) -> float:
+    return (pace + rate) * (span + 1) + SLACK
+
+
+async def test_a_flooders_own_connection_is_read_at_its_schedule_and_calm_is_served() -> None:
+    async with open_server(
+        handler_with(protection()), GrpcOptions(pace_refusals_per_second=PACE)
+    ) as srv:
+        flood, calm = GrpclibClient(*srv.address), GrpclibClient(*srv.address)
+        try:
+            with anyio.fail_after(60):
+                refused, span, calm_statuses = await flood_for(flood, SPAN_S, calm)
+                after = await calm.submit(command(OPEN), {"x-tenant-id": "calm"})
+        finally:
+            flood.close()
+            calm.close()
+        paced = srv.pacer.paced
+    assert refused <= bound(span), (refused, span)
+    assert paced > 0
+    assert calm_statuses
+    assert set(calm_statuses) == {"OK"}
+    assert after.status == "OK"
+
+
+async def test_without_pacing_the_same_flood_is_answered_far_past_that_schedule() -> None:
+    """The control: the bound above is not one the machine keeps anyway."""
+    async with open_server(
+        handler_with(protection()), GrpcOptions(pace_refusals_per_second=0)
+    ) as srv:
+        flood = GrpclibClient(*srv.address)
+        try:
+            with anyio.fail_after(60):
+                refused, span, _ = await flood_for(flood, SPAN_S)
+        finally:
+            flood.close()
+        paced = srv.pacer.paced
+    assert refused > bound(span), (refused, span)
+    assert paced == 0
+
+
+async def test_a_connection_carrying_two_tenants_is_not_slowed_for_one_of_them() -> None:
+    """A gateway's connection: the calm tenant's commands share the flooder's connection,
+    so the flood is never paced there; the calm tenant's commands all succeed."""
+    async with open_server(
+        handler_with(protection()), GrpcOptions(pace_refusals_per_second=PACE)
+    ) as srv:
+        shared = GrpclibClient(*srv.address)
+        try:
+            with anyio.fail_after(60):
+                refused, _, calm_statuses = await flood_for(shared, SPAN_S, calm=shared)
+        finally:
+            shared.close()
+        paced = srv.pacer.paced
+    assert paced == 0
+    assert refused > 0
+    assert calm_statuses
+    assert set(calm_statuses) == {"OK"}
