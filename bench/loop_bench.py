@@ -7,6 +7,11 @@ prints, per workload, the medians of commands/s and of the service process's CPU
 command, and the median of the per-round ratios uvloop / asyncio::
 
     .venv/bin/python bench/loop_bench.py [--rounds 3] [--seconds 4]
+        [--setting NAME --values A B]
+
+``--setting``/``--values`` compare any other setting the same way, e.g. the quota pacing's
+cost on the command path: ``--setting AGGREGATE_QUOTA_PACE_REFUSALS_PER_SECOND --values 0
+100`` (ratios are B / A).
 
 The rates are of a 2-core machine shared by both services and the load generator: read
 the CPU per command and the ratios, not the absolute rates.
@@ -35,17 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="each measured window")
+    parser.add_argument("--setting", default="AGGREGATE_EVENT_LOOP", help="the variable")
+    parser.add_argument("--values", nargs=2, default=list(LOOPS), metavar=("A", "B"))
     args = parser.parse_args(argv)
+    variants = tuple(args.values)
+    first, second = variants
     plan = replace(Plan(), window_s=args.seconds, histories=(), open_loop_accounts=0, per_history=0)
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="loop-bench-") as tmp:
         workdir = Path(tmp)
         manifests = write_manifests(workdir)
         services = {
-            loop: ServiceProcess(
-                workdir / loop, manifests["inline"], env={"AGGREGATE_EVENT_LOOP": loop}
-            )
-            for loop in LOOPS
+            loop: ServiceProcess(workdir / f"v{i}", manifests["inline"], env={args.setting: loop})
+            for i, loop in enumerate(variants)
         }
         try:
             accounts = {}
@@ -55,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 warm(svc, accounts[loop])
             for number in range(args.rounds):
                 for workload in ("unary32", "stream"):
-                    order = LOOPS if number % 2 == 0 else LOOPS[::-1]
+                    order = variants if number % 2 == 0 else variants[::-1]
                     for loop in (*order, *order[::-1]):
                         svc, acc = services[loop], accounts[loop]
                         if workload == "unary32":
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for svc in services.values():
                 svc.stop()
-    print(f"\nmedians of {args.rounds} rounds (2 windows per loop per round):")
+    print(f"\n{args.setting}: medians of {args.rounds} rounds (2 windows per value per round):")
     for workload in ("unary32", "stream"):
         for metric in ("rate", "cpu"):
             values = {
@@ -82,13 +89,13 @@ def main(argv: list[str] | None = None) -> int:
                     r["rate"] if metric == "rate" else r["cpu_us_per_cmd"]["service"]
                     for r in rows[(workload, loop)]
                 ]
-                for loop in LOOPS
+                for loop in variants
             }
-            ratios = [u / a for a, u in zip(values["asyncio"], values["uvloop"], strict=True)]
+            ratios = [b / a for a, b in zip(values[first], values[second], strict=True)]
             print(
-                f"  {workload:8} {'cmd/s' if metric == 'rate' else 'us/cmd':6} asyncio "
-                f"{statistics.median(values['asyncio']):8.1f}  uvloop "
-                f"{statistics.median(values['uvloop']):8.1f}  uvloop/asyncio "
+                f"  {workload:8} {'cmd/s' if metric == 'rate' else 'us/cmd':6} {first} "
+                f"{statistics.median(values[first]):8.1f}  {second} "
+                f"{statistics.median(values[second]):8.1f}  {second}/{first} "
                 f"{statistics.median(ratios):.2f}"
             )
     return 0

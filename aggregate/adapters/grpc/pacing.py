@@ -40,8 +40,8 @@ from dataclasses import dataclass
 
 from aggregate.domain.context import TENANT_HEADER
 
-SLICE_BYTES = 1024
-"""How much of a paced connection's input is fed to HTTP/2 at a time: about four calls."""
+SLICE_BYTES = 256
+"""How much of a paced connection's input is fed to HTTP/2 at a time: one or two calls."""
 
 MIXED_WINDOW_SECONDS = 1.0
 """A connection that carried a second tenant's call this recently is not paced."""
