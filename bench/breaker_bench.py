@@ -7,7 +7,9 @@ with a breaker that opens after 3 consecutive failures and a NATS timeout of 500
 an account, then stops nats-server (SIGSTOP: it holds its connections and answers nothing,
 so every publish waits its timeout). Commands are sent one after another over one grpclib
 connection until the breaker answers with ``retry-after-ms``; then ``--commands`` more are
-timed. Reported: the client round trip (p50/p99/max, from send to status), the service's own
+timed, then as many again through grpcio's client (its C core costs the client a fraction of
+what grpclib's pure-Python client does, so its round trip is nearer the service's own).
+Reported: each client's round trip (p50/p99/max, from send to status), the service's own
 time for them (mean, from ``aggregate_command_duration_seconds``), the service's CPU per
 refused command; then nats-server is resumed (SIGCONT) and the time to the first command
 that succeeds again is measured, the client waiting as each ``retry-after-ms`` says (so it
@@ -32,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import grpc
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
 
@@ -84,6 +87,39 @@ def duration_totals(svc: ServiceProcess) -> tuple[float, float]:
     return total, count
 
 
+def grpcio_window(port: int, account: str, count: int) -> tuple[list[float], dict[str, int]]:
+    """``count`` commands one after another through grpcio's client (after 50 unmeasured):
+    their round trips and statuses."""
+    seconds: list[float] = []
+    statuses: dict[str, int] = {}
+    with grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)]
+    ) as channel:
+        method = channel.unary_unary(
+            "/aggregate.gateway.v1.CommandService/SubmitCommand",
+            request_serializer=pb.SubmitCommandRequest.SerializeToString,
+            response_deserializer=pb.SubmitCommandResponse.FromString,
+        )
+        for i in range(50 + count):
+            request = pb.SubmitCommandRequest(
+                command_id=str(uuid7()),
+                aggregate_type="bank-account",
+                aggregate_id=account,
+                payload_json=DEPOSIT,
+            )
+            sent = time.perf_counter()
+            try:
+                method(request, metadata=METADATA, timeout=30)
+                key = "OK"
+            except grpc.RpcError as exc:
+                trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+                key = exc.code().name + (" retry-after-ms" if "retry-after-ms" in trailers else "")  # type: ignore[attr-defined]
+            if i >= 50:
+                seconds.append(time.perf_counter() - sent)
+                statuses[key] = statuses.get(key, 0) + 1
+    return seconds, statuses
+
+
 async def measure(svc: ServiceProcess, nats_pid: int, args: argparse.Namespace) -> dict[str, Any]:
     channel = Channel("127.0.0.1", svc.grpc_port)
     stub = CommandServiceStub(channel)
@@ -112,6 +148,7 @@ async def measure(svc: ServiceProcess, nats_pid: int, args: argparse.Namespace) 
             statuses[key] = statuses.get(key, 0) + 1
         cpu1 = svc.cpu()["service"]
         sum1, count1 = duration_totals(svc)
+        grpcio_seconds, grpcio_statuses = grpcio_window(svc.grpc_port, account, args.commands)
         os.kill(nats_pid, signal.SIGCONT)
         back = time.perf_counter()
         attempts = 0
@@ -132,6 +169,8 @@ async def measure(svc: ServiceProcess, nats_pid: int, args: argparse.Namespace) 
         "commands": args.commands,
         "statuses": statuses,
         "client_round_trip_ms": percentiles([s * 1000 for s in seconds]),
+        "grpcio_statuses": grpcio_statuses,
+        "grpcio_round_trip_ms": percentiles([s * 1000 for s in grpcio_seconds]),
         "service_mean_ms": round((sum1 - sum0) / served * 1000, 4) if served else None,
         "service_cpu_per_command_us": round((cpu1 - cpu0) / args.commands * 1e6, 1),
         "recovery_s": round(recovery, 3),
