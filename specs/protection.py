@@ -154,7 +154,7 @@ class PacingModel:
     """Read pacing, plainly: a tenant's quota refusals on connections that carry only its
     calls spend its read schedule, ``1 / (pace + rate)`` seconds each (``rate``: its
     commands/s quota that refused; 0 for the in-flight quota); while a connection is paced
-    (it went into debt less than ``MIXED_WINDOW`` after its debt is paid) an admitted call
+    (until ``MIXED_WINDOW`` after the end of its last debt) an admitted call
     of a rate-refused tenant costs the same. The schedule may run ``FREE`` seconds ahead of
     the clock; a call that takes it further puts its connection in debt until the clock
     is ``FREE`` behind it. A connection that named a second tenant within ``MIXED_WINDOW``

@@ -176,9 +176,9 @@ class Settings(LifecycleSettings):
         default=100,
         metadata=meta(
             v.int_parser(0, MAX_RATE),
-            "Quota refusals per second per tenant read at full speed from connections that "
-            "carry only that tenant's calls; past it such a connection is read more slowly "
-            "(0: never).",
+            "Refusals a second, beyond its rate quota, a flooding tenant gets on connections "
+            "that carry only its calls: after one free second those connections are read "
+            "at its quota plus this many calls a second (0: never slowed).",
             kind="int",
         ),
     )

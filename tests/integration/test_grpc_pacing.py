@@ -130,11 +130,11 @@ async def test_a_connection_carrying_two_tenants_is_not_slowed_for_one_of_them()
         shared = GrpclibClient(*srv.address)
         try:
             with anyio.fail_after(60):
-                refused, _, calm_statuses = await flood_for(shared, SPAN_S, calm=shared)
+                refused, span, calm_statuses = await flood_for(shared, SPAN_S, calm=shared)
         finally:
             shared.close()
         paced = srv.pacer.paced
     assert paced == 0
-    assert refused > 0
+    assert refused > bound(span), (refused, span)  # a dedicated connection would be paced
     assert calm_statuses
     assert set(calm_statuses) == {"OK"}

@@ -123,15 +123,9 @@ class TrackedProtocol(H2Protocol):
     def _observe(self, headers: Headers, refusal: Refusal | None) -> None:
         pacing = self._pacing
         if pacing is not None:
-            if refusal is None:
-                pacing.observe(tenant_header(headers), None, 0.0, time.monotonic())
-            else:
-                pacing.observe(
-                    tenant_header(headers),
-                    refusal.quota_tenant,
-                    refusal.quota_rate,
-                    time.monotonic(),
-                )
+            refused = refusal.quota_tenant if refusal is not None else None
+            rate = refusal.quota_rate if refusal is not None else 0.0
+            pacing.observe(tenant_header(headers), refused, rate, time.monotonic())
 
     def data_received(self, data: bytes) -> None:
         pacing = self._pacing

@@ -17,7 +17,7 @@ the flood more slowly has none. So:
 - **A connection in debt is not read** until its debt is paid (``ConnectionPacing``,
   applied by ``TrackedProtocol.data_received``): what the client sent waits in the socket,
   then in TCP's window, and the client's own sends block. While a connection is paced
-  (in debt within the last ``MIXED_WINDOW_SECONDS``) its bytes are read in slices of
+  (in debt within the last ``WINDOW_SECONDS``) its bytes are read in slices of
   ``SLICE_BYTES``, and each call read on it costs the schedule the same, admitted or not:
   the tenant's dedicated connections are then read at ``pace + rate`` calls a second in
   all, evenly, so the quota admits its ``rate`` of them (the tenant keeps its quota) and
@@ -25,7 +25,7 @@ the flood more slowly has none. So:
   not spent in one burst that would queue every other tenant's commands behind it.
   Under an in-flight quota only refusals cost: admitted calls are bounded by the slots.
 - **Only a connection dedicated to the tenant** is paced: one on which every call with an
-  ``x-tenant-id`` in the last ``MIXED_WINDOW_SECONDS`` was that tenant's. A connection that
+  ``x-tenant-id`` in the last ``WINDOW_SECONDS`` was that tenant's. A connection that
   carries several tenants (an API gateway's) is never slowed for one of them: there the
   refusals cost what they cost, as before.
 
@@ -43,8 +43,9 @@ from aggregate.domain.context import TENANT_HEADER
 SLICE_BYTES = 256
 """How much of a paced connection's input is fed to HTTP/2 at a time: one or two calls."""
 
-MIXED_WINDOW_SECONDS = 1.0
-"""A connection that carried a second tenant's call this recently is not paced."""
+WINDOW_SECONDS = 1.0
+"""How recent "recently" is: a connection that carried a second tenant's call this recently
+is not paced; one that was in debt this recently is still paced (sliced, every call costs)."""
 
 MAX_TENANTS = 4096
 """Refusal budgets kept at once; beyond it, those with nothing owed are dropped first."""
@@ -121,7 +122,7 @@ class ConnectionPacing:
         quota is ``rate`` (0: refused by its in-flight quota)."""
         if tenant_header is not None and tenant_header != self.tenant:
             if self.tenant is not None:
-                self.mixed_until = now + MIXED_WINDOW_SECONDS
+                self.mixed_until = now + WINDOW_SECONDS
                 self.paced_until = self.resume_at = float("-inf")
             self.tenant = tenant_header
         pacer = self.pacer
@@ -129,7 +130,7 @@ class ConnectionPacing:
             return
         if refused is not None:
             tenant, cost = refused, pacer.cost(rate)
-            self.paced_tenant, self.paced_cost = refused, pacer.cost(rate) if rate else 0.0
+            self.paced_tenant, self.paced_cost = refused, cost if rate else 0.0
         elif now < self.paced_until and self.paced_cost:
             tenant, cost = self.paced_tenant, self.paced_cost
         else:
@@ -137,7 +138,7 @@ class ConnectionPacing:
         delay = pacer.spend(tenant, now, cost)
         if delay > 0:
             self.resume_at = max(self.resume_at, now + delay)
-            self.paced_until = self.resume_at + MIXED_WINDOW_SECONDS
+            self.paced_until = self.resume_at + WINDOW_SECONDS
 
     def must_wait(self, now: float) -> bool:
         """Whether the connection is in debt now (not to be read)."""
