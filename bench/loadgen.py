@@ -22,6 +22,7 @@ Workloads (``spec["kind"]``):
   (cold rehydration right after a service restart).
 
 Every loop is bounded by a count and by time; ``timeout_s`` bounds the whole process.
+``spec["nice"]`` (optional) lowers the process's CPU priority by that much first.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import os
 import sys
 import time
 import uuid
@@ -424,6 +426,8 @@ async def main(spec: dict[str, Any]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     spec = json.load(sys.stdin)
+    if spec.get("nice"):
+        os.nice(int(spec["nice"]))
     result = asyncio.run(main(spec))
     result["kind"] = spec["kind"]
     print("RESULT " + json.dumps(result), flush=True)

@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/noisy_neighbour.py [--quick] [--rounds N] [--quota N]
                                               [--steady-rate N] [--flood-factor N]
-                                              [--flooder-max-pending N] [--pace N] [--keep]
+                                              [--flooder-max-pending N] [--flooder-nice N]
+                                              [--pace N] [--keep]
 
 Starts the real service (``aggregate serve``, embedded nats-server, the bank example inline)
 with a per-tenant quota of ``--quota`` commands per second (burst: one second's worth) and
@@ -22,7 +23,11 @@ connections' stream limits): a send due while that many are outstanding is skipp
 real client's would be; without the bound its own process would pile up tasks and take a
 core of this machine once the server reads it more slowly (``--flooder-max-pending 0``).
 Its admitted rate counts only answers that arrive inside the window, so it reads low by
-about its latency over the window's length when the server paces it. ``--pace N`` sets
+about its latency over the window's length when the server paces it. ``--flooder-nice N``
+runs the flooder's client process at that nice value: on two cores it competes with the
+service for CPU (at 10x its quota it takes a third of a core, much of it HTTP/2 bookkeeping
+of its 800 open calls), which a flooder on its own machine would not; the default, 0,
+leaves that contention in the figures. ``--pace N`` sets
 the service's ``AGGREGATE_QUOTA_PACE_REFUSALS_PER_SECOND`` (``--pace 0``: no pacing).
 The steady tenant must get no error at all. Writes
 ``bench/results/noisy-neighbour-<timestamp>.json``. ``--quick`` is a smoke run (one short
@@ -106,6 +111,7 @@ def open_loop(
     warmup_s: float,
     s: float,
     max_pending: int = 0,
+    nice: int = 0,
 ) -> dict[str, Any]:
     spec = {
         "host": "127.0.0.1",
@@ -118,6 +124,7 @@ def open_loop(
         "duration_s": s,
         "timeout_s": warmup_s + s + 60,
         "max_pending": max_pending,
+        "nice": nice,
     }
     return run_client("bench.loadgen", spec, timeout=warmup_s + s + 120)
 
@@ -133,7 +140,14 @@ def beside_flooder(
         # The flooder starts first and runs longer: the steady window is inside it.
         flooder.update(
             open_loop(
-                svc, FLOODER, flood, rate, warmup / 2, duration + warmup, args.flooder_max_pending
+                svc,
+                FLOODER,
+                flood,
+                rate,
+                warmup / 2,
+                duration + warmup,
+                args.flooder_max_pending,
+                args.flooder_nice,
             )
         )
 
@@ -208,6 +222,12 @@ def main() -> int:
         type=int,
         default=800,
         help="calls the flooder has outstanding at most; a send past it is skipped (0: no bound)",
+    )
+    parser.add_argument(
+        "--flooder-nice",
+        type=int,
+        default=0,
+        help="the flooder's client process at this nice value (its CPU off the cores first)",
     )
     parser.add_argument(
         "--pace", type=int, default=None, help="the service's refusal pace (default: its own)"

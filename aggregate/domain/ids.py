@@ -13,7 +13,6 @@ client could otherwise name one aggregate.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import threading
@@ -60,10 +59,24 @@ def validate_aggregate_type(value: str) -> str:
     return value
 
 
-uuid_text = functools.lru_cache(maxsize=4096)(str)
-"""``str(uuid)`` (the canonical lower-case text), remembered for the ids used lately: one
-command renders its aggregate's id and its own id several times (subject, message id,
-headers, record body, history)."""
+UUID_TEXTS_KEPT = 4096
+_uuid_texts: dict[int, str] = {}
+
+
+def uuid_text(value: uuid.UUID) -> str:
+    """``str(value)`` (the canonical lower-case text), remembered for the ids used lately
+    (up to ``UUID_TEXTS_KEPT``, then afresh): one command renders its aggregate's id and its
+    own id several times (subject, message id, headers, record body, watch buffer). Kept by
+    the id's integer: a dict of integers and strings is out of the cyclic garbage
+    collector's walks (``functools.lru_cache`` held a tuple and the ``UUID`` per entry,
+    8,192 objects each full collection walked)."""
+    number = value.int
+    text = _uuid_texts.get(number)
+    if text is None:
+        if len(_uuid_texts) >= UUID_TEXTS_KEPT:
+            _uuid_texts.clear()  # one step, whichever thread renders
+        text = _uuid_texts[number] = str(value)
+    return text
 
 
 def canonical_uuid_text(value: object) -> str | None:

@@ -4,7 +4,8 @@ Fed by the command path (the handler's ``ChangeSink`` reports, through ``TeeSink
 append started, the committed change with its new state, each append ended), it releases
 changes in position order (``Sequencer``), fans them out in its own task (``serve``) and
 keeps the latest ones in a buffer bounded in count and bytes, so a watcher resuming from a
-recent position is served from memory. A tenant's buffer is complete after its *floor*:
+recent position is served from memory (as packed text, which the garbage collector does not
+walk: ``aggregate.watch.changes.Packed``). A tenant's buffer is complete after its *floor*:
 every change of the tenant with a greater position is in it. A watcher asking for older
 changes reads them from the stream first (the gRPC servicer does), then takes the live ones,
 skipping what it already sent.
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from aggregate.domain.errors import ResourceExhaustedError
-from aggregate.watch.changes import Change
+from aggregate.watch.changes import Change, Packed, packed_may_match, unpack
 from aggregate.watch.errors import (
     WatcherTooSlowError,
     WatchInterruptedError,
@@ -144,7 +145,7 @@ class WatchHub:
         self.sequencer = Sequencer(self._release, self._uncertain)
         self.watermark = 0
         """The position of the last change released (any tenant)."""
-        self._buffer: collections.deque[Change] = collections.deque()
+        self._buffer: collections.deque[Packed] = collections.deque()
         self._buffer_bytes = 0
         self._floors: dict[str, int] = {}
         self._blocked: dict[str, int] = {}
@@ -203,9 +204,7 @@ class WatchHub:
             if not self._ready:
                 await self._flush.wait()
                 self._flush = anyio.Event()
-            ready, self._ready = self._ready, []
-            for change, ticket in ready:
-                self._fan_out(change, ticket)
+            self._fan_out_ready()
 
     # ---- ChangeSink (the handler's reports, through ``TeeSink``) --------------------
     def append_started(self, tenant_id: str) -> int:
@@ -269,7 +268,13 @@ class WatchHub:
         if from_position == 0:
             backlog = None if tenant in self._blocked else []
         elif floor is not None and from_position >= floor:
-            backlog = [c for c in self._buffer if c.position > from_position and subset.matches(c)]
+            backlog = [
+                change
+                for packed in self._buffer
+                if packed[0] > from_position
+                and packed_may_match(packed, subset)
+                and subset.matches(change := unpack(packed))
+            ]
         else:
             backlog = None
         return watcher, backlog
@@ -319,6 +324,12 @@ class WatchHub:
         if self._flush is not None:
             self._flush.set()
 
+    def _fan_out_ready(self) -> None:
+        # A method of its own: the batch is not kept alive by a local while ``serve`` waits.
+        ready, self._ready = self._ready, []
+        for change, ticket in ready:
+            self._fan_out(change, ticket)
+
     def _fan_out(self, change: Change, ticket: int) -> None:
         self.watermark = max(self.watermark, change.position)
         tenant = change.key.tenant_id
@@ -335,16 +346,15 @@ class WatchHub:
 
     def _buffer_append(self, change: Change) -> None:
         limits = self.limits
-        self._buffer.append(change)
+        self._buffer.append(change.packed)  # atoms only: out of the collector's walks
         self._buffer_bytes += change.size
         while self._buffer and (
             len(self._buffer) > limits.buffer_changes or self._buffer_bytes > limits.buffer_bytes
         ):
-            old = self._buffer.popleft()
-            self._buffer_bytes -= old.size
-            tenant = old.key.tenant_id
+            position, size, tenant, *_ = self._buffer.popleft()
+            self._buffer_bytes -= size
             if tenant in self._floors:
-                self._floors[tenant] = max(self._floors[tenant], old.position)
+                self._floors[tenant] = max(self._floors[tenant], position)
 
     def _uncertain(self, tenant_id: str) -> None:
         log.warning(

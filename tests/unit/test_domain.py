@@ -356,3 +356,15 @@ def test_uuid_text_is_the_canonical_text() -> None:
         assert uuid_text(one) == str(one)
     key = AggregateKey("acme", "bank-account", ids[0])
     assert key.subject == f"tenant.acme.aggregate.bank-account.{ids[0]}"
+
+
+def test_uuid_texts_are_remembered_within_a_bound_and_out_of_the_collectors_walks() -> None:
+    from aggregate.domain import ids
+
+    many = [uuid.UUID(int=n) for n in range(3 * ids.UUID_TEXTS_KEPT)]
+    gc.collect()
+    before = len(gc.get_objects())
+    assert all(ids.uuid_text(one) == str(one) for one in many)
+    assert len(ids._uuid_texts) <= ids.UUID_TEXTS_KEPT
+    gc.collect()
+    assert len(gc.get_objects()) - before < 100, "the remembered texts are walked by the GC"
