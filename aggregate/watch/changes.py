@@ -93,9 +93,9 @@ Packed = tuple[int, int, str, str, str, str]
 id as text, the rest as JSON text)``. Only strings and integers: the cyclic garbage
 collector stops tracking such tuples, so a full buffer (up to
 ``AGGREGATE_WATCH_BUFFER_CHANGES``) adds nothing to its full collections. Kept as objects
-(a change, its key, events and UUIDs: seven tracked objects each), the default buffer of
-10,000 made every full collection walk ~70,000 more objects and pause the command path
-20-25 ms every 10-15 s under load on the benchmark machine."""
+(a change, its key, events and UUIDs: six tracked objects each), the default buffer of
+10,000 made every full collection walk ~60,000 more objects and pause the command path
+14-25 ms every 10-15 s under load on the benchmark machine."""
 
 
 def unpack(packed: Packed) -> Change:
