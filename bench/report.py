@@ -125,6 +125,22 @@ def _memory(memory: dict[str, Any] | None) -> dict[str, Any] | None:
         "bytes_per_aggregate_once_full": round(tail_slope) if tail_slope is not None else None,
         "rss_mib": [(n, round(rss / 2**20, 1)) for n, rss in points],
         "bounded": tail_slope is not None and tail_slope <= 0.1 * max(fill_slope, 1.0),
+        "watch_buffer": _watch_buffer(memory),
+    }
+
+
+def _watch_buffer(memory: dict[str, Any]) -> dict[str, Any] | None:
+    """The RSS growth over the commands that filled the watch hub's resume buffer before
+    the series (older results have none: their series shows the buffer filling beside the
+    cache, which reads as a cache that is not bounded)."""
+    if "watch_buffer_rss" not in memory:
+        return None
+    before, after = (int(x) for x in memory["watch_buffer_rss"])
+    changes = int(memory["watch_buffer_changes"])
+    return {
+        "changes": changes,
+        "rss_mib": round((after - before) / 2**20, 1),
+        "bytes_per_change": round((after - before) / max(1, changes)),
     }
 
 
@@ -270,6 +286,13 @@ def table(summary: dict[str, Any], *, markdown: bool = False) -> str:
             f"cache size {memory['cache_size']}: RSS (MiB) by aggregates created "
             + ", ".join(f"{n}: {rss}" for n, rss in memory["rss_mib"])
         )
+        if memory.get("watch_buffer"):
+            buffer = memory["watch_buffer"]
+            lines.append(
+                f"before the series, {buffer['changes']} commands on 200 accounts filled the "
+                f"watch buffer: +{buffer['rss_mib']} MiB RSS ({buffer['bytes_per_change']} "
+                "bytes per command: the buffered changes and what else a run of commands warms)"
+            )
         lines.append("")
     t_body = [
         [

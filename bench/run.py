@@ -10,8 +10,9 @@ noisy): (a) a bare grpclib server doing one conditional JetStream publish per
 ``SubmitCommand``, (b) raw nats-py conditional publishes, each on its own nats-server from
 the same binary. Per round: cold reads after the restart, (a), service unary 32 clients,
 (b), service streaming, then the service's other workloads; process isolation after.
-Then, once: the memory series (cache filling, then full), and with ``--profile`` a py-spy
-profile of the service under the unary and streaming workloads.
+Then, once: the memory series (the watch buffer filled first, then the cache filling, then
+full), and with ``--profile`` a py-spy profile of the service under the unary and streaming
+workloads.
 
 The baselines run on the event loop the service's command path runs on (the standard one by
 default, ``--service-env AGGREGATE_EVENT_LOOP=uvloop`` for uvloop): they are the ceilings
@@ -247,7 +248,11 @@ def run_all(
     memory = ServiceProcess(
         workdir / "memory",
         manifests["inline"],
-        env={**env, "AGGREGATE_CACHE_SIZE": str(plan.memory_cache)},
+        env={
+            **env,
+            "AGGREGATE_CACHE_SIZE": str(plan.memory_cache),
+            "AGGREGATE_WATCH_BUFFER_CHANGES": str(plan.memory_watch_buffer),
+        },
     )
     try:
         say("starting baselines (a) and (b)")

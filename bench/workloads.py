@@ -49,6 +49,7 @@ class Plan:
     memory_cache: int = 4000
     memory_total: int = 16000
     memory_batch: int = 2000
+    memory_watch_buffer: int = 10_000
     open_loop_accounts: int = 1024
     process_isolation: bool = True
     process_open_loop: bool = True
@@ -66,6 +67,7 @@ QUICK = Plan(
     memory_cache=300,
     memory_total=900,
     memory_batch=300,
+    memory_watch_buffer=600,
     open_loop_accounts=256,
     process_open_loop=False,
     no_snapshot_cold=False,
@@ -266,8 +268,19 @@ def cold_reads_without_snapshots(
 
 def memory_series(svc: ServiceProcess, plan: Plan) -> dict[str, Any]:
     """RSS of a started service (``AGGREGATE_CACHE_SIZE`` = ``plan.memory_cache``) as new
-    aggregates keep arriving, ``plan.memory_batch`` at a time, up to ``plan.memory_total``."""
-    batch(svc, "open", [(str(uuid7()), 1) for _ in range(200)])  # steady-state allocations
+    aggregates keep arriving, ``plan.memory_batch`` at a time, up to ``plan.memory_total``.
+
+    Before the first point the service's other bounded memory is filled: the watch hub's
+    resume buffer keeps the last ``plan.memory_watch_buffer`` changes (the service's
+    default of ``AGGREGATE_WATCH_BUFFER_CHANGES``), so deposits on the first 200 accounts
+    fill it; otherwise the series would show the buffer filling, not the cache. What the
+    fill took is ``watch_buffer_rss``: (RSS before, RSS after)."""
+    first = [str(uuid7()) for _ in range(200)]
+    batch(svc, "open", [(a, 1) for a in first])  # steady-state allocations
+    time.sleep(0.5)
+    before = svc.rss()
+    per_account = -(-plan.memory_watch_buffer // len(first))
+    batch(svc, "deposit", [(a, per_account) for a in first], streams=16)
     time.sleep(0.5)
     points = [(0, svc.rss())]
     made = 0
@@ -276,7 +289,12 @@ def memory_series(svc: ServiceProcess, plan: Plan) -> dict[str, Any]:
         made += plan.memory_batch
         time.sleep(0.5)
         points.append((made, svc.rss()))
-    return {"cache_size": plan.memory_cache, "points": points}
+    return {
+        "cache_size": plan.memory_cache,
+        "points": points,
+        "watch_buffer_changes": plan.memory_watch_buffer,
+        "watch_buffer_rss": (before, points[0][1]),
+    }
 
 
 # ---- baselines -------------------------------------------------------------------------
