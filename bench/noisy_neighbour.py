@@ -3,7 +3,8 @@
     .venv/bin/python bench/noisy_neighbour.py [--quick] [--rounds N] [--quota N]
                                               [--steady-rate N] [--flood-factor N]
                                               [--flooder-max-pending N] [--flooder-nice N]
-                                              [--pace N] [--keep]
+                                              [--pace N] [--flooder-kind unary|stream]
+                                              [--keep]
 
 Starts the real service (``aggregate serve``, embedded nats-server, the bank example inline)
 with a per-tenant quota of ``--quota`` commands per second (burst: one second's worth) and
@@ -29,6 +30,10 @@ service for CPU (at 10x its quota it takes a third of a core, much of it HTTP/2 
 of its 800 open calls), which a flooder on its own machine would not; the default, 0,
 leaves that contention in the figures. ``--pace N`` sets
 the service's ``AGGREGATE_QUOTA_PACE_REFUSALS_PER_SECOND`` (``--pace 0``: no pacing).
+``--flooder-kind stream`` floods with ``SubmitCommands`` instead: two streams of 64
+commands in flight each, sent as fast as they are answered (no schedule: more than any
+factor of the quota), its admitted rate and refusals counted the same way; the control at
+its quota stays the unary open loop.
 The steady tenant must get no error at all. Writes
 ``bench/results/noisy-neighbour-<timestamp>.json``. ``--quick`` is a smoke run (one short
 round at a tenth of the rates) that proves the harness works; figures worth quoting need
@@ -129,6 +134,23 @@ def open_loop(
     return run_client("bench.loadgen", spec, timeout=warmup_s + s + 120)
 
 
+def stream_flood(svc: ServiceProcess, accounts: list[str], warmup_s: float, s: float) -> Any:
+    """The flooder on ``SubmitCommands`` streams, as fast as it is answered."""
+    spec = {
+        "host": "127.0.0.1",
+        "port": svc.grpc_port,
+        "tenant": FLOODER,
+        "kind": "stream",
+        "accounts": accounts,
+        "streams": 2,
+        "window": 64,
+        "warmup_s": warmup_s,
+        "duration_s": s,
+        "timeout_s": warmup_s + s + 60,
+    }
+    return run_client("bench.loadgen", spec, timeout=warmup_s + s + 120)
+
+
 def beside_flooder(
     svc: ServiceProcess, args: argparse.Namespace, steady: list[str], flood: list[str], rate: float
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -138,6 +160,9 @@ def beside_flooder(
 
     def flooding() -> None:
         # The flooder starts first and runs longer: the steady window is inside it.
+        if args.flooder_kind == "stream" and rate > args.quota:
+            flooder.update(stream_flood(svc, flood, warmup / 2, duration + warmup))
+            return
         flooder.update(
             open_loop(
                 svc,
@@ -177,9 +202,13 @@ def one_round(
 
 
 def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    flood = (
+        "flooding on SubmitCommands streams as fast as answered"
+        if args.flooder_kind == "stream"
+        else f"offering {args.flood_factor}x"
+    )
     lines = [
-        f"steady tenant at {args.steady_rate}/s; flooder offering {args.flood_factor}x its "
-        f"quota of {args.quota}/s",
+        f"steady tenant at {args.steady_rate}/s; flooder {flood} its quota of {args.quota}/s",
         "| round | p50 alone (ms) | p99 alone (ms) | p99 beside the flooder at its quota (ms) "
         "| p50 beside (ms) | p99 beside (ms) | p99 ratio | ratio to at-quota "
         "| steady errors | flooder admitted/s | flooder refused | flooder skipped |",
@@ -231,6 +260,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--pace", type=int, default=None, help="the service's refusal pace (default: its own)"
+    )
+    parser.add_argument(
+        "--flooder-kind",
+        choices=("unary", "stream"),
+        default="unary",
+        help="how the flooder floods: unary calls on a schedule, or SubmitCommands streams",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()

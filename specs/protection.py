@@ -158,7 +158,11 @@ class PacingModel:
     of a rate-refused tenant costs the same. The schedule may run ``FREE`` seconds ahead of
     the clock; a call that takes it further puts its connection in debt until the clock
     is ``FREE`` behind it. A connection that named a second tenant within ``MIXED_WINDOW``
-    is never paced and spends nothing. ``pace`` 0: nothing is ever paced."""
+    is never paced and spends nothing. ``pace`` 0: nothing is ever paced.
+
+    A ``SubmitCommands`` stream is a reader of its own (``stream_command``): it carries its
+    one tenant's commands only, so it is a connection that never names a second tenant,
+    and it spends the same schedule as that tenant's connections."""
 
     pace: int
     due: dict[str, Fraction] = field(default_factory=dict)
@@ -202,3 +206,11 @@ class PacingModel:
             self.paced += 1
             paid = due - FREE
             conn.paid_at = paid if conn.paid_at is None else max(conn.paid_at, paid)
+
+    def stream_command(
+        self, stream: int, now: Fraction, tenant: str, refused: bool, rate: int = 0
+    ) -> None:
+        """A command of ``tenant``'s stream ``stream`` (a reader id no connection uses)
+        completed at ``now``, refused by the tenant's quota (``rate``: its commands/s
+        quota that refused, 0 for its in-flight quota) or not."""
+        self.call(stream, now, tenant, tenant if refused else None, rate)

@@ -434,7 +434,9 @@ class GrpcSettings(CommandPathSettings):
         default=100,
         metadata=meta(
             v.int_parser(1, 2**31 - 1),
-            "Calls open at once on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS).",
+            "Calls open at once on one HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS); "
+            "each may have 64 KiB sent and unread, so a connection buffers at most this "
+            "many times 64 KiB.",
             kind="int",
         ),
     )

@@ -177,8 +177,9 @@ class Settings(LifecycleSettings):
         metadata=meta(
             v.int_parser(0, MAX_RATE),
             "Refusals a second, beyond its rate quota, a flooding tenant gets on connections "
-            "that carry only its calls: after one free second those connections are read "
-            "at its quota plus this many calls a second (0: never slowed).",
+            "that carry only its calls and on its SubmitCommands streams: after one free "
+            "second those are read at its quota plus this many calls a second (0: never "
+            "slowed).",
             kind="int",
         ),
     )

@@ -138,3 +138,91 @@ async def test_a_connection_carrying_two_tenants_is_not_slowed_for_one_of_them()
     assert refused > bound(span), (refused, span)  # a dedicated connection would be paced
     assert calm_statuses
     assert set(calm_statuses) == {"OK"}
+
+
+STREAM_WINDOW = 64
+"""Commands the flooder's stream keeps unanswered (the service's default stream window)."""
+
+
+async def stream_flood_for(
+    client: GrpclibClient, seconds: float, calm: GrpclibClient | None = None
+) -> tuple[int, float, list[str]]:
+    """The flooder's commands on one ``SubmitCommands`` stream, ``STREAM_WINDOW`` of them
+    unanswered, for ``seconds`` (after one admitted command), with a calm tenant's unary
+    commands beside it on ``calm``; returns the refusals, their span, the calm statuses."""
+    first = await call(client.stub, {"x-tenant-id": "flood"}, command(OPEN))
+    assert first.status == "OK"
+    refused = 0
+    calm_statuses: list[str] = []
+    started = time.monotonic()
+    deadline = started + seconds
+    slots = anyio.Semaphore(STREAM_WINDOW)
+
+    async def flooder() -> None:
+        nonlocal refused
+        async with client.stub.SubmitCommands.open(
+            metadata={"x-tenant-id": "flood"}, timeout=60
+        ) as stream:
+            await stream.send_request()
+
+            async def send() -> None:
+                while time.monotonic() < deadline:
+                    await slots.acquire()
+                    await stream.send_message(command(OPEN))
+                await stream.end()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send)
+                async for result in stream:
+                    slots.release()
+                    assert result.error.code == "RESOURCE_EXHAUSTED", result
+                    refused += 1
+
+    async def steady() -> None:
+        assert calm is not None
+        while time.monotonic() < deadline:
+            request = command(OPEN, aggregate_id=str(uuid.uuid4()))
+            calm_statuses.append((await calm.submit(request, {"x-tenant-id": "calm"})).status)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(flooder)
+        if calm is not None:
+            tg.start_soon(steady)
+    return refused, time.monotonic() - started, calm_statuses
+
+
+async def test_a_flooders_stream_is_read_at_its_schedule_even_on_a_shared_connection() -> None:
+    """A ``SubmitCommands`` stream carries one tenant's commands: it is paced by that
+    tenant's schedule though its connection also carries the calm tenant's calls, and the
+    calm tenant's commands on that connection all succeed."""
+    async with open_server(
+        handler_with(protection()), GrpcOptions(pace_refusals_per_second=PACE)
+    ) as srv:
+        shared = GrpclibClient(*srv.address)
+        try:
+            with anyio.fail_after(60):
+                refused, span, calm_statuses = await stream_flood_for(shared, SPAN_S, shared)
+                after = await shared.submit(command(OPEN), {"x-tenant-id": "calm"})
+        finally:
+            shared.close()
+        paced = srv.pacer.paced
+    assert refused <= bound(span) + STREAM_WINDOW, (refused, span)
+    assert paced > 0
+    assert calm_statuses
+    assert set(calm_statuses) == {"OK"}
+    assert after.status == "OK"
+
+
+async def test_without_pacing_a_stream_of_refusals_is_answered_far_past_that_schedule() -> None:
+    """The control for streams: refused in a stream, a flood comes back as fast as the
+    client sends it."""
+    async with open_server(
+        handler_with(protection()), GrpcOptions(pace_refusals_per_second=0)
+    ) as srv:
+        flood = GrpclibClient(*srv.address)
+        try:
+            with anyio.fail_after(60):
+                refused, span, _ = await stream_flood_for(flood, SPAN_S)
+        finally:
+            flood.close()
+    assert refused > 2 * (bound(span) + STREAM_WINDOW), (refused, span)

@@ -34,6 +34,7 @@ from tests.integration.grpc_harness import (
     CLIENT_KINDS,
     OPEN,
     GatedProgram,
+    GrpclibClient,
     bank_handler,
     command,
     grpcio_stubs,
@@ -515,3 +516,62 @@ async def test_a_client_that_sends_pings_without_reading_is_not_read(
     assert sent < cap
     assert max(buffered) < MiB, buffered
     assert opened(answer).version == 1
+
+
+# --- flow control: a stream the server does not read holds up no other call -----------------
+
+STALLED_STREAMS = 2
+BIG_COMMAND = command({**OPEN, "note": "x" * 32_000})
+
+
+def _sendable(channel: Any, stream_id: int) -> int:
+    """Bytes grpclib's client may send now on ``stream_id`` (its stream's window and its
+    connection's, whichever is smaller; 0 or less: its sends wait), from its h2 state."""
+    h2_connection = channel._protocol.connection._connection
+    return int(h2_connection.local_flow_control_window(stream_id))
+
+
+async def test_streams_the_server_does_not_read_leave_the_connection_to_other_calls(
+    program: GatedProgram,
+) -> None:
+    """Two ``SubmitCommands`` streams fill their windows of commands (held in ``decide``),
+    so the server stops reading them, and their client keeps sending large commands; a
+    unary call of another tenant on the same connection is still answered. With one
+    connection window for all (grpclib's 4 MiB each, stream and connection) the stalled
+    streams took all of it and the call waited until they were read again."""
+    window = GrpcOptions().stream_window
+    async with open_server(bank_handler(program=program)) as srv:
+        client = GrpclibClient(*srv.address)
+        stream_ids: list[int] = []
+        try:
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+
+                    async def stalled() -> None:
+                        method = client.stub.SubmitCommands
+                        async with method.open(metadata={"x-tenant-id": "acme"}) as stream:
+                            await stream.send_request()
+                            for _ in range(window):
+                                held = command(
+                                    {**OPEN, "hold": True}, aggregate_id=str(uuid.uuid4())
+                                )
+                                await stream.send_message(held)
+                            stream_ids.append(stream._stream.id)
+                            for _ in range(200):  # 6.4 MB: more than any window
+                                await stream.send_message(BIG_COMMAND)
+
+                    for _ in range(STALLED_STREAMS):
+                        tg.start_soon(stalled)
+                    await program.wait_entered(STALLED_STREAMS * window)
+                    # Until both streams' sends wait for window: the client's h2 state has
+                    # no event to wait on, so it is polled.
+                    while len(stream_ids) < STALLED_STREAMS or any(  # noqa: ASYNC110
+                        _sendable(client.channel, i) > 0 for i in stream_ids
+                    ):
+                        await anyio.sleep(0.01)
+                    calm = await client.submit(command(OPEN), {"x-tenant-id": "globex"})
+                    tg.cancel_scope.cancel()
+        finally:
+            client.close()
+            program.release.set()
+    assert calm.status == "OK"

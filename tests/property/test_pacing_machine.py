@@ -2,11 +2,13 @@
 (``specs.protection.PacingModel``).
 
 Rules: calls arrive on a few connections, naming one of a few tenants (or none), refused by
-a tenant's rate quota, by its in-flight quota, or admitted; the clock moves on. After each
-step, every connection's debt, its paced state and the count of calls that went into debt
-must be the model's. Clock steps are multiples of 1/1024 s and ``pace + rate`` a power of
-two, so the floats of the real code are exact and must agree with the model's fractions
-to the last bit.
+a tenant's rate quota, by its in-flight quota, or admitted; commands complete on a few
+``SubmitCommands`` streams, each of one tenant, the same ways (``stream_outcome``, what a
+stream observes); the clock moves on. After each step, every connection's and stream's
+debt, the connections' paced state and the count of calls that went into debt must be the
+model's. Clock steps are multiples of 1/1024 s and ``pace + rate`` a power of two, so the
+floats of the real code are exact and must agree with the model's fractions to the last
+bit.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from aggregate.adapters.grpc.pacing import ConnectionPacing, RefusalPacer
+from aggregate.adapters.grpc.pacing import ReadPacing, RefusalPacer, stream_outcome
 from specs.protection import PacingModel
 
 TENANTS = ("acme", "globex", "initech")
 CONNECTIONS = 3
+STREAM_TENANTS = ("acme", "acme", "globex")
+"""The tenants of the streams: two of acme's share its schedule with its connections."""
 TICK = Fraction(1, 1024)
 
 
@@ -39,13 +43,15 @@ class PacingMachine(RuleBasedStateMachine):
         self.ticks = 0
         self.model = PacingModel(pace=0)
         self.pacer = RefusalPacer.of(0)
-        self.connections: list[ConnectionPacing] = []
+        self.connections: list[ReadPacing] = []
+        self.streams: list[ReadPacing] = []
 
     @initialize(pace=st.sampled_from([0, 1, 2, 4, 8, 16, 32]))
     def start(self, pace: int) -> None:
         self.model = PacingModel(pace=pace)
         self.pacer = RefusalPacer.of(pace)
-        self.connections = [ConnectionPacing(self.pacer) for _ in range(CONNECTIONS)]
+        self.connections = [ReadPacing(self.pacer) for _ in range(CONNECTIONS)]
+        self.streams = [ReadPacing(self.pacer, tenant) for tenant in STREAM_TENANTS]
         note(f"pace {pace}")
 
     @property
@@ -80,6 +86,21 @@ class PacingMachine(RuleBasedStateMachine):
         self.model.call(connection, self.now, tenant, refused, rate)
         self.connections[connection].observe(tenant, refused, float(rate), float(self.now))
 
+    @precondition(lambda self: bool(self.streams))
+    @rule(
+        stream=st.integers(0, len(STREAM_TENANTS) - 1),
+        outcome=st.sampled_from(["admitted", "rate", "in_flight"]),
+        scale=st.sampled_from([1, 2, 4, 8]),
+    )
+    def a_stream_command(self, stream: int, outcome: str, scale: int) -> None:
+        tenant = STREAM_TENANTS[stream]
+        rate = self.model.pace * (scale - 1) if outcome == "rate" else 0
+        note(f"t={self.now} stream {stream} of {tenant} {outcome} rate {rate}")
+        refused = outcome != "admitted"
+        self.model.stream_command(CONNECTIONS + stream, self.now, tenant, refused, rate)
+        quota_rate = None if outcome == "admitted" else float(rate)
+        stream_outcome(self.streams[stream], tenant, quota_rate, float(self.now))
+
     @invariant()
     def agrees_with_the_model(self) -> None:
         now = self.now
@@ -91,6 +112,12 @@ class PacingMachine(RuleBasedStateMachine):
             assert conn.slicing(float(now)) == paced, i
             if model is not None and model.paid_at is not None:
                 assert conn.resume_at == float(model.paid_at), i
+        for i, stream in enumerate(self.streams):
+            reader = CONNECTIONS + i
+            assert stream.must_wait(float(now)) == self.model.in_debt(reader, now), reader
+            model = self.model.connections.get(reader)
+            if model is not None and model.paid_at is not None:
+                assert stream.resume_at == float(model.paid_at), reader
 
 
 TestPacingMachine = PacingMachine.TestCase

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aggregate.adapters.grpc.pacing import (
     MAX_TENANTS,
-    ConnectionPacing,
+    ReadPacing,
     RefusalPacer,
     tenant_header,
 )
@@ -21,7 +21,7 @@ def test_a_flood_is_free_for_one_second_of_schedule_then_each_refusal_owes_its_s
 
 def test_a_connection_carrying_two_tenants_is_never_paced() -> None:
     pacer = RefusalPacer.of(1)
-    conn = ConnectionPacing(pacer)
+    conn = ReadPacing(pacer)
     conn.observe("acme", None, 0.0, 0.0)
     conn.observe("calm", None, 0.0, 0.0)
     for _ in range(50):
@@ -35,7 +35,7 @@ def test_a_connection_carrying_two_tenants_is_never_paced() -> None:
 
 def test_under_an_in_flight_quota_only_refusals_cost() -> None:
     pacer = RefusalPacer.of(2)
-    conn = ConnectionPacing(pacer)
+    conn = ReadPacing(pacer)
     for _ in range(4):
         conn.observe("acme", "acme", 0.0, 0.0)
     assert conn.must_wait(0.0)
@@ -54,7 +54,7 @@ def test_the_budgets_kept_are_bounded() -> None:
 
 
 def test_pacing_off_never_pauses() -> None:
-    conn = ConnectionPacing(RefusalPacer.of(0))
+    conn = ReadPacing(RefusalPacer.of(0))
     for _ in range(1000):
         conn.observe("acme", "acme", 0.0, 0.0)
     assert not conn.must_wait(0.0)

@@ -35,7 +35,7 @@ from h2.events import PingAckReceived
 
 from aggregate.adapters.grpc.pacing import (
     SLICE_BYTES,
-    ConnectionPacing,
+    ReadPacing,
     RefusalPacer,
     tenant_header,
 )
@@ -81,7 +81,7 @@ class TrackedProtocol(H2Protocol):
         self._registry = registry
         self._limits = limits
         self._early = early
-        self._pacing = ConnectionPacing(pacer) if pacer is not None and pacer.enabled else None
+        self._pacing = ReadPacing(pacer) if pacer is not None and pacer.enabled else None
         self._held = bytearray()
         """Input received but not yet fed to h2: the connection owes its refusal budget."""
         self._resume: asyncio.TimerHandle | None = None
@@ -274,7 +274,7 @@ class DrainableServer(Server):
         early: EarlyCheck | None = None,
         pacer: RefusalPacer | None = None,
     ):
-        super().__init__(handlers)
+        super().__init__(handlers, config=limits.grpclib_config())
         self.connections = connections
         self._limits = limits
         self._early = early

@@ -73,6 +73,9 @@ class Failure(NamedTuple):
     """When to retry (open breaker, quota, shedding): the ``retry-after-ms`` trailer."""
     owner: tuple[tuple[str, str], ...] = ()
     """Where the tenant went (``x-owner-shard``, ``x-owner-addr``), validated values."""
+    quota_rate: float | None = None
+    """A refusal by the tenant's quota: the commands/s quota that refused it (0: its
+    in-flight quota); None for every other error (``aggregate.adapters.grpc.pacing``)."""
 
     def grpc_error(self) -> GRPCError:
         """The error that ends a call with this status, message and trailers (the server

@@ -14,7 +14,7 @@ the flood more slowly has none. So:
   the call (0 for its in-flight quota). A refusal past the free second is still answered
   at once; it puts the connection that carried it in debt: the time until the schedule
   has caught up with it.
-- **A connection in debt is not read** until its debt is paid (``ConnectionPacing``,
+- **A connection in debt is not read** until its debt is paid (``ReadPacing``,
   applied by ``TrackedProtocol.data_received``): what the client sent waits in the socket,
   then in TCP's window, and the client's own sends block. While a connection is paced
   (in debt within the last ``WINDOW_SECONDS``) its bytes are read in slices of
@@ -28,10 +28,17 @@ the flood more slowly has none. So:
   ``x-tenant-id`` in the last ``WINDOW_SECONDS`` was that tenant's. A connection that
   carries several tenants (an API gateway's) is never slowed for one of them: there the
   refusals cost what they cost, as before.
+- **A ``SubmitCommands`` stream** carries one tenant's commands (its call's
+  ``x-tenant-id``), so it is paced the same way whatever its connection carries: each
+  command's outcome is observed as it completes, and while the stream is in debt its
+  next request is not read (``aggregate.adapters.grpc.streaming``). In a stream the
+  refusals are cheap (no HTTP/2 stream, no HPACK), so without this a stream of refused
+  commands came back as fast as the client could send them: about ten thousand a second,
+  the command path's core for one tenant.
 
 Only quota refusals (``QuotaExceededError``) cost: an open breaker or the node's in-flight
 limit are the node's state, not the client's doing. The schedule is per tenant, not per
-connection, so opening more connections buys a flooder no more refusals a second.
+connection or stream, so opening more of them buys a flooder no more refusals a second.
 """
 
 from __future__ import annotations
@@ -98,9 +105,11 @@ class RefusalPacer:
 
 
 @dataclass(slots=True)
-class ConnectionPacing:
-    """One connection's side of the pacing: whose calls it carries, and until when it
-    must not be read (``resume_at``, on the caller's monotonic clock)."""
+class ReadPacing:
+    """One reader's side of the pacing, a connection's or a ``SubmitCommands`` stream's:
+    whose calls it carries, and until when it must not be read (``resume_at``, on the
+    caller's monotonic clock). A stream carries one tenant's calls only, so it is always
+    paced by its tenant's schedule, whatever else its connection carries."""
 
     pacer: RefusalPacer
     tenant: str | None = None
@@ -147,6 +156,17 @@ class ConnectionPacing:
     def slicing(self, now: float) -> bool:
         """Whether input is fed in ``SLICE_BYTES`` slices (paced recently)."""
         return now < self.paced_until
+
+
+def stream_outcome(pacing: ReadPacing, tenant: str, quota_rate: float | None, now: float) -> None:
+    """A command of ``tenant``'s ``SubmitCommands`` stream completed at ``now``: refused by
+    the tenant's quota whose commands/s are ``quota_rate`` (0: its in-flight quota), or not
+    (None). An admitted command costs only while the stream is paced under a rate quota,
+    so the common case (never refused) does nothing."""
+    if quota_rate is not None:
+        pacing.observe(tenant, tenant, quota_rate, now)
+    elif pacing.paced_cost:
+        pacing.observe(tenant, None, 0.0, now)
 
 
 def tenant_header(headers: list[tuple[str, str]]) -> str | None:

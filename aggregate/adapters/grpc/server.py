@@ -54,7 +54,6 @@ from grpclib.reflection.service import ServerReflection
 from aggregate.adapters.grpc.connections import SHUTTING_DOWN, DrainableServer, TrackedProtocol
 from aggregate.adapters.grpc.convert import TrailedError
 from aggregate.adapters.grpc.early import EarlyRefusals
-from aggregate.adapters.grpc.pacing import RefusalPacer
 from aggregate.adapters.grpc.query_service import QueryService
 from aggregate.adapters.grpc.service import CommandService, GrpcOptions
 from aggregate.adapters.grpc.tracing import traced
@@ -167,8 +166,9 @@ class CommandServer:
         self.queries = QueryService(self.service, queries)
         self.early = EarlyRefusals(self.service, lambda: self._calls.refusing)
         """Commands refused from their headers, before grpclib runs a call for them."""
-        self.pacer = RefusalPacer.of(self.options.pace_refusals_per_second)
-        """Each tenant's budget of quota refusals read at full speed."""
+        self.pacer = self.service.pacer
+        """Each tenant's budget of quota refusals read at full speed (its connections'
+        and its streams')."""
         self.readiness = ServiceStatus()
         self._calls = _CallTracker()
         self._connections: set[TrackedProtocol] = set()

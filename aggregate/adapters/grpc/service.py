@@ -25,6 +25,7 @@ from grpclib.exceptions import GRPCError
 from aggregate.adapters.access_log import AccessLog
 from aggregate.adapters.grpc import convert
 from aggregate.adapters.grpc.convert import Failure
+from aggregate.adapters.grpc.pacing import RefusalPacer
 from aggregate.adapters.grpc.streaming import CommandStream
 from aggregate.adapters.metrics import UNKNOWN_TYPE_LABEL
 from aggregate.adapters.tracing import request_context
@@ -35,6 +36,7 @@ from aggregate.domain.errors import (
     AggregateError,
     InvalidArgumentError,
     OverloadedError,
+    QuotaExceededError,
     TenantAccessDeniedError,
     TenantUnavailableError,
 )
@@ -82,8 +84,9 @@ class GrpcOptions:
     ``access_log_sample_every``: see ``aggregate.adapters.access_log``. ``max_message_bytes``,
     ``max_header_list_bytes`` and ``max_concurrent_streams`` are the transport's limits
     (``aggregate.adapters.grpc.transport``); ``pace_refusals_per_second`` is each tenant's
-    refusal budget on its dedicated connections (``aggregate.adapters.grpc.pacing``, 0:
-    off). ``request_limits`` bound the payload's JSON and the metadata map of every command.
+    refusal budget on its dedicated connections and its streams
+    (``aggregate.adapters.grpc.pacing``, 0: off). ``request_limits`` bound the payload's
+    JSON and the metadata map of every command.
     """
 
     host: str = "127.0.0.1"
@@ -173,6 +176,9 @@ class CommandService(aggregate_grpc.CommandServiceBase):
         self._in_flight = 0
         self.shed = 0
         """Commands refused because the node was at ``max_in_flight`` (load shedding)."""
+        self.pacer = RefusalPacer.of(options.pace_refusals_per_second)
+        """Each tenant's budget of quota refusals read at full speed, shared by its
+        dedicated connections and its ``SubmitCommands`` streams."""
         self._streams: set[CommandStream] = set()
         self._stopping = False
         self.owner_address: Callable[[str], str | None] = _no_address
@@ -401,7 +407,8 @@ class CommandService(aggregate_grpc.CommandServiceBase):
                     "request_id": context.request_id,
                 },
             )
-        return Failure(code, message, retry_after_ms_of(exc), trailers)
+        quota_rate = exc.rate if isinstance(exc, QuotaExceededError) else None
+        return Failure(code, message, retry_after_ms_of(exc), trailers, quota_rate)
 
     # --- helpers ---
 

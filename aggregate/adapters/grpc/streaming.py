@@ -11,7 +11,12 @@ gateway can pipeline ``Deposit`` then ``Withdraw`` safely. Commands for differen
 aggregates run concurrently.
 
 A failed command is a ``SubmitCommandResult`` with ``error`` in its place; the stream goes
-on. When the server drains, the stream stops reading, answers what it has read, then ends
+on. A stream whose tenant floods past its quota is read at its tenant's read schedule
+(``aggregate.adapters.grpc.pacing``): each outcome is observed as its command completes,
+and while the stream is in debt the reader does not read the next request, so HTTP/2 flow
+control pushes back on the client as it does for a full window.
+
+When the server drains, the stream stops reading, answers what it has read, then ends
 with UNAVAILABLE: every request after the last result was not processed and can be sent to
 another node.
 """
@@ -19,6 +24,7 @@ another node.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from grpclib.const import Status
@@ -26,6 +32,7 @@ from grpclib.exceptions import GRPCError
 
 from aggregate.adapters.grpc import convert
 from aggregate.adapters.grpc.convert import Failure
+from aggregate.adapters.grpc.pacing import ReadPacing, stream_outcome
 from aggregate.adapters.grpc.tracing import command_span, record_outcome
 from aggregate.adapters.tracing import request_context
 
@@ -64,6 +71,8 @@ class CommandStream:
         self._items: set[ResultTask] = set()
         self._reader: asyncio.Task[None] | None = None
         self._stop_requested = False
+        pacer = service.pacer
+        self._pacing = ReadPacing(pacer, tenant_id) if pacer.enabled else None
 
     def stop_reading(self) -> None:
         """Read no more requests; the commands already read are still answered."""
@@ -103,6 +112,10 @@ class CommandStream:
         try:
             while True:
                 await self._window.acquire()
+                if self._pacing is not None:
+                    delay = self._pacing.resume_at - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
                 request = await convert.receive(self._stream)
                 if request is None:
                     return
@@ -147,6 +160,9 @@ class CommandStream:
                     "SubmitCommands",
                 )
                 record_outcome(span, outcome.code if isinstance(outcome, Failure) else "OK")
+        if self._pacing is not None:
+            quota_rate = outcome.quota_rate if isinstance(outcome, Failure) else None
+            stream_outcome(self._pacing, self._tenant_id, quota_rate, time.monotonic())
         if isinstance(outcome, Failure):
             return convert.error_result(outcome.code, outcome.message)
         return convert.ok_result(outcome)

@@ -23,6 +23,14 @@ and has a test in ``tests/integration/test_grpc_transport.py`` that fails withou
    prefix announced, and raised ``AssertionError`` when the stream ended inside a message
    or an empty DATA frame came mid-stream: all UNKNOWN "Internal Server Error".
 4. **Limits**: SETTINGS_MAX_CONCURRENT_STREAMS from the options (h2's default is 100).
+   **Flow-control windows** (``TransportLimits.grpclib_config``): each stream may have
+   ``STREAM_WINDOW_BYTES`` (HTTP/2's default, 64 KiB) unread, the connection as many times
+   that as it may have streams. grpclib's defaults were 4 MiB for each stream and 4 MiB for
+   the whole connection: one stream whose commands the server does not read yet (a full
+   ``SubmitCommands`` window, a stream paced for its tenant's flood) could take the whole
+   connection's window, so another tenant's calls on that connection (an API gateway's)
+   waited for it: 5.5 s in the test. Now the streams' windows together never exceed the
+   connection's, so no stream waits for another's reader.
 5. **Early answers** (``early``, optional): a call the service can refuse from its headers
    alone (``aggregate.adapters.grpc.early``: a tenant over its quota, an open breaker) is
    answered here, before grpclib builds a stream, a task and a request handler for it: a
@@ -47,6 +55,7 @@ from itertools import chain
 from typing import TYPE_CHECKING, Any, cast
 
 import hpack
+from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.metadata import decode_bin_value, encode_grpc_message
@@ -345,6 +354,14 @@ async def _send_with_accept_encoding(
     await Stream.send_headers(stream, headers, end_stream)
 
 
+STREAM_WINDOW_BYTES = 65_535
+"""What one stream may have sent and not yet read (HTTP/2's initial window): a large
+message is read, and its window given back, as it arrives."""
+
+MAX_WINDOW_BYTES = 2**31 - 1
+"""HTTP/2's largest flow-control window (RFC 9113 §6.9.1)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TransportLimits:
     """What a connection bounds: a message, a call's header list, streams at once."""
@@ -352,6 +369,16 @@ class TransportLimits:
     max_message_bytes: int = 4_194_304
     max_header_list_bytes: int = 16_384
     max_concurrent_streams: int = 100
+
+    def grpclib_config(self) -> Configuration:
+        """grpclib's server configuration: the flow-control windows (unread bytes) of a
+        stream and of a connection, the latter room for all its streams' windows."""
+        return Configuration(
+            http2_stream_window_size=STREAM_WINDOW_BYTES,
+            http2_connection_window_size=min(
+                STREAM_WINDOW_BYTES * self.max_concurrent_streams, MAX_WINDOW_BYTES
+            ),
+        )
 
 
 def accept_calls(
