@@ -173,7 +173,7 @@ class Settings(LifecycleSettings):
         ),
     )
     quota_pace_refusals_per_second: int = field(
-        default=100,
+        default=10,
         metadata=meta(
             v.int_parser(0, MAX_RATE),
             "Refusals a second, beyond its rate quota, a flooding tenant gets on connections "

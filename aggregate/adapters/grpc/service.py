@@ -104,7 +104,7 @@ class GrpcOptions:
     max_concurrent_streams: int = 100
     request_limits: convert.RequestLimits = field(default_factory=convert.RequestLimits)
     overload_retry_after_ms: int = 100
-    pace_refusals_per_second: int = 100
+    pace_refusals_per_second: int = 10
 
     def __post_init__(self) -> None:
         if not self.multi_tenant and self.default_tenant_id is None:
