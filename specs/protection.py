@@ -162,7 +162,8 @@ class PacingModel:
 
     A ``SubmitCommands`` stream is a reader of its own (``stream_command``): it carries its
     one tenant's commands only, so it is a connection that never names a second tenant,
-    and it spends the same schedule as that tenant's connections."""
+    and it spends the same schedule as that tenant's connections. A stream is not read
+    while its tenant is in debt (``tenant_in_debt``), however new the stream."""
 
     pace: int
     due: dict[str, Fraction] = field(default_factory=dict)
@@ -206,6 +207,12 @@ class PacingModel:
             self.paced += 1
             paid = due - FREE
             conn.paid_at = paid if conn.paid_at is None else max(conn.paid_at, paid)
+
+    def tenant_in_debt(self, tenant: str, now: Fraction) -> bool:
+        """Whether ``tenant``'s schedule is more than ``FREE`` ahead of the clock: its
+        streams, old and new, read nothing until it is not."""
+        due = self.due.get(tenant)
+        return due is not None and due - now > FREE
 
     def stream_command(
         self, stream: int, now: Fraction, tenant: str, refused: bool, rate: int = 0

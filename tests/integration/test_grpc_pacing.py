@@ -226,3 +226,40 @@ async def test_without_pacing_a_stream_of_refusals_is_answered_far_past_that_sch
         finally:
             flood.close()
     assert refused > 2 * (bound(span) + STREAM_WINDOW), (refused, span)
+
+
+async def test_a_stream_per_command_buys_a_flooder_no_more_refusals() -> None:
+    """A new stream of a tenant in debt is not read until the debt is paid: a flooder that
+    opens a ``SubmitCommands`` stream for each command (no early refusal, no stream of its
+    own long enough to be paced) is held to the same schedule."""
+    async with open_server(
+        handler_with(protection()), GrpcOptions(pace_refusals_per_second=PACE)
+    ) as srv:
+        flood, calm = GrpclibClient(*srv.address), GrpclibClient(*srv.address)
+        try:
+            with anyio.fail_after(60):
+                first = await call(flood.stub, {"x-tenant-id": "flood"}, command(OPEN))
+                assert first.status == "OK"
+                refused = 0
+                started = time.monotonic()
+                deadline = started + SPAN_S
+
+                async def flooder() -> None:
+                    nonlocal refused
+                    while time.monotonic() < deadline:
+                        reply = await flood.submit_many([command(OPEN)], {"x-tenant-id": "flood"})
+                        assert reply.status == "OK", reply
+                        [result] = reply.results
+                        assert result.error.code == "RESOURCE_EXHAUSTED", result
+                        refused += 1
+
+                async with anyio.create_task_group() as tg:
+                    for _ in range(FLOODERS):
+                        tg.start_soon(flooder)
+                span = time.monotonic() - started
+                after = await calm.submit(command(OPEN), {"x-tenant-id": "calm"})
+        finally:
+            flood.close()
+            calm.close()
+    assert refused <= bound(span), (refused, span)
+    assert after.status == "OK"

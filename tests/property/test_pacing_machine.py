@@ -115,6 +115,11 @@ class PacingMachine(RuleBasedStateMachine):
         for i, stream in enumerate(self.streams):
             reader = CONNECTIONS + i
             assert stream.must_wait(float(now)) == self.model.in_debt(reader, now), reader
+            tenant = STREAM_TENANTS[i]
+            waits = self.pacer.debt(tenant, float(now)) > 0
+            assert waits == self.model.tenant_in_debt(tenant, now), tenant
+            if stream.must_wait(float(now)):  # the tenant's debt covers the stream's own
+                assert self.pacer.debt(tenant, float(now)) >= stream.resume_at - float(now)
             model = self.model.connections.get(reader)
             if model is not None and model.paid_at is not None:
                 assert stream.resume_at == float(model.paid_at), reader

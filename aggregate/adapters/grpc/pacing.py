@@ -30,11 +30,14 @@ the flood more slowly has none. So:
   refusals cost what they cost, as before.
 - **A ``SubmitCommands`` stream** carries one tenant's commands (its call's
   ``x-tenant-id``), so it is paced the same way whatever its connection carries: each
-  command's outcome is observed as it completes, and while the stream is in debt its
-  next request is not read (``aggregate.adapters.grpc.streaming``). In a stream the
-  refusals are cheap (no HTTP/2 stream, no HPACK), so without this a stream of refused
-  commands came back as fast as the client could send them: about ten thousand a second,
-  the command path's core for one tenant.
+  command's outcome is observed as it completes, and while its *tenant* is in debt
+  (``RefusalPacer.debt``: its schedule more than the free second ahead of the clock) the
+  stream's next request is not read (``aggregate.adapters.grpc.streaming``). The tenant's
+  debt, not the stream's own: a new stream of a tenant in debt reads nothing until the
+  debt is paid, so opening a stream per command buys no more refusals than one stream.
+  In a stream the refusals are cheap (no HTTP/2 stream, no HPACK), so without this a
+  stream of refused commands came back as fast as the client could send them: about ten
+  thousand a second, the command path's core for one tenant.
 
 Only quota refusals (``QuotaExceededError``) cost: an open breaker or the node's in-flight
 limit are the node's state, not the client's doing. The schedule is per tenant, not per
@@ -95,6 +98,10 @@ class RefusalPacer:
         self.paced += 1
         return debt
 
+    def debt(self, tenant: str, now: float) -> float:
+        """Seconds until ``tenant``'s schedule is back within its free second (0: none)."""
+        return max(0.0, self._due.get(tenant, now) - now - 1.0)
+
     def _forget(self, now: float) -> None:
         """Drop the schedules that owe nothing; if none, the oldest half."""
         idle = [tenant for tenant, due in self._due.items() if due <= now]
@@ -109,7 +116,8 @@ class ReadPacing:
     """One reader's side of the pacing, a connection's or a ``SubmitCommands`` stream's:
     whose calls it carries, and until when it must not be read (``resume_at``, on the
     caller's monotonic clock). A stream carries one tenant's calls only, so it is always
-    paced by its tenant's schedule, whatever else its connection carries."""
+    paced by its tenant's schedule, whatever else its connection carries; its reader waits
+    for the tenant's debt (``RefusalPacer.debt``), which covers its own ``resume_at``."""
 
     pacer: RefusalPacer
     tenant: str | None = None

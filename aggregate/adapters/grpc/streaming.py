@@ -13,8 +13,9 @@ aggregates run concurrently.
 A failed command is a ``SubmitCommandResult`` with ``error`` in its place; the stream goes
 on. A stream whose tenant floods past its quota is read at its tenant's read schedule
 (``aggregate.adapters.grpc.pacing``): each outcome is observed as its command completes,
-and while the stream is in debt the reader does not read the next request, so HTTP/2 flow
-control pushes back on the client as it does for a full window.
+and while the tenant is in debt the reader does not read the next request (not even the
+first of a new stream), so HTTP/2 flow control pushes back on the client as it does for a
+full window.
 
 When the server drains, the stream stops reading, answers what it has read, then ends
 with UNAVAILABLE: every request after the last result was not processed and can be sent to
@@ -113,7 +114,7 @@ class CommandStream:
             while True:
                 await self._window.acquire()
                 if self._pacing is not None:
-                    delay = self._pacing.resume_at - time.monotonic()
+                    delay = self._pacing.pacer.debt(self._tenant_id, time.monotonic())
                     if delay > 0:
                         await asyncio.sleep(delay)
                 request = await convert.receive(self._stream)
