@@ -89,7 +89,11 @@ def request(account: str, payload: str = DEPOSIT) -> pb.SubmitCommandRequest:
 
 class Window:
     """The measured window: opens after ``warmup_s``, closes after ``duration_s`` or at
-    ``max_count`` counted commands, whichever comes first."""
+    ``max_count`` counted commands, whichever comes first. A command counts (``count``,
+    its latency, its error) when it was sent inside the window and answered before it
+    closed; ``answered`` counts the successes that arrived while it was open, whenever
+    they were sent (``answered_rate``: what a server paced or queued got done in the
+    window, which ``rate`` reads low by about the latency over the window's length)."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.warmup_s = float(spec.get("warmup_s", 1.0))
@@ -98,6 +102,7 @@ class Window:
         self.opened_at: float | None = None
         self.closed_at: float | None = None
         self.count = 0
+        self.answered = 0
         self.latencies: list[float] = []
         self.errors: collections.Counter[str] = collections.Counter()
         self.cpu_start = 0.0
@@ -109,6 +114,8 @@ class Window:
         return self.opened_at is not None and self.closed_at is None and started >= self.opened_at
 
     def record(self, started: float, ms: float, error: str | None = None) -> None:
+        if error is None and self.opened_at is not None and self.closed_at is None:
+            self.answered += 1
         if not self.measuring(started):
             return
         if error is None:
@@ -140,6 +147,7 @@ class Window:
             "count": self.count,
             "elapsed_s": round(elapsed, 4),
             "rate": round(self.count / elapsed, 1) if elapsed > 0 else 0.0,
+            "answered_rate": round(self.answered / elapsed, 1) if elapsed > 0 else 0.0,
             "latency_ms": percentiles(self.latencies),
             "errors": dict(self.errors),
             "client_cpu_s": round(self.cpu_end - self.cpu_start, 3),

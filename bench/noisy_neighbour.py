@@ -23,8 +23,8 @@ client with a bounded pool of calls (``--flooder-max-pending``, default 800: its
 connections' stream limits): a send due while that many are outstanding is skipped, as a
 real client's would be; without the bound its own process would pile up tasks and take a
 core of this machine once the server reads it more slowly (``--flooder-max-pending 0``).
-Its admitted rate counts only answers that arrive inside the window, so it reads low by
-about its latency over the window's length when the server paces it. ``--flooder-nice N``
+Its admitted rate counts the successes that arrive inside the window, whenever they were
+sent (the load generator's ``answered_rate``). ``--flooder-nice N``
 runs the flooder's client process at that nice value: on two cores it competes with the
 service for CPU (at 10x its quota it takes a third of a core, much of it HTTP/2 bookkeeping
 of its 800 open calls), which a flooder on its own machine would not; the default, 0,
@@ -192,7 +192,7 @@ def one_round(
     say(f"  steady beside the flooder at its quota: {at_quota['latency_ms']}")
     beside, flooder = beside_flooder(svc, args, steady, flood, args.quota * args.flood_factor)
     say(f"  steady beside: {beside['latency_ms']} errors {beside['errors']}")
-    say(f"  flooder: {flooder['rate']}/s admitted, errors {flooder['errors']}")
+    say(f"  flooder: {flooder['answered_rate']}/s admitted, errors {flooder['errors']}")
     return {
         "steady_alone": alone,
         "steady_beside_flooder_at_quota": at_quota,
@@ -231,7 +231,7 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
         lines.append(
             f"| {i} | {alone.get('p50')} | {alone.get('p99')} | {at_quota.get('p99')} "
             f"| {beside.get('p50')} | {beside.get('p99')} "
-            f"| {ratio:.2f} | {to_quota:.2f} | {sum(errors.values())} | {flooder['rate']} "
+            f"| {ratio:.2f} | {to_quota:.2f} | {sum(errors.values())} | {flooder['answered_rate']} "
             f"| {flooder['errors'].get('RESOURCE_EXHAUSTED', 0)} | {flooder.get('skipped', 0)} |"
         )
     return "\n".join(lines)
