@@ -7,6 +7,9 @@ On the service's injected registry, beside ``aggregate.adapters.metrics``:
 - ``aggregate_quota_rejections_total{tenant_id,reason}``: commands refused by a tenant's
   quota (``reason``: ``rate`` or ``in_flight``; no ``tenant_id`` label when tenant labels
   are off);
+- ``aggregate_quota_paced_total``: calls that put a flooding tenant's connection or
+  ``SubmitCommands`` stream in debt: read at its refusal schedule from then on
+  (``aggregate.adapters.grpc.pacing``);
 - ``aggregate_load_in_flight_limit``: the node's in-flight limit (``max_in_flight``);
 - ``aggregate_load_shed_total``: commands refused at that limit;
 - ``aggregate_command_queue_depth``: commands waiting for their aggregate's lock (the only
@@ -57,6 +60,12 @@ class ProtectionMetrics(QuotaObserver):
             ("tenant_id", "reason") if tenant_labels else ("reason",),
             registry=registry,
         )
+        self._paced = _CallbackCounter(
+            "aggregate_quota_paced",
+            "Calls that put a flooding tenant's connection or stream in debt (then read at "
+            "its refusal schedule).",
+        )
+        registry.register(self._paced)
         self._limit = Gauge(
             "aggregate_load_in_flight_limit",
             "Commands the node handles at once (max_in_flight); more are shed.",
@@ -95,6 +104,9 @@ class ProtectionMetrics(QuotaObserver):
 
     def set_shed_source(self, source: Callable[[], float]) -> None:
         self._shed.set_source(source)
+
+    def set_paced_source(self, source: Callable[[], float]) -> None:
+        self._paced.set_source(source)
 
     def set_queue_depth_source(self, source: Callable[[], float]) -> None:
         self._queue.set_function(_safe(source, "aggregate_command_queue_depth"))

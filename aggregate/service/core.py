@@ -269,6 +269,7 @@ class IslandCore:
             )
             server = self.server
             self.protection_metrics.set_shed_source(lambda: server.service.shed)
+            self.protection_metrics.set_paced_source(lambda: server.pacer.paced)
             if settings.shard_directory:
                 self.directory = ShardDirectory(
                     nc,

@@ -220,6 +220,8 @@ def test_a_flooding_tenant_is_refused_and_a_steady_one_never_is(
         "aggregate_quota_rejections_total",
         frozenset({("tenant_id", "steady"), ("reason", "rate")}),
     ) not in metrics
+    # the flooder's stream went into debt: from then on it was read at its schedule
+    assert metrics[("aggregate_quota_paced_total", frozenset())] >= 1
 
 
 async def _put_key(url: str, key: str, value: bytes) -> None:

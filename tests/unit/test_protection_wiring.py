@@ -97,14 +97,16 @@ def test_quota_rejections_respect_the_tenant_label_switch(tenant_labels: bool) -
 def test_load_limit_shed_count_and_queue_depth_are_read_at_scrape_time() -> None:
     registry = CollectorRegistry()
     metrics = ProtectionMetrics(registry)
-    shed, queued = [0], [0]
+    shed, queued, paced = [0], [0], [0]
     metrics.set_load_limit(64)
     metrics.set_shed_source(lambda: shed[0])
     metrics.set_queue_depth_source(lambda: queued[0])
-    shed[0], queued[0] = 7, 3
+    metrics.set_paced_source(lambda: paced[0])
+    shed[0], queued[0], paced[0] = 7, 3, 5
     got = samples(registry)
     assert got[("aggregate_load_in_flight_limit", frozenset())] == 64
     assert got[("aggregate_load_shed_total", frozenset())] == 7
+    assert got[("aggregate_quota_paced_total", frozenset())] == 5
     assert got[("aggregate_command_queue_depth", frozenset())] == 3
 
 
