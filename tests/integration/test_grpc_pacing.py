@@ -1,7 +1,9 @@
 """A flooding tenant's dedicated connection is read more slowly (``aggregate.adapters.grpc.
 pacing``), over real sockets and grpclib clients: its quota refusals come no faster than
 its read schedule allows, another tenant's connection is unharmed, and a connection that
-carries two tenants (a gateway's) is never slowed for one of them.
+carries two tenants (a gateway's) is never slowed for one of them. A flooder's
+``SubmitCommands`` streams are held to the same schedule on any connection, one long
+stream or a stream per command.
 
 The bound is on counts, not on speed: in any measured span of ``T`` seconds the server
 can answer at most ``(pace + rate) * (T + 1)`` calls of the flooder (one second of its
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
@@ -53,12 +56,8 @@ async def flood_for(
     """``FLOODERS`` loops of the flooder's commands on ``client`` for ``seconds`` (after
     one admitted command), with a calm tenant's commands beside them on ``calm``'s
     connection; returns the flooder's refusals, the span they took, the calm statuses."""
-    first = await call(client.stub, {"x-tenant-id": "flood"}, command(OPEN))
-    assert first.status == "OK"
+    started, deadline = await first_admitted(client, seconds)
     refused = 0
-    calm_statuses: list[str] = []
-    started = time.monotonic()
-    deadline = started + seconds
 
     async def flooder() -> None:
         nonlocal refused
@@ -67,6 +66,25 @@ async def flood_for(
             assert reply.status == "RESOURCE_EXHAUSTED", reply
             refused += 1
 
+    calm_statuses = await beside_calm([flooder] * FLOODERS, calm, deadline)
+    return refused, time.monotonic() - started, calm_statuses
+
+
+async def first_admitted(client: GrpclibClient, seconds: float) -> tuple[float, float]:
+    """The flooder's one admitted command; then the flood's start and deadline."""
+    first = await call(client.stub, {"x-tenant-id": "flood"}, command(OPEN))
+    assert first.status == "OK"
+    started = time.monotonic()
+    return started, started + seconds
+
+
+async def beside_calm(
+    floods: list[Callable[[], Awaitable[None]]], calm: GrpclibClient | None, deadline: float
+) -> list[str]:
+    """Run ``floods`` with a calm tenant's commands beside them on ``calm`` (if any) until
+    ``deadline``; the calm statuses."""
+    calm_statuses: list[str] = []
+
     async def steady() -> None:
         assert calm is not None
         while time.monotonic() < deadline:
@@ -74,10 +92,31 @@ async def flood_for(
             calm_statuses.append((await calm.submit(request, {"x-tenant-id": "calm"})).status)
 
     async with anyio.create_task_group() as tg:
-        for _ in range(FLOODERS):
-            tg.start_soon(flooder)
+        for flood in floods:
+            tg.start_soon(flood)
         if calm is not None:
             tg.start_soon(steady)
+    return calm_statuses
+
+
+async def stream_per_command_flood_for(
+    client: GrpclibClient, seconds: float, calm: GrpclibClient | None = None
+) -> tuple[int, float, list[str]]:
+    """As ``flood_for``, each command on a ``SubmitCommands`` stream of its own: no early
+    refusal, and no stream lives long enough to be paced by its own debt."""
+    started, deadline = await first_admitted(client, seconds)
+    refused = 0
+
+    async def flooder() -> None:
+        nonlocal refused
+        while time.monotonic() < deadline:
+            reply = await client.submit_many([command(OPEN)], {"x-tenant-id": "flood"})
+            assert reply.status == "OK", reply
+            [result] = reply.results
+            assert result.error.code == "RESOURCE_EXHAUSTED", result
+            refused += 1
+
+    calm_statuses = await beside_calm([flooder] * FLOODERS, calm, deadline)
     return refused, time.monotonic() - started, calm_statuses
 
 
@@ -85,14 +124,21 @@ def bound(span: float, pace: int = PACE, rate: int = 1) -> float:
     return (pace + rate) * (span + 1) + SLACK
 
 
-async def test_a_flooders_own_connection_is_read_at_its_schedule_and_calm_is_served() -> None:
+@pytest.mark.parametrize(
+    "flood_with", [flood_for, stream_per_command_flood_for], ids=["unary", "stream-per-command"]
+)
+async def test_a_flooders_own_connection_is_read_at_its_schedule_and_calm_is_served(
+    flood_with: Callable[..., Awaitable[tuple[int, float, list[str]]]],
+) -> None:
+    """Unary calls on the flooder's own connection, or a stream per command: a new stream
+    of a tenant in debt is not read until the debt is paid, so that buys no more."""
     async with open_server(
         handler_with(protection()), GrpcOptions(pace_refusals_per_second=PACE)
     ) as srv:
         flood, calm = GrpclibClient(*srv.address), GrpclibClient(*srv.address)
         try:
             with anyio.fail_after(60):
-                refused, span, calm_statuses = await flood_for(flood, SPAN_S, calm)
+                refused, span, calm_statuses = await flood_with(flood, SPAN_S, calm)
                 after = await calm.submit(command(OPEN), {"x-tenant-id": "calm"})
         finally:
             flood.close()
@@ -103,22 +149,6 @@ async def test_a_flooders_own_connection_is_read_at_its_schedule_and_calm_is_ser
     assert calm_statuses
     assert set(calm_statuses) == {"OK"}
     assert after.status == "OK"
-
-
-async def test_without_pacing_the_same_flood_is_answered_far_past_that_schedule() -> None:
-    """The control: the bound above is not one the machine keeps anyway."""
-    async with open_server(
-        handler_with(protection()), GrpcOptions(pace_refusals_per_second=0)
-    ) as srv:
-        flood = GrpclibClient(*srv.address)
-        try:
-            with anyio.fail_after(60):
-                refused, span, _ = await flood_for(flood, SPAN_S)
-        finally:
-            flood.close()
-        paced = srv.pacer.paced
-    assert refused > bound(span), (refused, span)
-    assert paced == 0
 
 
 async def test_a_connection_carrying_two_tenants_is_not_slowed_for_one_of_them() -> None:
@@ -150,12 +180,8 @@ async def stream_flood_for(
     """The flooder's commands on one ``SubmitCommands`` stream, ``STREAM_WINDOW`` of them
     unanswered, for ``seconds`` (after one admitted command), with a calm tenant's unary
     commands beside it on ``calm``; returns the refusals, their span, the calm statuses."""
-    first = await call(client.stub, {"x-tenant-id": "flood"}, command(OPEN))
-    assert first.status == "OK"
+    started, deadline = await first_admitted(client, seconds)
     refused = 0
-    calm_statuses: list[str] = []
-    started = time.monotonic()
-    deadline = started + seconds
     slots = anyio.Semaphore(STREAM_WINDOW)
 
     async def flooder() -> None:
@@ -178,16 +204,7 @@ async def stream_flood_for(
                     assert result.error.code == "RESOURCE_EXHAUSTED", result
                     refused += 1
 
-    async def steady() -> None:
-        assert calm is not None
-        while time.monotonic() < deadline:
-            request = command(OPEN, aggregate_id=str(uuid.uuid4()))
-            calm_statuses.append((await calm.submit(request, {"x-tenant-id": "calm"})).status)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(flooder)
-        if calm is not None:
-            tg.start_soon(steady)
+    calm_statuses = await beside_calm([flooder], calm, deadline)
     return refused, time.monotonic() - started, calm_statuses
 
 
@@ -213,53 +230,31 @@ async def test_a_flooders_stream_is_read_at_its_schedule_even_on_a_shared_connec
     assert after.status == "OK"
 
 
-async def test_without_pacing_a_stream_of_refusals_is_answered_far_past_that_schedule() -> None:
-    """The control for streams: refused in a stream, a flood comes back as fast as the
-    client sends it."""
+def stream_floor(span: float) -> float:
+    """Twice what a paced stream may be answered (its window read ahead, too)."""
+    return 2 * (bound(span) + STREAM_WINDOW)
+
+
+@pytest.mark.parametrize(
+    ("flood_with", "floor"),
+    [(flood_for, bound), (stream_flood_for, stream_floor)],
+    ids=["unary", "stream"],
+)
+async def test_without_pacing_the_same_flood_is_answered_far_past_that_schedule(
+    flood_with: Callable[[GrpclibClient, float], Awaitable[tuple[int, float, list[str]]]],
+    floor: Callable[[float], float],
+) -> None:
+    """The control: the bounds above are not ones the machine keeps anyway; refused in a
+    stream, a flood comes back as fast as the client sends it."""
     async with open_server(
         handler_with(protection()), GrpcOptions(pace_refusals_per_second=0)
     ) as srv:
         flood = GrpclibClient(*srv.address)
         try:
             with anyio.fail_after(60):
-                refused, span, _ = await stream_flood_for(flood, SPAN_S)
+                refused, span, _ = await flood_with(flood, SPAN_S)
         finally:
             flood.close()
-    assert refused > 2 * (bound(span) + STREAM_WINDOW), (refused, span)
-
-
-async def test_a_stream_per_command_buys_a_flooder_no_more_refusals() -> None:
-    """A new stream of a tenant in debt is not read until the debt is paid: a flooder that
-    opens a ``SubmitCommands`` stream for each command (no early refusal, no stream of its
-    own long enough to be paced) is held to the same schedule."""
-    async with open_server(
-        handler_with(protection()), GrpcOptions(pace_refusals_per_second=PACE)
-    ) as srv:
-        flood, calm = GrpclibClient(*srv.address), GrpclibClient(*srv.address)
-        try:
-            with anyio.fail_after(60):
-                first = await call(flood.stub, {"x-tenant-id": "flood"}, command(OPEN))
-                assert first.status == "OK"
-                refused = 0
-                started = time.monotonic()
-                deadline = started + SPAN_S
-
-                async def flooder() -> None:
-                    nonlocal refused
-                    while time.monotonic() < deadline:
-                        reply = await flood.submit_many([command(OPEN)], {"x-tenant-id": "flood"})
-                        assert reply.status == "OK", reply
-                        [result] = reply.results
-                        assert result.error.code == "RESOURCE_EXHAUSTED", result
-                        refused += 1
-
-                async with anyio.create_task_group() as tg:
-                    for _ in range(FLOODERS):
-                        tg.start_soon(flooder)
-                span = time.monotonic() - started
-                after = await calm.submit(command(OPEN), {"x-tenant-id": "calm"})
-        finally:
-            flood.close()
-            calm.close()
-    assert refused <= bound(span), (refused, span)
-    assert after.status == "OK"
+        paced = srv.pacer.paced
+    assert refused > floor(span), (refused, span)
+    assert paced == 0
