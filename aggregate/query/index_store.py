@@ -30,6 +30,7 @@ import os
 import secrets
 import sqlite3
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ from aggregate.domain.errors import ConfigError
 from aggregate.query.plan import run_bounded
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
     from pathlib import Path
 
     from aggregate.domain.ids import AggregateKey
@@ -153,6 +154,31 @@ class IndexStore:
         self._readers = threading.local()
         self._all_readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._use = threading.Condition()
+        self._users = 0
+        """Calls on a connection right now (in worker threads): ``close`` waits for them."""
+        self._closed = False
+
+    @contextmanager
+    def _using(self) -> Iterator[None]:
+        """Hold the connections open for one call. Closing a connection while another
+        thread runs a statement on it is undefined in SQLite: the service crashed with
+        SIGSEGV when it stopped during an index write.
+
+        Raises:
+            sqlite3.ProgrammingError: the store is closed (what a closed connection says).
+        """
+        with self._use:
+            if self._closed:
+                raise sqlite3.ProgrammingError("the index store is closed")
+            self._users += 1
+            self._use.notify_all()
+        try:
+            yield
+        finally:
+            with self._use:
+                self._users -= 1
+                self._use.notify_all()
 
     # --- writes (one caller at a time) ---
 
@@ -168,14 +194,16 @@ class IndexStore:
         connection = self._writer
         encoded = json.dumps([row.params() for row in rows], ensure_ascii=False)
         through = str(replayed_through) if replayed_through is not None else None
-        before = connection.total_changes
-        connection.execute(_WRITE_BATCH, (encoded, json.dumps(watermarks), through))
-        other = len(watermarks) + (through is not None)
-        return connection.total_changes - before - other
+        with self._using():
+            before = connection.total_changes
+            connection.execute(_WRITE_BATCH, (encoded, json.dumps(watermarks), through))
+            other = len(watermarks) + (through is not None)
+            return connection.total_changes - before - other
 
     def create_indexes(self, statements: Sequence[str]) -> None:
-        for statement in statements:
-            self._writer.execute(statement)
+        with self._using():
+            for statement in statements:
+                self._writer.execute(statement)
 
     # --- reads ---
 
@@ -191,36 +219,46 @@ class IndexStore:
 
     def run(self, plan: QueryPlan, *, max_steps: int) -> list[Row]:
         """The rows of one planned page."""
-        return run_bounded(self.reader(), plan, max_steps=max_steps)
+        with self._using():
+            return run_bounded(self.reader(), plan, max_steps=max_steps)
 
     def views(self, keys: Iterable[AggregateKey]) -> dict[AggregateKey, StoredView]:
         """The stored views of ``keys`` (those that have one)."""
         found = {}
         connection = self._writer
-        for key in keys:
-            got = connection.execute(
-                _SELECT_ONE, (key.tenant_id, key.aggregate_type, str(key.aggregate_id))
-            ).fetchone()
-            if got is not None:
-                found[key] = StoredView(got[0], got[1], got[2], json.loads(got[3]))
+        with self._using():
+            for key in keys:
+                got = connection.execute(
+                    _SELECT_ONE, (key.tenant_id, key.aggregate_type, str(key.aggregate_id))
+                ).fetchone()
+                if got is not None:
+                    found[key] = StoredView(got[0], got[1], got[2], json.loads(got[3]))
         return found
 
     def watermarks(self) -> dict[str, int]:
-        return dict(self._writer.execute("SELECT tenant_id, position FROM watermarks"))
+        with self._using():
+            return dict(self._writer.execute("SELECT tenant_id, position FROM watermarks"))
 
     def replayed_through(self) -> int:
-        got = self._writer.execute(
-            "SELECT value FROM meta WHERE key = ?", (REPLAYED_THROUGH,)
-        ).fetchone()
+        with self._using():
+            got = self._writer.execute(
+                "SELECT value FROM meta WHERE key = ?", (REPLAYED_THROUGH,)
+            ).fetchone()
         return int(got[0]) if got is not None else 0
 
     def count(self, tenant_id: str | None = None) -> int:
-        if tenant_id is None:
-            return int(self._writer.execute("SELECT count(*) FROM views").fetchone()[0])
-        sql = "SELECT count(*) FROM views WHERE tenant_id = ?"
-        return int(self._writer.execute(sql, (tenant_id,)).fetchone()[0])
+        with self._using():
+            if tenant_id is None:
+                return int(self._writer.execute("SELECT count(*) FROM views").fetchone()[0])
+            sql = "SELECT count(*) FROM views WHERE tenant_id = ?"
+            return int(self._writer.execute(sql, (tenant_id,)).fetchone()[0])
 
     def close(self) -> None:
+        """Close the connections once no call is using them (a call that comes later is
+        refused); waits for a statement another thread is running."""
+        with self._use:
+            self._closed = True
+            self._use.wait_for(lambda: self._users == 0)
         with self._lock:
             for connection in self._all_readers:
                 connection.close()
