@@ -258,6 +258,7 @@ class IndexStore:
         refused); waits for a statement another thread is running."""
         with self._use:
             self._closed = True
+            self._use.notify_all()
             self._use.wait_for(lambda: self._users == 0)
         with self._lock:
             for connection in self._all_readers:

@@ -7,6 +7,7 @@ calls multiplexed on its connection go on; the server holds no more than its lim
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -524,11 +525,20 @@ STALLED_STREAMS = 2
 BIG_COMMAND = command({**OPEN, "note": "x" * 32_000})
 
 
-def _sendable(channel: Any, stream_id: int) -> int:
-    """Bytes grpclib's client may send now on ``stream_id`` (its stream's window and its
-    connection's, whichever is smaller; 0 or less: its sends wait), from its h2 state."""
-    h2_connection = channel._protocol.connection._connection
-    return int(h2_connection.local_flow_control_window(stream_id))
+class _WindowWait(asyncio.Event):
+    """A grpclib client stream's ``window_updated`` event that tells ``blocked`` when the
+    stream's sends begin to wait for flow-control window (grpclib clears the event, then
+    waits on it, when its stream's or its connection's window is spent)."""
+
+    def __init__(self, original: asyncio.Event, blocked: anyio.Event) -> None:
+        super().__init__()
+        if original.is_set():
+            self.set()
+        self._blocked = blocked
+
+    def clear(self) -> None:
+        super().clear()
+        self._blocked.set()
 
 
 async def test_streams_the_server_does_not_read_leave_the_connection_to_other_calls(
@@ -542,12 +552,12 @@ async def test_streams_the_server_does_not_read_leave_the_connection_to_other_ca
     window = GrpcOptions().stream_window
     async with open_server(bank_handler(program=program)) as srv:
         client = GrpclibClient(*srv.address)
-        stream_ids: list[int] = []
+        blocked = [anyio.Event() for _ in range(STALLED_STREAMS)]
         try:
             with anyio.fail_after(30):
                 async with anyio.create_task_group() as tg:
 
-                    async def stalled() -> None:
+                    async def stalled(waits: anyio.Event) -> None:
                         method = client.stub.SubmitCommands
                         async with method.open(metadata={"x-tenant-id": "acme"}) as stream:
                             await stream.send_request()
@@ -556,19 +566,16 @@ async def test_streams_the_server_does_not_read_leave_the_connection_to_other_ca
                                     {**OPEN, "hold": True}, aggregate_id=str(uuid.uuid4())
                                 )
                                 await stream.send_message(held)
-                            stream_ids.append(stream._stream.id)
+                            sending = stream._stream
+                            sending.window_updated = _WindowWait(sending.window_updated, waits)
                             for _ in range(200):  # 6.4 MB: more than any window
                                 await stream.send_message(BIG_COMMAND)
 
-                    for _ in range(STALLED_STREAMS):
-                        tg.start_soon(stalled)
+                    for waits in blocked:
+                        tg.start_soon(stalled, waits)
                     await program.wait_entered(STALLED_STREAMS * window)
-                    # Until both streams' sends wait for window: the client's h2 state has
-                    # no event to wait on, so it is polled.
-                    while len(stream_ids) < STALLED_STREAMS or any(  # noqa: ASYNC110
-                        _sendable(client.channel, i) > 0 for i in stream_ids
-                    ):
-                        await anyio.sleep(0.01)
+                    for waits in blocked:  # both streams' sends wait for window
+                        await waits.wait()
                     calm = await client.submit(command(OPEN), {"x-tenant-id": "globex"})
                     tg.cancel_scope.cancel()
         finally:

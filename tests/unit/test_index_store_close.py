@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -37,12 +36,12 @@ def test_close_waits_for_a_running_write_and_refuses_later_calls(tmp_path: Path)
 
     writer = threading.Thread(target=write)
     writer.start()
-    while writer.is_alive() and not getattr(store, "_users", 0):
-        time.sleep(0.001)  # until the write is inside its statement (waiting for the lock)
+    with store._use:  # notified as a call enters: the write is inside its statement
+        assert store._use.wait_for(lambda: store._users == 1, timeout=10)
     closer = threading.Thread(target=store.close)
     closer.start()
-    while closer.is_alive() and not getattr(store, "_closed", False):
-        time.sleep(0.001)  # until close has begun: it must now wait for the write
+    with store._use:  # notified as close begins: it must now wait for the write
+        assert store._use.wait_for(lambda: store._closed, timeout=10)
     assert closer.is_alive()
     blocker.execute("ROLLBACK")
     writer.join(10)
