@@ -1,5 +1,5 @@
 """``open_connection`` against a real nats-server: a cancellation while connecting ends the
-connect, even when nats-py's handshake lets it slip."""
+connect, even when nats-py's handshake, or a failed attempt's retry loop, lets it slip."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from nats.aio.client import Client
 
 from aggregate.adapters.jetstream.connect import open_connection
+from aggregate.adapters.nats_server import free_port
 
 if TYPE_CHECKING:
     from aggregate.adapters.nats_server import NatsServerProcess
@@ -52,6 +53,42 @@ async def test_a_cancellation_that_the_handshake_drops_still_stops_the_connect(
     assert task.cancelled()
     (client,) = clients
     assert client.is_closed  # the half-open client is closed, not left connected
+
+
+async def test_a_cancellation_that_a_failed_attempt_drops_still_stops_the_connect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_attempt = Client._connect_to_server
+    attempts: list[Client] = []
+
+    async def attempt_dropping_a_cancel(self: Client, *args: Any, **kwargs: Any) -> None:
+        # What Python 3.11's asyncio.wait_for (in nats-py's transport) does when the
+        # cancellation arrives as the attempt fails: the attempt's error is raised, the
+        # CancelledError is swallowed, the task stays marked as cancelled. nats-py's
+        # server selection catches the error and tries again, without end.
+        attempts.append(self)
+        try:
+            await real_attempt(self, *args, **kwargs)
+        finally:
+            task = asyncio.current_task()
+            assert task is not None
+            if len(attempts) == 1:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(0)
+
+    monkeypatch.setattr(Client, "_connect_to_server", attempt_dropping_a_cancel)
+    refused = f"nats://127.0.0.1:{free_port()}"
+
+    async def connect() -> Client:
+        return await open_connection([refused], timeout_s=120, name="cancelled")
+
+    task = asyncio.get_running_loop().create_task(connect())
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)  # without the fix: retried until the 120 s deadline
+    assert task.cancelled()
+    assert len(attempts) == 1  # no attempt after the cancellation
+    assert attempts[0].is_closed
 
 
 async def test_a_connect_that_is_not_cancelled_returns_the_connected_client(

@@ -77,11 +77,23 @@ async def open_connection(
     """
     connecting = True
     last_error: list[BaseException] = []
+    task = asyncio.current_task()
+    cancels = task.cancelling() if task is not None else 0
+
+    def dropped_cancel() -> bool:
+        # Python 3.11's asyncio.wait_for drops a cancellation that arrives as its inner
+        # wait completes: in nats-py's transport connect (the attempt's error is raised
+        # instead, and nats-py tries again) and in its handshake (the connect returns). The
+        # task stays marked as cancelled; honour that, or a service stopping during
+        # start-up would go on connecting, or starting.
+        return task is not None and task.cancelling() > cancels
 
     async def on_error(exc: Exception) -> None:
         if connecting:
             last_error[:] = [exc]
             log.debug("NATS connect attempt failed: %r", exc)
+            if dropped_cancel():
+                raise asyncio.CancelledError
         elif error_cb is not None:
             await error_cb(exc)
 
@@ -96,8 +108,6 @@ async def open_connection(
     nc = Client()
     headers.install(nc)
     connect: Any = nc.connect  # nats-py annotates its timeouts as int; they are floats
-    task = asyncio.current_task()
-    cancels = task.cancelling() if task is not None else 0
     try:
         async with asyncio.timeout(timeout_s):
             await connect(
@@ -122,11 +132,7 @@ async def open_connection(
     except BaseException:
         await _close_quietly(nc)
         raise
-    if task is not None and task.cancelling() > cancels:
-        # Cancelled while connecting, and nats-py returned anyway: Python 3.11's
-        # asyncio.wait_for (in its connect handshake) drops a cancellation that arrives as
-        # its inner wait completes. Honour it, or a service stopping during start-up would
-        # go on starting.
+    if dropped_cancel():  # cancelled while connecting, and nats-py returned anyway
         await _close_quietly(nc)
         raise asyncio.CancelledError
     connecting = False
