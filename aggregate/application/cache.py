@@ -7,15 +7,12 @@ commands in flight, not by the aggregates ever seen.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from contextlib import asynccontextmanager
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 
 import anyio
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from aggregate.domain.aggregate import AggregateInstance
     from aggregate.domain.ids import AggregateKey
 
@@ -101,50 +98,65 @@ class AggregateCache:
 
 
 class KeyedLocks:
-    """One ``anyio.Lock`` per aggregate key, taken on demand and dropped when unused.
+    """Mutual exclusion per aggregate key: holders of one key run one at a time, in the
+    order they arrived; other keys never wait.
 
-    Dropped locks (free, nobody waiting) go to a small free list for the next key: making
-    an ``anyio.Lock`` looks up the running async library, a measurable cost per command.
+    A key is in the map only while someone holds it, with the queue of those waiting for
+    it. Taking a free key touches nothing but that map and never yields to the event loop
+    (the handler awaits I/O right after, so fairness is kept where it matters); a release
+    hands the key straight to the first waiter, so a newcomer cannot overtake the queue.
+    Only a caller that has to wait makes an ``anyio.Event``: an ``anyio.Lock`` per command
+    (its acquire and release each look up the running task) cost ~30 µs a command on the
+    benchmark machine, about 3.5 % of the service's CPU per unary command.
     """
 
-    FREE_LIST = 256
-
     def __init__(self) -> None:
-        self._locks: dict[AggregateKey, tuple[anyio.Lock, int]] = {}
-        self._free: list[anyio.Lock] = []
+        self._held: dict[AggregateKey, deque[anyio.Event]] = {}
         self.waiting = 0
-        """Callers waiting for a lock another holds (the command queue's depth)."""
+        """Callers waiting for a key another holds (the command queue's depth)."""
 
     def __len__(self) -> int:
-        return len(self._locks)
+        return len(self._held)
 
-    @asynccontextmanager
-    async def hold(self, key: AggregateKey) -> AsyncIterator[None]:
-        """Hold the lock of ``key``. Cancellation while waiting leaves no trace."""
-        lock, users = self._locks.get(key, (None, 0))
-        if lock is None:
-            # fast_acquire: an uncontended acquire does not yield to the event loop; the
-            # handler awaits I/O right after, so fairness is kept where it matters.
-            lock = self._free.pop() if self._free else anyio.Lock(fast_acquire=True)
-        self._locks[key] = (lock, users + 1)
+    def hold(self, key: AggregateKey) -> _Hold:
+        """``async with locks.hold(key):`` holds ``key``. Cancellation while waiting leaves
+        no trace (a key handed over just as its waiter was cancelled goes to the next)."""
+        return _Hold(self, key)
+
+    def _release(self, key: AggregateKey) -> None:
+        queue = self._held[key]
+        if queue:
+            queue.popleft().set()  # the key stays held: it is the first waiter's now
+        else:
+            del self._held[key]
+
+
+class _Hold:
+    __slots__ = ("_key", "_locks")
+
+    def __init__(self, locks: KeyedLocks, key: AggregateKey) -> None:
+        self._locks = locks
+        self._key = key
+
+    async def __aenter__(self) -> None:
+        locks, key = self._locks, self._key
+        queue = locks._held.get(key)
+        if queue is None:
+            locks._held[key] = deque()
+            return
+        turn = anyio.Event()
+        queue.append(turn)
+        locks.waiting += 1
         try:
-            if users:
-                self.waiting += 1
-                try:
-                    await lock.acquire()
-                finally:
-                    self.waiting -= 1
+            await turn.wait()
+        except BaseException:
+            if turn.is_set():  # handed over as the wait was cancelled: pass it on
+                locks._release(key)
             else:
-                await lock.acquire()
-            try:
-                yield
-            finally:
-                lock.release()
+                queue.remove(turn)
+            raise
         finally:
-            lock_, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-                if len(self._free) < self.FREE_LIST:  # released above, nobody waiting
-                    self._free.append(lock_)
-            else:
-                self._locks[key] = (lock_, users - 1)
+            locks.waiting -= 1
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._locks._release(self._key)

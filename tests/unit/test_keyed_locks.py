@@ -1,7 +1,9 @@
-"""``KeyedLocks``: one lock per aggregate key, dropped when unused, lock objects reused."""
+"""``KeyedLocks``: one holder per aggregate key at a time, in arrival order; a key is
+kept only while it is held."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import anyio
@@ -11,13 +13,12 @@ import pytest
 from aggregate.application.cache import KeyedLocks
 from aggregate.domain.ids import AggregateKey
 
-pytestmark = pytest.mark.trio
-
 
 def key(n: int) -> AggregateKey:
     return AggregateKey("acme", "bank-account", uuid.UUID(int=n))
 
 
+@pytest.mark.trio
 async def test_same_key_serialises_and_other_keys_do_not_wait() -> None:
     locks = KeyedLocks()
     order: list[str] = []
@@ -47,38 +48,46 @@ async def test_same_key_serialises_and_other_keys_do_not_wait() -> None:
     assert len(locks) == 0
 
 
-async def test_released_locks_are_reused_and_still_exclude() -> None:
+@pytest.mark.trio
+async def test_waiters_enter_in_arrival_order_and_are_counted() -> None:
     locks = KeyedLocks()
-    async with locks.hold(key(1)):
-        pass
-    assert len(locks) == 0
-    assert len(locks._free) == 1
-    reused = locks._free[0]
-    inside = 0
-    peak = 0
-    seen: list[bool] = []
+    order: list[int] = []
+    held = anyio.Event()
+    release = anyio.Event()
+    queued = [anyio.Event() for _ in range(4)]
 
-    async def user() -> None:
-        nonlocal inside, peak
-        async with locks.hold(key(3)):
-            seen.append(locks._locks[key(3)][0] is reused)
-            inside += 1
-            peak = max(peak, inside)
-            await anyio.lowlevel.checkpoint()
-            inside -= 1
+    async def holder() -> None:
+        async with locks.hold(key(1)):
+            held.set()
+            await release.wait()
+
+    async def waiter(n: int) -> None:
+        queued[n].set()
+        async with locks.hold(key(1)):
+            order.append(n)
+            await anyio.lowlevel.checkpoint()  # still held: the next one waits
 
     async with anyio.create_task_group() as tg:
-        for _ in range(5):
-            tg.start_soon(user)
-    assert seen == [True] * 5
-    assert peak == 1
+        tg.start_soon(holder)
+        await held.wait()
+        for n in range(4):
+            tg.start_soon(waiter, n)
+            await queued[n].wait()
+            await anyio.lowlevel.checkpoint()  # ``n`` is now waiting in the queue
+        assert locks.waiting == 4
+        assert len(locks) == 1
+        release.set()
+    assert order == [0, 1, 2, 3]
+    assert locks.waiting == 0
     assert len(locks) == 0
 
 
-async def test_cancelled_waiter_leaves_no_trace_and_the_free_list_is_bounded() -> None:
+@pytest.mark.trio
+async def test_cancelled_waiter_leaves_no_trace() -> None:
     locks = KeyedLocks()
     held = anyio.Event()
     release = anyio.Event()
+    entered: list[str] = []
 
     async def holder() -> None:
         async with locks.hold(key(1)):
@@ -88,29 +97,56 @@ async def test_cancelled_waiter_leaves_no_trace_and_the_free_list_is_bounded() -
     async with anyio.create_task_group() as tg:
         tg.start_soon(holder)
         await held.wait()
-        with anyio.move_on_after(0.01):
+        with anyio.CancelScope() as scope:
+            tg.start_soon(_cancel_soon, scope)
             async with locks.hold(key(1)):
                 pytest.fail("the lock was held by another task")
+        assert scope.cancelled_caught
+        assert locks.waiting == 0
         release.set()
+    async with locks.hold(key(1)):  # free again, at once
+        entered.append("after")
+    assert entered == ["after"]
     assert len(locks) == 0
 
-    total = KeyedLocks.FREE_LIST + 10
-    holding = 0
-    all_in = anyio.Event()
-    gate = anyio.Event()
 
-    async def hold_until_gate(n: int) -> None:
-        nonlocal holding
-        async with locks.hold(key(n)):
-            holding += 1
-            if holding == total:
-                all_in.set()
-            await gate.wait()
+async def _cancel_soon(scope: anyio.CancelScope) -> None:
+    scope.cancel()
 
-    async with anyio.create_task_group() as tg:
-        for n in range(total):
-            tg.start_soon(hold_until_gate, n)
-        await all_in.wait()  # ``total`` distinct locks exist at once
-        gate.set()
-    assert len(locks) == 0
-    assert len(locks._free) == KeyedLocks.FREE_LIST
+
+def test_a_key_handed_over_as_its_waiter_is_cancelled_goes_to_the_next() -> None:
+    """On the island, grpclib cancels a handler natively (deadline, client reset), and
+    asyncio delivers that even to a wait that has just been ended: the cancelled waiter
+    was given the key, and must pass it on rather than keep it."""
+
+    async def main() -> list[str]:
+        locks = KeyedLocks()
+        order: list[str] = []
+
+        async def first() -> None:
+            try:
+                async with locks.hold(key(1)):
+                    order.append("first")
+            except asyncio.CancelledError:
+                order.append("first cancelled")
+                raise
+
+        async def second() -> None:
+            async with locks.hold(key(1)):
+                order.append("second")
+
+        holding = locks.hold(key(1))
+        await holding.__aenter__()
+        first_task = asyncio.create_task(first())
+        second_task = asyncio.create_task(second())
+        await asyncio.sleep(0)  # one turn: both tasks run to their wait, in order
+        assert locks.waiting == 2
+        await holding.__aexit__(None, None, None)  # the key is the first waiter's now
+        first_task.cancel()
+        await asyncio.wait_for(asyncio.gather(first_task, second_task, return_exceptions=True), 5)
+        assert first_task.cancelled()
+        assert len(locks) == 0
+        assert locks.waiting == 0
+        return order
+
+    assert asyncio.run(main()) == ["first cancelled", "second"]
