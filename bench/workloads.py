@@ -333,10 +333,16 @@ class BareGrpcServer:
             self.stop()
             raise RuntimeError(f"baseline (a) did not start: {line!r}")
 
+    @property
+    def pid(self) -> int:
+        """The server process (its nats-server apart)."""
+        if self._proc is None:
+            raise RuntimeError("baseline (a) is not running")
+        return self._proc.pid
+
     def cpu(self) -> CpuSample:
-        assert self._proc is not None
         assert self.nats.pid is not None
-        return {"server": cpu_seconds(self._proc.pid), "nats": cpu_seconds(self.nats.pid)}
+        return {"server": cpu_seconds(self.pid), "nats": cpu_seconds(self.nats.pid)}
 
     def unary(self, plan: Plan) -> dict[str, Any]:
         accounts = [str(uuid7()) for _ in range(plan.clients)]
