@@ -17,6 +17,10 @@ Workloads (``spec["kind"]``):
   cannot hide its queueing (no coordinated omission); with ``max_pending``, a send due while
   that many calls are outstanding is skipped and counted (``skipped``), as a client with a
   bounded pool of calls would;
+- ``gateway``: several ``open_loop`` lanes (``lanes``: each a ``tenant``, its ``accounts``,
+  ``rate`` and optional ``max_pending``) sharing one set of ``channels`` (default 8), as an
+  API gateway multiplexes its tenants' calls over shared HTTP/2 connections; one measured
+  window for all; the result is the first lane's, the others under ``lanes``;
 - ``batch``: set-up work (open accounts, fill histories) pipelined over streams;
 - ``get``: ``GetAggregate`` of each listed aggregate once, after warming the connection
   (cold rehydration right after a service restart).
@@ -95,7 +99,9 @@ class Window:
     they were sent (``answered_rate``: what a server paced or queued got done in the
     window, which ``rate`` reads low by about the latency over the window's length)."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: dict[str, Any], lead: Window | None = None) -> None:
+        self.lead = lead
+        """A window that opens and closes with ``lead`` (which alone ``run``s)."""
         self.warmup_s = float(spec.get("warmup_s", 1.0))
         self.duration_s = float(spec["duration_s"])
         self.max_count = int(spec.get("max_count", 10_000_000))
@@ -110,11 +116,17 @@ class Window:
         self.full = asyncio.Event()
         self.stop = asyncio.Event()
 
+    def _times(self) -> tuple[float | None, float | None]:
+        times = self.lead or self
+        return times.opened_at, times.closed_at
+
     def measuring(self, started: float) -> bool:
-        return self.opened_at is not None and self.closed_at is None and started >= self.opened_at
+        opened, closed = self._times()
+        return opened is not None and closed is None and started >= opened
 
     def record(self, started: float, ms: float, error: str | None = None) -> None:
-        if error is None and self.opened_at is not None and self.closed_at is None:
+        opened, closed = self._times()
+        if error is None and opened is not None and closed is None:
             self.answered += 1
         if not self.measuring(started):
             return
@@ -140,9 +152,10 @@ class Window:
         self.stop.set()
 
     def result(self, **extra: Any) -> dict[str, Any]:
-        assert self.opened_at is not None
-        assert self.closed_at is not None
-        elapsed = self.closed_at - self.opened_at
+        times = self.lead or self
+        assert times.opened_at is not None
+        assert times.closed_at is not None
+        elapsed = times.closed_at - times.opened_at
         return {
             "count": self.count,
             "elapsed_s": round(elapsed, 4),
@@ -150,7 +163,7 @@ class Window:
             "answered_rate": round(self.answered / elapsed, 1) if elapsed > 0 else 0.0,
             "latency_ms": percentiles(self.latencies),
             "errors": dict(self.errors),
-            "client_cpu_s": round(self.cpu_end - self.cpu_start, 3),
+            "client_cpu_s": round(times.cpu_end - times.cpu_start, 3),
             **extra,
         }
 
@@ -251,30 +264,42 @@ async def stream(spec: dict[str, Any]) -> dict[str, Any]:
     return window.result(streams=streams, window=in_flight)
 
 
-async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
-    host, port, metadata = target(spec)
-    accounts: list[str] = spec["accounts"]
-    rate = float(spec["rate"])
-    window = Window(spec)
-    channels = [Channel(host, port) for _ in range(int(spec.get("channels", 8)))]
-    stubs = [CommandServiceStub(c) for c in channels]
-    pending: set[asyncio.Task[None]] = set()
-    worst_lag = 0.0
-    max_pending = int(spec.get("max_pending", 0))  # 0: unbounded
-    skipped = 0
+class _Lane:
+    """One tenant's open loop on shared stubs: ``rate`` sends a second on a fixed schedule."""
 
-    async def call(i: int, scheduled: float) -> None:
+    def __init__(
+        self,
+        stubs: list[CommandServiceStub],
+        tenant: str,
+        accounts: list[str],
+        rate: float,
+        window: Window,
+        max_pending: int = 0,
+    ) -> None:
+        self.stubs = stubs
+        self.metadata = [("x-tenant-id", tenant)]
+        self.accounts = accounts
+        self.rate = rate
+        self.window = window
+        self.max_pending = max_pending  # 0: unbounded
+        self.pending: set[asyncio.Task[None]] = set()
+        self.worst_lag = 0.0
+        self.skipped = 0
+
+    async def call(self, i: int, scheduled: float) -> None:
         try:
-            await stubs[i % len(stubs)].SubmitCommand(
-                request(accounts[i % len(accounts)]), metadata=metadata, timeout=CALL_TIMEOUT_S
+            await self.stubs[i % len(self.stubs)].SubmitCommand(
+                request(self.accounts[i % len(self.accounts)]),
+                metadata=self.metadata,
+                timeout=CALL_TIMEOUT_S,
             )
         except (TimeoutError, grpclib.exceptions.GRPCError, OSError) as exc:
-            window.record(scheduled, 0.0, error_name(exc))
+            self.window.record(scheduled, 0.0, error_name(exc))
             return
-        window.record(scheduled, (time.perf_counter() - scheduled) * 1000)
+        self.window.record(scheduled, (time.perf_counter() - scheduled) * 1000)
 
-    async def schedule() -> None:
-        nonlocal worst_lag, skipped
+    async def schedule(self) -> None:
+        window, rate = self.window, self.rate
         total = int(rate * (window.warmup_s + window.duration_s + 1)) + 1
         start = time.perf_counter()
         for i in range(total):  # bounded in count; `stop` ends it in time
@@ -282,27 +307,71 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if window.stop.is_set():
+            if (window.lead or window).stop.is_set():
                 break
             if window.measuring(scheduled):
-                worst_lag = max(worst_lag, time.perf_counter() - scheduled)
-            if max_pending and len(pending) >= max_pending:
-                skipped += window.measuring(scheduled)  # a client at its own limit
+                self.worst_lag = max(self.worst_lag, time.perf_counter() - scheduled)
+            if self.max_pending and len(self.pending) >= self.max_pending:
+                self.skipped += window.measuring(scheduled)  # a client at its own limit
                 continue
-            task = asyncio.get_running_loop().create_task(call(i, scheduled))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+            task = asyncio.get_running_loop().create_task(self.call(i, scheduled))
+            self.pending.add(task)
+            task.add_done_callback(self.pending.discard)
 
+    async def drain(self) -> None:
+        if self.pending:
+            await asyncio.wait(self.pending, timeout=CALL_TIMEOUT_S + 1)
+
+    def result(self) -> dict[str, Any]:
+        return self.window.result(
+            offered_rate=self.rate,
+            worst_send_lag_ms=round(self.worst_lag * 1000, 3),
+            skipped=self.skipped,
+        )
+
+
+async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
+    return await gateway(
+        {
+            **spec,
+            "lanes": [
+                {
+                    "tenant": spec["tenant"],
+                    "accounts": spec["accounts"],
+                    "rate": spec["rate"],
+                    "max_pending": spec.get("max_pending", 0),
+                }
+            ],
+        }
+    )
+
+
+async def gateway(spec: dict[str, Any]) -> dict[str, Any]:
+    channels = [
+        Channel(spec["host"], int(spec["port"])) for _ in range(int(spec.get("channels", 8)))
+    ]
+    stubs = [CommandServiceStub(c) for c in channels]
+    lead = Window(spec)
+    lanes = [
+        _Lane(
+            stubs,
+            lane["tenant"],
+            lane["accounts"],
+            float(lane["rate"]),
+            lead if n == 0 else Window(spec, lead),
+            int(lane.get("max_pending", 0)),
+        )
+        for n, lane in enumerate(spec["lanes"])
+    ]
     try:
-        await asyncio.gather(window.run(), schedule())
-        if pending:
-            await asyncio.wait(pending, timeout=CALL_TIMEOUT_S + 1)
+        await asyncio.gather(lead.run(), *(lane.schedule() for lane in lanes))
+        for lane in lanes:
+            await lane.drain()
     finally:
         for channel in channels:
             channel.close()
-    return window.result(
-        offered_rate=rate, worst_send_lag_ms=round(worst_lag * 1000, 3), skipped=skipped
-    )
+    results = [lane.result() for lane in lanes]
+    return {**results[0], "lanes": results[1:]} if len(results) > 1 else results[0]
 
 
 async def batch(spec: dict[str, Any]) -> dict[str, Any]:
@@ -422,6 +491,7 @@ WORKLOADS = {
     "unary": unary,
     "stream": stream,
     "open_loop": open_loop,
+    "gateway": gateway,
     "batch": batch,
     "get": get,
 }

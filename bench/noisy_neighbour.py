@@ -4,7 +4,7 @@
                                               [--steady-rate N] [--flood-factor N]
                                               [--flooder-max-pending N] [--flooder-nice N]
                                               [--pace N] [--flooder-kind unary|stream]
-                                              [--keep]
+                                              [--gateway] [--keep]
 
 Starts the real service (``aggregate serve``, embedded nats-server, the bank example inline)
 with a per-tenant quota of ``--quota`` commands per second (burst: one second's worth) and
@@ -34,6 +34,10 @@ the service's ``AGGREGATE_QUOTA_PACE_REFUSALS_PER_SECOND`` (``--pace 0``: no pac
 commands in flight each, sent as fast as they are answered (no schedule: more than any
 factor of the quota), its admitted rate and refusals counted the same way; the control at
 its quota stays the unary open loop.
+``--gateway`` sends both tenants' calls from one client process over the same 8
+connections, as an API gateway multiplexes its tenants: the service never slows the
+reading of a connection that carries several tenants, so this measures what the flood's
+refusals themselves cost the steady tenant (unary flood only).
 The steady tenant must get no error at all. Writes
 ``bench/results/noisy-neighbour-<timestamp>.json``. ``--quick`` is a smoke run (one short
 round at a tenth of the rates) that proves the harness works; figures worth quoting need
@@ -151,10 +155,39 @@ def stream_flood(svc: ServiceProcess, accounts: list[str], warmup_s: float, s: f
     return run_client("bench.loadgen", spec, timeout=warmup_s + s + 120)
 
 
+def shared_connections(
+    svc: ServiceProcess, args: argparse.Namespace, steady: list[str], flood: list[str], rate: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both tenants from one client over the same connections: (steady, flooder)."""
+    warmup, duration = args.warmup, args.duration
+    spec = {
+        "host": "127.0.0.1",
+        "port": svc.grpc_port,
+        "kind": "gateway",
+        "lanes": [
+            {"tenant": STEADY, "accounts": steady, "rate": args.steady_rate},
+            {
+                "tenant": FLOODER,
+                "accounts": flood,
+                "rate": rate,
+                "max_pending": args.flooder_max_pending,
+            },
+        ],
+        "warmup_s": warmup,
+        "duration_s": duration,
+        "timeout_s": warmup + duration + 60,
+    }
+    result = run_client("bench.loadgen", spec, timeout=warmup + duration + 120)
+    flooder = result.pop("lanes")[0]
+    return result, flooder
+
+
 def beside_flooder(
     svc: ServiceProcess, args: argparse.Namespace, steady: list[str], flood: list[str], rate: float
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The steady loop while the flooder offers ``rate`` commands/s: (steady, flooder)."""
+    if args.gateway:
+        return shared_connections(svc, args, steady, flood, rate)
     warmup, duration = args.warmup, args.duration
     flooder: dict[str, Any] = {}
 
@@ -207,8 +240,10 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
         if args.flooder_kind == "stream"
         else f"offering {args.flood_factor}x"
     )
+    shared = "; both over the same connections (--gateway)" if args.gateway else ""
     lines = [
-        f"steady tenant at {args.steady_rate}/s; flooder {flood} its quota of {args.quota}/s",
+        f"steady tenant at {args.steady_rate}/s; flooder {flood} its quota of {args.quota}/s"
+        + shared,
         "| round | p50 alone (ms) | p99 alone (ms) | p99 beside the flooder at its quota (ms) "
         "| p50 beside (ms) | p99 beside (ms) | p99 ratio | ratio to at-quota "
         "| steady errors | flooder admitted/s | flooder refused | flooder skipped |",
@@ -267,8 +302,15 @@ def main() -> int:
         default="unary",
         help="how the flooder floods: unary calls on a schedule, or SubmitCommands streams",
     )
+    parser.add_argument(
+        "--gateway",
+        action="store_true",
+        help="both tenants from one client over the same connections, as an API gateway",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
+    if args.gateway and args.flooder_kind != "unary":
+        parser.error("--gateway floods with unary calls only")
     if args.quick:  # the same shape at a tenth of the rates: it proves the harness only
         args.rounds, args.duration, args.warmup = 1, 3.0, 0.5
         args.quota, args.steady_rate = max(1, args.quota // 10), args.steady_rate / 10
