@@ -20,7 +20,10 @@ Workloads (``spec["kind"]``):
 - ``gateway``: several ``open_loop`` lanes (``lanes``: each a ``tenant``, its ``accounts``,
   ``rate`` and optional ``max_pending``) sharing one set of ``channels`` (default 8), as an
   API gateway multiplexes its tenants' calls over shared HTTP/2 connections; one measured
-  window for all; the result is the first lane's, the others under ``lanes``;
+  window for all; the result is the first lane's, the others under ``lanes``; ``open_loop``
+  and ``gateway`` take ``client``: ``grpclib`` (default) or ``grpcio``, whose HTTP/2 is
+  native code as a real gateway's is (its Python side still costs the client about as
+  much CPU per call as grpclib's);
 - ``batch``: set-up work (open accounts, fill histories) pipelined over streams;
 - ``get``: ``GetAggregate`` of each listed aggregate once, after warming the connection
   (cold rehydration right after a service restart).
@@ -41,6 +44,7 @@ import time
 import uuid
 from typing import Any
 
+import grpclib.const
 import grpclib.exceptions
 from grpclib.client import Channel
 
@@ -123,6 +127,11 @@ class Window:
     def measuring(self, started: float) -> bool:
         opened, closed = self._times()
         return opened is not None and closed is None and started >= opened
+
+    def within(self, at: float) -> bool:
+        """Whether ``at`` falls inside the window, as far as it is open or closed now."""
+        opened, closed = self._times()
+        return opened is not None and at >= opened and (closed is None or at < closed)
 
     def record(self, started: float, ms: float, error: str | None = None) -> None:
         opened, closed = self._times()
@@ -269,7 +278,7 @@ class _Lane:
 
     def __init__(
         self,
-        stubs: list[CommandServiceStub],
+        stubs: list[Any],
         tenant: str,
         accounts: list[str],
         rate: float,
@@ -285,6 +294,7 @@ class _Lane:
         self.pending: set[asyncio.Task[None]] = set()
         self.worst_lag = 0.0
         self.skipped = 0
+        self.freed = asyncio.Event()
 
     async def call(self, i: int, scheduled: float) -> None:
         try:
@@ -300,23 +310,45 @@ class _Lane:
 
     async def schedule(self) -> None:
         window, rate = self.window, self.rate
+        stop = (window.lead or window).stop
         total = int(rate * (window.warmup_s + window.duration_s + 1)) + 1
         start = time.perf_counter()
-        for i in range(total):  # bounded in count; `stop` ends it in time
+        i = 0
+        while i < total:  # bounded in count; `stop` ends it in time
             scheduled = start + i / rate
             delay = scheduled - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if (window.lead or window).stop.is_set():
+            if stop.is_set():
                 break
+            if self.max_pending and len(self.pending) >= self.max_pending:
+                # A client at its own limit: every send due until one of its calls ends is
+                # skipped (counted here, without waking for each of them).
+                await self._slot_or(stop)
+                due = min(total, int((time.perf_counter() - start) * rate) + 1)
+                self.skipped += sum(window.within(start + j / rate) for j in range(i, due))
+                i = due
+                continue
             if window.measuring(scheduled):
                 self.worst_lag = max(self.worst_lag, time.perf_counter() - scheduled)
-            if self.max_pending and len(self.pending) >= self.max_pending:
-                self.skipped += window.measuring(scheduled)  # a client at its own limit
-                continue
             task = asyncio.get_running_loop().create_task(self.call(i, scheduled))
             self.pending.add(task)
-            task.add_done_callback(self.pending.discard)
+            task.add_done_callback(self._ended)
+            i += 1
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self.pending.discard(task)
+        self.freed.set()
+
+    async def _slot_or(self, stop: asyncio.Event) -> None:
+        """Until a call ends (a slot is free) or ``stop``."""
+        self.freed.clear()
+        waiters = [asyncio.ensure_future(self.freed.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def drain(self) -> None:
         if self.pending:
@@ -346,11 +378,55 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+class _GrpcioStub:
+    """``SubmitCommand`` over a grpcio (C-core) channel, with grpclib's stub's signature
+    and errors: its HTTP/2 is native code, as an API gateway's (Envoy's, nginx's) is."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import grpc.aio
+
+        self._grpc = grpc
+        # its own connection: grpcio shares one per target between channels by default
+        self.channel = grpc.aio.insecure_channel(
+            f"{host}:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        self._call = self.channel.unary_unary(
+            "/aggregate.gateway.v1.CommandService/SubmitCommand",
+            request_serializer=pb.SubmitCommandRequest.SerializeToString,
+            response_deserializer=pb.SubmitCommandResponse.FromString,
+        )
+
+    async def SubmitCommand(
+        self,
+        req: pb.SubmitCommandRequest,
+        *,
+        metadata: Any,
+        timeout: float,  # noqa: ASYNC109 (grpclib's stub's signature)
+    ) -> pb.SubmitCommandResponse:
+        try:
+            answer: pb.SubmitCommandResponse = await self._call(
+                req, metadata=metadata, timeout=timeout
+            )
+            return answer
+        except self._grpc.aio.AioRpcError as exc:
+            code = exc.code().name
+            if code == "DEADLINE_EXCEEDED":
+                raise TimeoutError from None
+            raise grpclib.exceptions.GRPCError(grpclib.const.Status[code]) from None
+
+
 async def gateway(spec: dict[str, Any]) -> dict[str, Any]:
-    channels = [
-        Channel(spec["host"], int(spec["port"])) for _ in range(int(spec.get("channels", 8)))
-    ]
-    stubs = [CommandServiceStub(c) for c in channels]
+    """``client``: ``grpclib`` (the default) or ``grpcio``."""
+    host, port, count = spec["host"], int(spec["port"]), int(spec.get("channels", 8))
+    closers: list[Any]
+    stubs: list[Any]
+    if spec.get("client", "grpclib") == "grpcio":
+        stubs = [_GrpcioStub(host, port) for _ in range(count)]
+        closers = [s.channel.close for s in stubs]
+    else:
+        channels = [Channel(host, port) for _ in range(count)]
+        stubs = [CommandServiceStub(c) for c in channels]
+        closers = [c.close for c in channels]
     lead = Window(spec)
     lanes = [
         _Lane(
@@ -368,8 +444,10 @@ async def gateway(spec: dict[str, Any]) -> dict[str, Any]:
         for lane in lanes:
             await lane.drain()
     finally:
-        for channel in channels:
-            channel.close()
+        for close in closers:
+            done = close()
+            if asyncio.iscoroutine(done):
+                await done
     results = [lane.result() for lane in lanes]
     return {**results[0], "lanes": results[1:]} if len(results) > 1 else results[0]
 

@@ -4,7 +4,8 @@
                                               [--steady-rate N] [--flood-factor N]
                                               [--flooder-max-pending N] [--flooder-nice N]
                                               [--pace N] [--flooder-kind unary|stream]
-                                              [--gateway] [--keep]
+                                              [--gateway] [--client grpclib|grpcio]
+                                              [--keep]
 
 Starts the real service (``aggregate serve``, embedded nats-server, the bank example inline)
 with a per-tenant quota of ``--quota`` commands per second (burst: one second's worth) and
@@ -38,6 +39,9 @@ its quota stays the unary open loop.
 connections, as an API gateway multiplexes its tenants: the service never slows the
 reading of a connection that carries several tenants, so this measures what the flood's
 refusals themselves cost the steady tenant (unary flood only).
+``--client grpcio`` runs every window's load generator on grpcio instead of grpclib.
+Each steady window also reads the cores the service process and its nats-server used over
+it (the table's last column: what the node spent, apart from the clients on this machine).
 The steady tenant must get no error at all. Writes
 ``bench/results/noisy-neighbour-<timestamp>.json``. ``--quick`` is a smoke run (one short
 round at a tenth of the rates) that proves the harness works; figures worth quoting need
@@ -121,6 +125,7 @@ def open_loop(
     s: float,
     max_pending: int = 0,
     nice: int = 0,
+    client: str = "grpclib",
 ) -> dict[str, Any]:
     spec = {
         "host": "127.0.0.1",
@@ -134,8 +139,28 @@ def open_loop(
         "timeout_s": warmup_s + s + 60,
         "max_pending": max_pending,
         "nice": nice,
+        "client": client,
     }
-    return run_client("bench.loadgen", spec, timeout=warmup_s + s + 120)
+    if tenant != STEADY:
+        return run_client("bench.loadgen", spec, timeout=warmup_s + s + 120)
+    return measured(svc, spec, timeout=warmup_s + s + 120)
+
+
+def measured(svc: ServiceProcess, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """The steady tenant's window, with the cores the service and its nats-server used
+    over it (``service_cores``, ``nats_cores``): what the load cost the node, apart from
+    its clients on the same machine."""
+    result = run_client(
+        "bench.loadgen",
+        spec,
+        on_start=lambda: (time.perf_counter(), svc.cpu()),
+        on_end=lambda: (time.perf_counter(), svc.cpu()),
+        timeout=timeout,
+    )
+    (t0, cpu0), (t1, cpu1) = result.pop("at_start"), result.pop("at_end")
+    for role in ("service", "nats"):
+        result[f"{role}_cores"] = round((cpu1[role] - cpu0[role]) / (t1 - t0), 3)
+    return result
 
 
 def stream_flood(svc: ServiceProcess, accounts: list[str], warmup_s: float, s: float) -> Any:
@@ -164,6 +189,7 @@ def shared_connections(
         "host": "127.0.0.1",
         "port": svc.grpc_port,
         "kind": "gateway",
+        "client": args.client,
         "lanes": [
             {"tenant": STEADY, "accounts": steady, "rate": args.steady_rate},
             {
@@ -177,7 +203,7 @@ def shared_connections(
         "duration_s": duration,
         "timeout_s": warmup + duration + 60,
     }
-    result = run_client("bench.loadgen", spec, timeout=warmup + duration + 120)
+    result = measured(svc, spec, timeout=warmup + duration + 120)
     flooder = result.pop("lanes")[0]
     return result, flooder
 
@@ -206,12 +232,13 @@ def beside_flooder(
                 duration + warmup,
                 args.flooder_max_pending,
                 args.flooder_nice,
+                args.client,
             )
         )
 
     thread = threading.Thread(target=flooding)
     thread.start()
-    beside = open_loop(svc, STEADY, steady, args.steady_rate, warmup, duration)
+    beside = open_loop(svc, STEADY, steady, args.steady_rate, warmup, duration, client=args.client)
     thread.join()
     return beside, flooder
 
@@ -219,9 +246,11 @@ def beside_flooder(
 def one_round(
     svc: ServiceProcess, args: argparse.Namespace, steady: list[str], flood: list[str]
 ) -> dict[str, Any]:
-    alone = open_loop(svc, STEADY, steady, args.steady_rate, args.warmup, args.duration)
+    alone = open_loop(
+        svc, STEADY, steady, args.steady_rate, args.warmup, args.duration, client=args.client
+    )
     say(f"  steady alone: {alone['latency_ms']} errors {alone['errors']}")
-    at_quota, _ = beside_flooder(svc, args, steady, flood, float(args.quota))
+    at_quota, flooder_at_quota = beside_flooder(svc, args, steady, flood, float(args.quota))
     say(f"  steady beside the flooder at its quota: {at_quota['latency_ms']}")
     beside, flooder = beside_flooder(svc, args, steady, flood, args.quota * args.flood_factor)
     say(f"  steady beside: {beside['latency_ms']} errors {beside['errors']}")
@@ -231,6 +260,7 @@ def one_round(
         "steady_beside_flooder_at_quota": at_quota,
         "steady_beside_flooder": beside,
         "flooder": flooder,
+        "flooder_at_quota": flooder_at_quota,
     }
 
 
@@ -241,14 +271,17 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
         else f"offering {args.flood_factor}x"
     )
     shared = "; both over the same connections (--gateway)" if args.gateway else ""
+    shared += f"; client {args.client}"
     lines = [
         f"steady tenant at {args.steady_rate}/s; flooder {flood} its quota of {args.quota}/s"
         + shared,
         "| round | p50 alone (ms) | p99 alone (ms) | p99 beside the flooder at its quota (ms) "
         "| p50 beside (ms) | p99 beside (ms) | p99 ratio | ratio to at-quota "
-        "| steady errors | flooder admitted/s | flooder refused | flooder skipped |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| steady errors | flooder admitted/s | flooder refused | flooder skipped "
+        "| service cores alone / at quota / beside |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    windows = ("steady_alone", "steady_beside_flooder_at_quota", "steady_beside_flooder")
     for i, rnd in enumerate(rounds, 1):
         alone, beside = (
             rnd["steady_alone"]["latency_ms"],
@@ -267,7 +300,8 @@ def table(rounds: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"| {i} | {alone.get('p50')} | {alone.get('p99')} | {at_quota.get('p99')} "
             f"| {beside.get('p50')} | {beside.get('p99')} "
             f"| {ratio:.2f} | {to_quota:.2f} | {sum(errors.values())} | {flooder['answered_rate']} "
-            f"| {flooder['errors'].get('RESOURCE_EXHAUSTED', 0)} | {flooder.get('skipped', 0)} |"
+            f"| {flooder['errors'].get('RESOURCE_EXHAUSTED', 0)} | {flooder.get('skipped', 0)} "
+            f"| {' / '.join(str(rnd[w].get('service_cores')) for w in windows)} |"
         )
     return "\n".join(lines)
 
@@ -307,8 +341,16 @@ def main() -> int:
         action="store_true",
         help="both tenants from one client over the same connections, as an API gateway",
     )
+    parser.add_argument(
+        "--client",
+        choices=("grpclib", "grpcio"),
+        default="grpclib",
+        help="the load generator's gRPC client in every window (grpcio: native HTTP/2)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
+    if args.client == "grpcio" and args.flooder_kind != "unary":
+        parser.error("--client grpcio sends unary calls only")
     if args.gateway and args.flooder_kind != "unary":
         parser.error("--gateway floods with unary calls only")
     if args.quick:  # the same shape at a tenth of the rates: it proves the harness only

@@ -1,6 +1,7 @@
 """What one refused command costs the service: CPU seconds per quota refusal.
 
     .venv/bin/python bench/refusal_cost.py [--rate N] [--quota N] [--duration S]
+                                           [--pace N] [--client grpclib|grpcio]
                                            [--profile OUT.txt]
 
 Starts the real service (``aggregate serve``, embedded nats-server, the bank example inline)
@@ -9,8 +10,11 @@ with a per-tenant quota of ``--quota`` commands per second, and has one tenant o
 Over the measured window it reads the service process's CPU time and the
 ``aggregate_quota_rejections_total`` counter, and prints the CPU per refusal (the admitted
 commands' share is estimated from the steady cost of an admitted command measured first,
-at the quota's rate alone, and taken out). ``--profile`` also records a py-spy profile of
-the service during the flood window (collapsed stacks, summarised by ``bench/profile.py``).
+at the quota's rate alone, and taken out). ``--pace`` sets the service's
+``AGGREGATE_QUOTA_PACE_REFUSALS_PER_SECOND`` (default 0 here: every offered call is read and
+refused, the cost of a refusal itself); ``--client grpcio`` floods through grpcio instead of
+grpclib. ``--profile`` also records a py-spy profile of the service during the flood window
+(collapsed stacks, summarised by ``bench/profile.py``).
 """
 
 from __future__ import annotations
@@ -48,7 +52,12 @@ def threads(pid: int) -> dict[str, tuple[float, float]]:
 
 
 def window(
-    svc: ServiceProcess, accounts: list[str], rate: float, duration: float, profile: Path | None
+    svc: ServiceProcess,
+    accounts: list[str],
+    rate: float,
+    duration: float,
+    profile: Path | None,
+    client: str = "grpclib",
 ) -> dict[str, Any]:
     """An open loop at ``rate``; the service's CPU seconds and refusals over its window."""
     marks: dict[str, Any] = {}
@@ -76,6 +85,7 @@ def window(
         "warmup_s": 1.0,
         "duration_s": duration,
         "timeout_s": duration + 60,
+        "client": client,
     }
     result = run_client(
         "bench.loadgen", spec, on_start=on_start, on_end=on_end, timeout=duration + 120
@@ -105,19 +115,24 @@ def main() -> int:
     parser.add_argument("--quota", type=int, default=200, help="commands/s of the tenant")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per window")
     parser.add_argument("--profile", type=Path, help="write py-spy collapsed stacks here")
+    parser.add_argument("--pace", type=int, default=0, help="the service's refusal pace")
+    parser.add_argument("--client", choices=("grpclib", "grpcio"), default="grpclib")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="refusal-cost-"))
     svc = ServiceProcess(
         workdir / "storage",
         manifest(workdir),
-        env={"AGGREGATE_QUOTA_COMMANDS_PER_SECOND": str(args.quota)},
+        env={
+            "AGGREGATE_QUOTA_COMMANDS_PER_SECOND": str(args.quota),
+            "AGGREGATE_QUOTA_PACE_REFUSALS_PER_SECOND": str(args.pace),
+        },
     )
     svc.start()
     try:
         accounts = open_accounts(svc, TENANT, max(1, min(32, args.quota // 2)))
-        admitted = window(svc, accounts, args.quota * 0.9, args.duration, None)
+        admitted = window(svc, accounts, args.quota * 0.9, args.duration, None, args.client)
         say(f"admitted only: {admitted}")
-        flood = window(svc, accounts, args.rate, args.duration, args.profile)
+        flood = window(svc, accounts, args.rate, args.duration, args.profile, args.client)
         say(f"flood: {flood}")
     finally:
         svc.stop()
