@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import hpack
 import pytest
+from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
+from hpack.table import HeaderTable
+from hypothesis import given
+from hypothesis import strategies as st
 
-from aggregate.adapters.grpc.transport import ResponseHeaderEncoder, check_request
+from aggregate.adapters.grpc.headers import KEPT_LIMIT, ResponseHeaderEncoder
+from aggregate.adapters.grpc.transport import check_request
 
 
 def test_blocks_announce_an_empty_table_and_carry_values_verbatim() -> None:
@@ -25,6 +30,62 @@ def test_blocks_announce_an_empty_table_and_carry_values_verbatim() -> None:
     assert encoder.header_table_size == 0
     assert len(encoder.header_table.dynamic_entries) == 0
     assert decoder.header_table_size == 0
+
+
+_STATIC = list(HeaderTable.STATIC_TABLE)
+_OURS = [b"x-correlation-id", b"traceparent", b"grpc-status"]
+_NAMES = st.sampled_from([*sorted({name for name, _ in _STATIC}), *_OURS]) | st.binary(
+    min_size=1, max_size=300
+)
+_HEADER = st.one_of(
+    st.sampled_from(_STATIC),  # an entry of the static table: indexed
+    st.tuples(_NAMES, st.binary(max_size=300)),  # lengths past the 7-bit prefix too
+)
+
+
+@given(
+    st.lists(st.tuples(_HEADER, st.booleans(), st.sampled_from(["tuple", "header", "str"]))),
+    st.integers(min_value=1, max_value=3),
+)
+def test_every_header_list_decodes_to_itself_with_hpack(
+    spec: list[tuple[tuple[bytes, bytes], bool, str]], blocks: int
+) -> None:
+    """Whatever the headers (static entries, static names, other names, long values,
+    sensitive ones, as h2's tuples or plain ones), hpack's decoder reads back the same list,
+    sensitive headers as never indexed, and never adds to its table."""
+    encoder = ResponseHeaderEncoder()
+    decoder = hpack.Decoder()
+    decoder.max_header_list_size = 2**31
+    assert decoder.decode(encoder.encode([(b":status", b"200")])) == [(":status", "200")]
+    headers: list[object] = []
+    for (name, value), sensitive, form in spec:
+        if form == "header":
+            kind = NeverIndexedHeaderTuple if sensitive else HeaderTuple
+            headers.append(kind(name, value))
+        elif form == "str":
+            headers.append((name.decode("latin-1"), value.decode("latin-1"), sensitive))
+        else:
+            headers.append((name, value, sensitive))
+    for _ in range(blocks):  # the kept encodings give the same blocks again
+        decoded = decoder.decode(encoder.encode(headers), raw=True)
+        assert len(decoded) == len(spec)
+        for got, ((name, value), sensitive, form) in zip(decoded, spec, strict=True):
+            if form == "str":  # str headers go out as UTF-8, as hpack's encoder sends them
+                name = name.decode("latin-1").encode("utf-8")
+                value = value.decode("latin-1").encode("utf-8")
+            assert (got[0], got[1]) == (name, value)
+            assert isinstance(got, NeverIndexedHeaderTuple) == sensitive
+    assert len(decoder.header_table.dynamic_entries) == 0
+
+
+def test_kept_encodings_are_bounded() -> None:
+    encoder = ResponseHeaderEncoder()
+    decoder = hpack.Decoder()
+    encoder.encode([(":status", "200")])
+    for n in range(KEPT_LIMIT + 50):
+        headers = [("grpc-status", "8"), ("grpc-message", f"tenant t{n} is over its quota")]
+        assert decoder.decode(encoder.encode(headers)) == headers
+    assert len(encoder._kept) == KEPT_LIMIT
 
 
 GRPC_CALL = [

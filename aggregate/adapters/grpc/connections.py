@@ -3,8 +3,9 @@
 ``DrainableServer`` is grpclib's ``Server`` making a ``TrackedProtocol`` per accepted
 connection. Each one is registered while open, can wait for a PING round trip (``settle``)
 and send GOAWAY (``goaway``) for ``CommandServer.drain``; it gives h2 the
-``ResponseHeaderEncoder`` and installs the transport's handling of hostile input (limits,
-framing, bad headers: ``aggregate.adapters.grpc.transport``); its ``data_received`` sends
+``ResponseHeaderEncoder`` (``aggregate.adapters.grpc.headers``) and installs the
+transport's handling of hostile input (limits, framing, bad headers:
+``aggregate.adapters.grpc.transport``); its ``data_received`` sends
 h2's GOAWAY before an HTTP/2 connection error closes the connection; it stops reading a
 client while what it sends that client is not being read (asyncio's write buffer is over
 its high-water mark), and while the connection owes its tenant's refusal budget
@@ -33,6 +34,7 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import PingAckReceived
 
+from aggregate.adapters.grpc.headers import ResponseHeaderEncoder
 from aggregate.adapters.grpc.pacing import (
     SLICE_BYTES,
     ReadPacing,
@@ -40,7 +42,6 @@ from aggregate.adapters.grpc.pacing import (
     tenant_header,
 )
 from aggregate.adapters.grpc.transport import (
-    ResponseHeaderEncoder,
     TransportLimits,
     accept_calls,
     quoted,
